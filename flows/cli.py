@@ -1,0 +1,209 @@
+"""`ldmflow` command line: run the pipeline, run one stage for DVC, sample a registered model, manage S3."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tasks.config import ConfigError, load_config
+from tasks.paths import ProjectPaths
+from tasks.stages import ORDER
+
+
+def _add_params_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--params", default="params.yaml", metavar="FILE", help="params file (default: params.yaml)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override one param, e.g. --set unet.steps=200 (repeatable)",
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.runtime import prepare
+    from tasks import s3server
+
+    paths = ProjectPaths.at(".")
+    cfg = load_config(args.params, args.overrides)  # fail fast, before Prefect's server starts
+    prepare(paths)
+    from flows.pipeline import pipeline
+
+    # The embedded S3 server: started for this run unless one is already up, and then stopped again.
+    start_s3 = cfg.storage.endpoint_url is None and s3server.status(paths.s3_state) is None
+    if start_s3:
+        print(f"starting the embedded S3 server ({paths.s3_state})")
+        s3server.ensure_running(paths.s3_state)
+    try:
+        outcome = pipeline(
+            stages=args.stages or None,
+            params_file=args.params,
+            overrides=args.overrides,
+            force=args.force,
+            root=str(paths.root),
+        )
+    finally:
+        if start_s3:
+            s3server.stop(paths.s3_state)
+    width = max(len(s) for s in outcome)
+    for stage, state in outcome.items():
+        print(f"  {stage:<{width}}  {state}")
+    metrics = paths.eval / "metrics.json"
+    if metrics.is_file():
+        print(f"{metrics.relative_to(paths.root)}: {metrics.read_text().strip()}")
+    return 0
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    """What dvc.yaml's cmds call: one stage, no Prefect (DVC owns the graph here)."""
+    from flows.runtime import prepare
+    from tasks.stages import run_stage
+
+    paths = ProjectPaths.at(".")
+    cfg = load_config(args.params, args.overrides)
+    prepare(paths)
+    result = run_stage(args.name, cfg, paths)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from flows.runtime import prepare
+
+    paths = ProjectPaths.at(".")
+    cfg = load_config(args.params, args.overrides)
+    prepare(paths)
+    import io
+
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from models.pipeline import make_grid
+    from tasks.tracking import connect
+
+    connect(cfg, paths)
+    uri = args.model or f"models:/{cfg.tracking.registered_model}@champion"
+    model = mlflow.pyfunc.load_model(uri)
+    params = {"num_images_per_prompt": args.n, "seed": args.seed}
+    if args.steps:
+        params["num_inference_steps"] = args.steps
+    if args.guidance is not None:
+        params["guidance_scale"] = args.guidance
+    result = model.predict(pd.DataFrame({"prompt": [args.prompt]}), params=params)
+    images = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in result["image"]])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    make_grid(images).save(out)
+    print(f"wrote {out} ({len(images)} image(s) of {images.shape[2]}x{images.shape[1]} from {uri})")
+    return 0
+
+
+def cmd_s3(args: argparse.Namespace) -> int:
+    from tasks import s3server
+
+    state = ProjectPaths.at(".").s3_state
+    if args.action == "start":
+        ep = s3server.ensure_running(state, s3_port=args.port)
+        print(f"S3 server running at {ep.endpoint_url} (credentials in {state / 'credentials.json'})")
+    elif args.action == "stop":
+        s3server.stop(state)
+        print("S3 server stopped")
+    else:
+        ep = s3server.status(state)
+        print(f"S3 server running at {ep.endpoint_url}" if ep else "S3 server not running")
+        return 0 if ep else 1
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the pipeline as a Prefect deployment on the cron from params (needs a Prefect server)."""
+    import os
+
+    from flows.runtime import prepare
+
+    paths = ProjectPaths.at(".")
+    cfg = load_config(args.params, args.overrides)
+    prepare(paths)
+    if not os.environ.get("PREFECT_API_URL"):
+        print(
+            "schedules need a Prefect server: run `prefect server start` and set PREFECT_API_URL "
+            "(the temporary server cannot schedule)",
+            file=sys.stderr,
+        )
+        return 2
+    from flows.pipeline import pipeline
+
+    pipeline.serve(
+        name="nightly",
+        cron=cfg.orchestration.schedule_cron,
+        parameters={"params_file": args.params, "overrides": args.overrides, "root": str(paths.root)},
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ldmflow", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser(
+        "run", help="run the pipeline (or the named stages) through Prefect; up-to-date stages skip"
+    )
+    run.add_argument("stages", nargs="*", metavar="STAGE", help=f"any of: {', '.join(ORDER)} (default: all)")
+    run.add_argument(
+        "--force", action="store_true", help="run the selected stages even if DVC says up to date"
+    )
+    _add_params_args(run)
+    run.set_defaults(func=cmd_run)
+
+    stage = sub.add_parser("stage", help="run one stage without Prefect (the command dvc.yaml runs)")
+    stage.add_argument("name", choices=ORDER)
+    _add_params_args(stage)
+    stage.set_defaults(func=cmd_stage)
+
+    gen = sub.add_parser("generate", help="sample images from a registered model into a PNG grid")
+    gen.add_argument("prompt")
+    gen.add_argument("-n", type=int, default=4, help="number of images (default 4)")
+    gen.add_argument("--model", default=None, help="model URI (default models:/<registered_model>@champion)")
+    gen.add_argument("--out", default="grid.png", help="output PNG (default grid.png)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    gen.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    _add_params_args(gen)
+    gen.set_defaults(func=cmd_generate)
+
+    s3 = sub.add_parser("s3", help="start, stop or check the embedded SeaweedFS S3 server")
+    s3.add_argument("action", choices=["start", "stop", "status"])
+    s3.add_argument("--port", type=int, default=8333)
+    s3.set_defaults(func=cmd_s3)
+
+    serve = sub.add_parser(
+        "serve", help="serve the pipeline on the cron in params (orchestration.schedule_cron)"
+    )
+    _add_params_args(serve)
+    serve.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    unknown = [s for s in getattr(args, "stages", []) if s not in ORDER]
+    if unknown:
+        parser.error(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(ORDER)}")
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"ldmflow: config error:\n{err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

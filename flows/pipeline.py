@@ -1,0 +1,48 @@
+"""The pipeline flow: the six stage flows in order, each skipped when DVC says it is up to date."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from flows import dvc_state
+from flows.stages import STAGE_FLOWS
+from tasks import tracking
+from tasks.config import load_config
+from tasks.paths import ProjectPaths
+from tasks.stages import ORDER, with_upstream
+
+DEFAULT_PARAMS = "params.yaml"
+
+
+@flow(name="ldmflow-pipeline", log_prints=True)
+def pipeline(
+    stages: list[str] | None = None,
+    params_file: str = DEFAULT_PARAMS,
+    overrides: list[str] | None = None,
+    force: bool = False,
+    root: str = ".",
+) -> dict[str, str]:
+    """Run the named stages (and what they depend on), or all; returns {stage: "ran" | "up to date"}."""
+    paths = ProjectPaths.at(root)
+    overrides = list(overrides or [])
+    cfg = load_config(paths.root / params_file, overrides)
+    # dvc.lock describes params.yaml; a run with other params must not claim to be that state.
+    recorded = Path(params_file) == Path(DEFAULT_PARAMS) and not overrides
+    if not recorded:
+        print("params differ from params.yaml: the named stages run as asked and dvc.lock is left untouched")
+    selected = with_upstream(stages or ORDER) if recorded else [n for n in ORDER if n in (stages or ORDER)]
+    outcome: dict[str, str] = {}
+    with tracking.run(cfg, paths, "pipeline", tags={"ldmflow.stages": ",".join(stages or ORDER)}) as parent:
+        for name in selected:
+            if recorded and not force and dvc_state.is_up_to_date(paths.root, name):
+                print(f"{name}: up to date, skipped")
+                outcome[name] = "up to date"
+                continue
+            STAGE_FLOWS[name](cfg, str(paths.root), parent.run_id)
+            if recorded:
+                dvc_state.record(paths.root, name)
+            outcome[name] = "ran"
+        parent.log_dict(outcome, "stages.json")
+    return outcome

@@ -1,0 +1,21 @@
+"""Process environment for the embedded default stack; call `prepare` before importing Prefect."""
+
+from __future__ import annotations
+
+import os
+
+from tasks.paths import ProjectPaths
+
+
+def prepare(paths: ProjectPaths) -> None:
+    """Project-local Prefect home (the temporary server keeps its SQLite there); no telemetry, no hub."""
+    paths.prefect_home.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_HOME", str(paths.prefect_home))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_API_ENABLE_HTTP2", "false")
+    # the temporary server needs ~15 s to start on 2 busy cores; Prefect's default patience is 20 s
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from local paths or packages, never the hub
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

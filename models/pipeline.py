@@ -1,0 +1,148 @@
+"""Text -> image: encode the prompt, run guided DDIM in latent space, decode with the VAE."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from PIL import Image
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from models.device import autocast, pick_device
+from models.diffusion import sample_latents
+from models.images import to_uint8
+from models.latents import from_diffusion_space
+from models.text_encoder import encode_captions, load_text_encoder
+from models.unet import check_cross_attention_dim
+
+
+def save_sampling_config(path: str | Path, scheduler_config: dict[str, Any], max_length: int) -> None:
+    """Write what sampling needs besides the weights: the noise schedule and the token length."""
+    payload = {"scheduler": dict(scheduler_config), "max_length": int(max_length)}
+    Path(path).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def _read_sampling_config(path_or_dict: str | Path | dict[str, Any]) -> dict[str, Any]:
+    cfg = path_or_dict if isinstance(path_or_dict, dict) else json.loads(Path(path_or_dict).read_text())
+    missing = {"scheduler", "max_length"} - set(cfg)
+    if missing:
+        raise ValueError(f"sampling config {path_or_dict!s:.200} lacks keys {sorted(missing)}")
+    return cfg
+
+
+class LatentDiffusionPipeline:
+    """The sampler's parts (VAE, U-Net, tokenizer + text encoder, noise schedule) and `generate`."""
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        unet: UNet2DConditionModel,
+        tokenizer: PreTrainedTokenizerBase,
+        text_encoder: PreTrainedModel,
+        scheduler_config: dict[str, Any],
+        max_length: int,
+        device: torch.device | str,
+    ):
+        check_cross_attention_dim(unet, text_encoder.config.hidden_size)
+        if unet.config.in_channels != vae.config.latent_channels:
+            raise ValueError(
+                f"U-Net in_channels is {unet.config.in_channels} but the VAE has "
+                f"{vae.config.latent_channels} latent channels"
+            )
+        self.device = torch.device(device)
+        self.vae = vae.to(self.device).eval()
+        self.unet = unet.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder.to(self.device).eval()
+        self.scheduler_config = dict(scheduler_config)
+        self.max_length = int(max_length)
+
+    @classmethod
+    def from_dirs(
+        cls,
+        vae_dir: str | Path,
+        unet_dir: str | Path,
+        text_encoder_dir: str | Path,
+        sampling_config_path_or_dict: str | Path | dict[str, Any],
+        device: torch.device | str | None = None,
+    ) -> LatentDiffusionPipeline:
+        """Load the diffusers VAE/U-Net dirs, the transformers encoder dir and the sampling config."""
+        device = device if isinstance(device, torch.device) else pick_device(device)
+        cfg = _read_sampling_config(sampling_config_path_or_dict)
+        tokenizer, text_encoder = load_text_encoder(str(text_encoder_dir), device=device)
+        return cls(
+            vae=AutoencoderKL.from_pretrained(str(vae_dir)),
+            unet=UNet2DConditionModel.from_pretrained(str(unet_dir)),
+            tokenizer=tokenizer,
+            text_encoder=text_encoder,
+            scheduler_config=cfg["scheduler"],
+            max_length=cfg["max_length"],
+            device=device,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[str],
+        *,
+        num_images_per_prompt: int = 1,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 4.0,
+        seed: int = 0,
+    ) -> np.ndarray:
+        """uint8 images [len(prompts) * num_images_per_prompt, H, W, 3], prompt-major; fixed by `seed`."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not prompts or num_images_per_prompt < 1:
+            raise ValueError("generate needs at least one prompt and num_images_per_prompt >= 1")
+        # 1. text: prompts and the empty caption (the unconditional branch of guidance)
+        hidden, mask = encode_captions(self.tokenizer, self.text_encoder, list(prompts), self.max_length)
+        hidden = hidden.repeat_interleave(num_images_per_prompt, 0)  # [N, L, D]
+        mask = mask.repeat_interleave(num_images_per_prompt, 0)  # [N, L]
+        uncond_hidden, uncond_mask = encode_captions(self.tokenizer, self.text_encoder, [""], self.max_length)
+
+        # 2. reverse diffusion in latent space; CPU noise so a seed gives the same start on any device
+        size = self.unet.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        shape = (hidden.shape[0], self.unet.config.in_channels, h, w)
+        generator = torch.Generator().manual_seed(seed)
+        with autocast(self.device):
+            latents = sample_latents(
+                self.unet,
+                self.scheduler_config,
+                hidden,
+                mask,
+                uncond_hidden,
+                uncond_mask,
+                shape=shape,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                generator=generator,
+            )
+
+        # 3. undo the latent normalisation (statistics in the VAE config) and decode to pixels, in fp32
+        latents = from_diffusion_space(latents.float(), self.vae.config)
+        images = self.vae.decode(latents.to(self.vae.dtype)).sample  # [N, 3, H, W] in ~[-1, 1]
+        return to_uint8(images)
+
+
+def make_grid(images: np.ndarray, ncols: int | None = None, pad: int = 2) -> Image.Image:
+    """Tile uint8 images [N, H, W, 3] into one picture, ncols per row (default: about square)."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
+        raise ValueError(f"make_grid needs uint8 images [N, H, W, 3] with N > 0, got shape {images.shape}")
+    n, h, w, _ = images.shape
+    ncols = ncols or math.ceil(math.sqrt(n))
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    grid = np.zeros((nrows * (h + pad) + pad, ncols * (w + pad) + pad, 3), dtype=np.uint8)
+    for i, img in enumerate(images.astype(np.uint8)):
+        r, c = divmod(i, ncols)
+        y, x = pad + r * (h + pad), pad + c * (w + pad)
+        grid[y : y + h, x : x + w] = img
+    return Image.fromarray(grid)

@@ -1,0 +1,73 @@
+"""The KL-regularised autoencoder (Rombach et al. 2022, sec. 3): builder, loss, PSNR, latent scaling."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+
+
+def build_vae(
+    *,
+    block_out_channels: list[int],
+    layers_per_block: int,
+    norm_num_groups: int,
+    latent_channels: int,
+    in_channels: int = 3,
+) -> AutoencoderKL:
+    """A diffusers AutoencoderKL with len(block_out_channels) - 1 downsamplings (f = 2 ** that).
+
+    [32, 64, 64] gives f=4: [B, 3, 32, 32] -> latents [B, latent_channels, 8, 8].
+    The latent statistics start neutral; set them from data with `models.latents.set_normalisation`.
+    """
+    bad = [c for c in block_out_channels if c % norm_num_groups]
+    if bad:
+        raise ValueError(f"norm_num_groups={norm_num_groups} must divide every block width, not {bad}")
+    n = len(block_out_channels)
+    return AutoencoderKL(
+        in_channels=in_channels,
+        out_channels=in_channels,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=layers_per_block,
+        norm_num_groups=norm_num_groups,
+        latent_channels=latent_channels,
+        scaling_factor=1.0,
+    )
+
+
+def vae_loss(
+    vae: AutoencoderKL,
+    images: torch.Tensor,
+    kl_weight: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    """(loss, parts, reconstruction) for images [B, 3, H, W] in [-1, 1].
+
+    loss = |x - x_hat|_1 + |x - x_hat|_2^2 (per-pixel means) + kl_weight * KL(q(z|x) || N(0, I)),
+    the KL summed over latent dims and averaged over the batch; z is sampled (reparameterisation).
+    """
+    posterior = vae.encode(images).latent_dist  # diagonal Gaussian over [B, C, h, w]
+    z = posterior.sample(generator=generator)
+    recon = vae.decode(z).sample  # [B, 3, H, W]
+    x, x_hat = images.float(), recon.float()  # losses in fp32 even under bf16 autocast
+    l1 = F.l1_loss(x_hat, x)
+    mse = F.mse_loss(x_hat, x)
+    # KL(N(mu, s^2) || N(0, 1)) = 0.5 * sum(mu^2 + s^2 - 1 - log s^2)   (Kingma & Welling 2014, app. B)
+    kl = posterior.kl().float().mean()
+    loss = l1 + mse + kl_weight * kl
+    parts = {"recon_l1": l1.item(), "recon_mse": mse.item(), "kl": kl.item()}
+    return loss, parts, recon
+
+
+def psnr(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB of images in [-1, 1] (peak-to-peak range 2): 10 log10(2^2 / MSE)."""
+    a_t, b_t = torch.as_tensor(a).double(), torch.as_tensor(b).double()
+    if a_t.shape != b_t.shape:
+        raise ValueError(f"psnr needs equal shapes, got {tuple(a_t.shape)} and {tuple(b_t.shape)}")
+    mse = torch.mean((a_t - b_t) ** 2).item()
+    return math.inf if mse == 0 else 10.0 * math.log10(4.0 / mse)

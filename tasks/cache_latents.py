@@ -1,0 +1,78 @@
+"""cache_latents stage: encode every ingested image with the trained VAE into S3 latent shards.
+
+A latent's key hashes the preprocessed pixels, the VAE weights' fingerprint and the preprocessing
+params, so a changed VAE never serves a stale latent. Shards hold the posterior `mean` and `std`
+(float16): training draws a fresh latent each step and normalises it (the VAE's statistics) at use time.
+Writes `artifacts/latents/manifest.parquet` and `artifacts/latents/cache.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+from diffusers import AutoencoderKL
+
+from models.device import pick_device
+from models.fingerprint import module_fingerprint
+from models.images import to_model_space
+from tasks.cache import build_cache
+from tasks.config import Config
+from tasks.ingest import read_ingested
+from tasks.shards import content_key
+from tasks.storage import ObjectStore
+from tasks.tracking import Run
+
+MANIFEST = "manifest.parquet"
+NORMALISATION_KEYS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std")
+INFO = "cache.json"
+
+
+def latent_keys(pixel_sha256: list[str], vae_fingerprint: str, preprocessing: dict) -> list[str]:
+    return [content_key(sha, vae_fingerprint, preprocessing) for sha in pixel_sha256]
+
+
+def run_cache_latents(
+    cfg: Config, ingested: Path, vae_dir: Path, out: Path, store: ObjectStore, tracker: Run | None = None
+) -> dict:
+    device = pick_device()
+    manifest, images = read_ingested(ingested)
+    vae = AutoencoderKL.from_pretrained(vae_dir).to(device).eval()
+    fingerprint = module_fingerprint(vae)
+    preprocessing = {"resolution": cfg.data.resolution, "crop": "center"}
+    keys = latent_keys(manifest["sha256"].tolist(), fingerprint, preprocessing)
+
+    @torch.no_grad()
+    def encode(indices: list[int]) -> dict[str, torch.Tensor]:
+        posterior = vae.encode(to_model_space(images[indices]).to(device)).latent_dist
+        return {"mean": posterior.mean.half().cpu(), "std": posterior.std.half().cpu()}
+
+    stats = build_cache(store, "latents", keys, cfg.latents.shard_size, encode, desc="cache_latents")
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(
+        {
+            "sample_id": manifest["sample_id"],
+            "split": manifest["split"],
+            "caption": manifest["caption"],
+            "latent_key": keys,
+            "shard": [r.shard for r in stats.refs],
+            "shard_index": [r.index for r in stats.refs],
+            "shard_sha256": [r.sha256 for r in stats.refs],
+        }
+    ).to_parquet(out / MANIFEST, index=False)
+    h = cfg.data.resolution // (2 ** (len(vae.config.block_out_channels) - 1))
+    info = {
+        "vae_fingerprint": fingerprint,
+        "normalisation": {k: vae.config.get(k) for k in NORMALISATION_KEYS},
+        "latent_shape": [int(vae.config.latent_channels), h, h],
+        "preprocessing": preprocessing,
+        "bucket": store.bucket,
+        "samples": len(keys),
+        **stats.summary(),
+    }
+    (out / INFO).write_text(json.dumps(info, indent=2) + "\n")
+    if tracker:
+        tracker.log_metrics({k: v for k, v in stats.summary().items()})
+    return info

