@@ -24,7 +24,8 @@ def make_train_scheduler(
     if beta_schedule not in BETA_SCHEDULES:
         raise ValueError(f"beta_schedule must be one of {', '.join(BETA_SCHEDULES)}, got {beta_schedule!r}")
     if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
+        allowed = ", ".join(PREDICTION_TYPES)
+        raise ValueError(f"prediction_type must be one of {allowed}, got {prediction_type!r}")
     return DDPMScheduler(
         num_train_timesteps=num_train_timesteps,
         beta_schedule=beta_schedule,

@@ -15,7 +15,9 @@ from diffusers import AutoencoderKL
 
 
 @torch.no_grad()
-def posterior_stats(vae: AutoencoderKL, images_iter: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+def posterior_stats(
+    vae: AutoencoderKL, images_iter: Iterable[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, float, float]:
     """(mean [C], std [C], global mean, global std) of the posterior means E[z|x] over the batches.
 
     Means, not samples z ~ q(z|x): a small VAE trained for minutes keeps a large posterior std, and

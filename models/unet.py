@@ -59,7 +59,7 @@ def build_unet(
 
 
 def _pooling_heads(width: int) -> int:
-    """Heads of the text pooling: diffusers' default 64 where it divides the width, else the largest divisor."""
+    """Heads of the text pooling: diffusers' default 64 if it divides the width, else the largest divisor."""
     return max(h for h in (64, 32, 16, 8, 4, 2, 1) if width % h == 0)
 
 

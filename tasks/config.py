@@ -70,7 +70,7 @@ class TextConfig(Section):
 
 
 class UnetConfig(Section):
-    block_out_channels: list[int] = [64, 128]
+    block_out_channels: list[int] = [32, 64]
     layers_per_block: int = Field(1, ge=1)
     attention_head_dim: int = Field(8, ge=1)
     pooled_text_embedding: bool = True
@@ -83,7 +83,7 @@ class UnetConfig(Section):
     sample_posterior: bool = False
     ema_decay: float = Field(0.999, ge=0, lt=1)
     num_train_timesteps: int = Field(1000, ge=10)
-    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "scaled_linear"
     log_every: int = Field(50, ge=1)
 

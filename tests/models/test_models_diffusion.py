@@ -97,3 +97,13 @@ def test_sample_latents_seeded_and_guidance(tiny_unet):
     torch.testing.assert_close(u0, _sample(unet, torch.randn(2, 5, 16), uncond, 0.0))
     torch.testing.assert_close(u0, _sample(unet, uncond.expand(2, -1, -1), uncond, 1.0))
     assert not torch.allclose(c1, u0)
+
+
+def test_v_prediction_target_is_the_velocity():
+    """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (Salimans & Ho 2022); DDIM reads the output as v."""
+    s = make_train_scheduler(1000, "scaled_linear", "v_prediction")
+    x0, eps, t = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8), torch.tensor([0, 500, 999])
+    abar = s.alphas_cumprod[t].view(-1, 1, 1, 1)
+    assert torch.allclose(s.get_velocity(x0, eps, t), abar.sqrt() * eps - (1 - abar).sqrt() * x0, atol=1e-5)
+    with pytest.raises(ValueError, match="epsilon, v_prediction"):
+        make_train_scheduler(1000, "scaled_linear", "sample")
