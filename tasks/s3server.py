@@ -269,6 +269,7 @@ def _start_unlocked(state_dir: Path, s3_port: int, timeout: float) -> S3Endpoint
     paths["data"].mkdir(parents=True, exist_ok=True)
     cmd = [
         weed_binary(),
+        f"-logdir={state_dir}",  # weed's own log files; by default they land in the system temp dir
         "mini",
         f"-dir={paths['data']}",
         "-ip=127.0.0.1",
