@@ -1,4 +1,4 @@
-"""Ingest stage: turn a source (synthetic set or image folder) into `data/ingested/`.
+"""Ingest stage: turn a source (synthetic set, image folder, sidecar captions) into `data/ingested/`.
 
 Output format (the only thing later stages read, through `read_ingested`):
 - `images-NNNNN.safetensors`: tensor `images`, uint8 [N, H, W, 3], preprocessed to the resolution
@@ -19,11 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from safetensors.torch import load_file, save_file
 
-from tasks import synthetic
+from tasks import sources, synthetic
 from tasks.config import Config, DataConfig
+from tasks.decode import DecodeError, DecodeLimits, decode_image
+from tasks.sources import Reject
 
 MANIFEST = "manifest.parquet"
 REPORT = "report.json"
@@ -40,13 +42,6 @@ class Candidate:
     image: np.ndarray  # uint8 [H, W, 3]
     orig_size: tuple[int, int]
     labels: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Reject:
-    item: str
-    reason: str
-    detail: str = ""
 
 
 def split_for(sample_id: str, val_fraction: float) -> str:
@@ -76,47 +71,33 @@ def synthetic_candidates(data: DataConfig, seed: int) -> Iterator[Candidate | Re
         )
 
 
-def imagefolder_candidates(data: DataConfig) -> Iterator[Candidate | Reject]:
-    """An image folder with `metadata.jsonl` lines {"file_name": ..., "text": ...}."""
-    if not data.path:
-        raise ValueError("data.path: required when data.source is 'imagefolder'")
-    root = Path(data.path).resolve()
-    meta = root / "metadata.jsonl"
-    if not meta.is_file():
-        raise FileNotFoundError(f"data.path: {meta} not found (imagefolder needs metadata.jsonl)")
-    for lineno, line in enumerate(meta.read_text().splitlines(), start=1):
-        item = f"metadata.jsonl:{lineno}"
-        if not line.strip():
+def user_candidates(data: DataConfig) -> Iterator[Candidate | Reject]:
+    """Items of an `imagefolder` or `sidecar` source, decoded; exact pixel duplicates keep the first."""
+    limits = DecodeLimits(tuple(data.background), data.max_pixels, data.min_size)
+    first_with_pixels: dict[str, str] = {}
+    for item in sources.items(data.source, data.path):
+        if isinstance(item, Reject):
+            yield item
+            continue
+        caption = (item.caption or "").strip()
+        if not caption and data.empty_captions == "reject":
+            yield Reject(item.name, "empty_caption", f"listed at {item.where}")
             continue
         try:
-            row = json.loads(line)
-            name, caption = row["file_name"], row["text"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            yield Reject(item, "malformed_metadata", f"{type(err).__name__}: {err}")
+            pixels, orig = decode_image(item.path, limits)
+        except DecodeError as err:
+            yield Reject(item.name, err.reason, err.detail)
             continue
-        path = (root / name).resolve()
-        if not path.is_relative_to(root):
-            yield Reject(name, "path_outside_root", str(name))
+        digest = hashlib.sha256(str(pixels.shape).encode() + pixels.tobytes()).hexdigest()
+        if digest in first_with_pixels:
+            yield Reject(item.name, "duplicate_image", f"same pixels as {first_with_pixels[digest]}")
             continue
-        if not path.is_file():
-            yield Reject(name, "missing_file", f"listed at {item}")
-            continue
-        if not isinstance(caption, str) or not caption.strip():
-            yield Reject(name, "empty_caption", f"at {item}")
-            continue
-        try:
-            with Image.open(path) as img:
-                img.load()
-                orig = img.size
-                rgb = ImageOps.exif_transpose(img).convert("RGB")
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
-            yield Reject(name, "undecodable_image", f"{type(err).__name__}: {err}")
-            continue
+        first_with_pixels[digest] = item.name
         yield Candidate(
-            sample_id=str(name),
-            source_item=str(name),
-            caption=caption.strip(),
-            image=center_crop_resize(rgb, data.resolution),
+            sample_id=item.name,
+            source_item=item.where,
+            caption=caption,
+            image=center_crop_resize(Image.fromarray(pixels), data.resolution),
             orig_size=orig,
         )
 
@@ -124,7 +105,7 @@ def imagefolder_candidates(data: DataConfig) -> Iterator[Candidate | Reject]:
 def candidates(cfg: Config) -> Iterator[Candidate | Reject]:
     if cfg.data.source == "synthetic":
         return synthetic_candidates(cfg.data, cfg.seed)
-    return imagefolder_candidates(cfg.data)
+    return user_candidates(cfg.data)
 
 
 def write_ingested(items: Iterator[Candidate | Reject], out: Path, data: DataConfig) -> dict:
@@ -181,6 +162,7 @@ def write_ingested(items: Iterator[Candidate | Reject], out: Path, data: DataCon
         "accepted": len(rows),
         "rejected": len(rejects),
         "by_reason": dict(sorted(Counter(r.reason for r in rejects).items())),
+        "accepted_with_empty_caption": sum(row["caption"] == "" for row in rows),
     }
     (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -89,7 +89,7 @@ def test_imagefolder_accepts_good_and_reports_every_bad_item(tmp_path):
     assert report["total"] == 8 and report["accepted"] == 2 and report["rejected"] == 6
     assert report["by_reason"] == {
         "empty_caption": 1, "malformed_metadata": 2, "missing_file": 1,
-        "path_outside_root": 1, "undecodable_image": 1,
+        "path_outside_root": 1, "not_an_image": 1,
     }  # fmt: skip
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
     assert len(rejects) == 6 and all(r["reason"] for r in rejects)

@@ -1,0 +1,71 @@
+"""Decode one user image file into 8-bit RGB, or say precisely why not.
+
+Handles what real folders hold: EXIF orientation, CMYK, palette and greyscale images, 16-bit images,
+transparency (composited on a configurable background). Rejections carry a reason code from REASONS.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+REASONS = ("empty_file", "not_an_image", "truncated_image", "decompression_bomb", "too_small")
+
+
+@dataclass
+class DecodeError(Exception):
+    reason: str  # one of REASONS
+    detail: str
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    background: tuple[int, int, int] = (255, 255, 255)
+    max_pixels: int = 64_000_000  # width x height above this is refused before decoding
+    min_size: int = 16  # shorter side below this is refused
+
+
+def _to_8bit_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit greyscale: rescale, do not clip
+        a = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(a / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        img = Image.fromarray(np.clip(np.asarray(img), 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("LA", "PA", "RGBa", "La") or img.mode == "RGBA":
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV, RGB
+
+
+def decode_image(path: Path, limits: DecodeLimits) -> tuple[np.ndarray, tuple[int, int]]:
+    """(uint8 RGB array [H, W, 3] with EXIF orientation applied, original (width, height))."""
+    if path.stat().st_size == 0:
+        raise DecodeError("empty_file", "0 bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > limits.max_pixels:
+                    raise DecodeError(
+                        "decompression_bomb", f"{w}x{h} exceeds data.max_pixels={limits.max_pixels}"
+                    )
+                if min(w, h) < limits.min_size:
+                    raise DecodeError("too_small", f"{w}x{h} is below data.min_size={limits.min_size}")
+                img.load()
+                rgb = _to_8bit_rgb(ImageOps.exif_transpose(img), limits.background)
+    except UnidentifiedImageError as err:
+        raise DecodeError("not_an_image", str(err)) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise DecodeError("decompression_bomb", str(err)) from None
+    except (OSError, SyntaxError, ValueError) as err:  # PIL reports cut-off data as OSError/SyntaxError
+        raise DecodeError("truncated_image", f"{type(err).__name__}: {err}") from None
+    return np.asarray(rgb, dtype=np.uint8), (w, h)

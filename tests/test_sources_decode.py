@@ -1,0 +1,163 @@
+"""User data as real folders hold it: every convention, every awkward file, every item accounted for."""
+
+import io
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from tasks.config import config_from_dict
+from tasks.decode import DecodeError, DecodeLimits, decode_image
+from tasks.ingest import read_ingested, run_ingest
+
+LIMITS = DecodeLimits(background=(255, 255, 255), max_pixels=10_000, min_size=8)
+
+
+def save(img: Image.Image, path, **kw):
+    img.save(path, **kw)
+    return path
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.new("RGB", (40, 20), (0, 0, 0))
+    img.paste((255, 0, 0), (0, 0, 10, 20))  # red strip on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    pixels, orig = decode_image(save(img, tmp_path / "r.jpg", exif=exif, quality=95), LIMITS)
+    assert orig == (40, 20) and pixels.shape == (40, 20, 3)  # displayed upright: 20 wide, 40 high
+    assert pixels[2, 10, 0] > 200  # the red strip is now on top
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda: Image.new("CMYK", (10, 10), (0, 255, 255, 0)), (255, 0, 0)),
+        (lambda: Image.new("L", (10, 10), 128), (128, 128, 128)),
+        (lambda: Image.new("LA", (10, 10), (0, 0)), (255, 255, 255)),  # transparent -> background
+        (lambda: Image.new("RGBA", (10, 10), (0, 0, 255, 255)), (0, 0, 255)),
+        (lambda: Image.fromarray(np.full((10, 10), 65535, np.uint16)), (255, 255, 255)),  # 16-bit
+    ],
+)
+def test_modes_become_8bit_rgb(tmp_path, make, expected):
+    pixels, _ = decode_image(
+        save(make(), tmp_path / "x.png" if make().mode != "CMYK" else tmp_path / "x.jpg"), LIMITS
+    )
+    assert pixels.dtype == np.uint8 and pixels.shape == (10, 10, 3)
+    assert np.abs(pixels[5, 5].astype(int) - expected).max() <= 3
+
+
+def test_palette_transparency_uses_background(tmp_path):
+    img = Image.new("P", (10, 10), 0)
+    img.putpalette([0, 255, 0] * 256)
+    pixels, _ = decode_image(
+        save(img, tmp_path / "p.png", transparency=0), DecodeLimits(background=(9, 9, 9), min_size=8)
+    )
+    assert tuple(pixels[0, 0]) == (9, 9, 9)
+
+
+@pytest.mark.parametrize(
+    "write, reason",
+    [
+        (lambda p: p.write_bytes(b""), "empty_file"),
+        (lambda p: p.write_text("<html>502 Bad Gateway</html>"), "not_an_image"),
+        (lambda p: p.write_bytes(_png_bytes((20, 20))[:-40]), "truncated_image"),
+        (lambda p: p.write_bytes(_png_bytes((200, 200))), "decompression_bomb"),
+        (lambda p: p.write_bytes(_png_bytes((4, 30))), "too_small"),
+    ],
+)
+def test_bad_files_are_rejected_with_a_reason(tmp_path, write, reason):
+    path = tmp_path / "bad.png"
+    write(path)
+    with pytest.raises(DecodeError) as err:
+        decode_image(path, LIMITS)
+    assert err.value.reason == reason
+
+
+def _png_bytes(size) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(
+        buf, "PNG"
+    )
+    return buf.getvalue()
+
+
+def make_dataset(root, n=6):
+    """n distinct images with captions, written once; the sources below describe the same data."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        img = Image.new("RGB", (24 + i, 20), (40 * i, 255 - 30 * i, 90))
+        img.save(root / f"img{i}.png")
+        rows.append({"file_name": f"img{i}.png", "text": f"a picture number {i}"})
+    return rows
+
+
+def ingest(tmp_path, source, root, **data):
+    cfg = config_from_dict({"data": {"source": source, "path": str(root), "resolution": 16, **data}})
+    out = tmp_path / f"out-{source}-{len(list(tmp_path.iterdir()))}"
+    return run_ingest(cfg, out), *read_ingested(out)
+
+
+def test_every_convention_gives_the_same_manifest(tmp_path):
+    rows = make_dataset(tmp_path / "jsonl")
+    (tmp_path / "jsonl" / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    make_dataset(tmp_path / "csv")
+    pd.DataFrame(rows).to_csv(tmp_path / "csv" / "metadata.csv", index=False)
+    make_dataset(tmp_path / "side")
+    for r in rows:
+        (tmp_path / "side" / r["file_name"]).with_suffix(".txt").write_text(r["text"] + "\n")
+
+    results = [
+        ingest(tmp_path, "imagefolder", tmp_path / "jsonl"),
+        ingest(tmp_path, "imagefolder", tmp_path / "csv"),
+        ingest(tmp_path, "sidecar", tmp_path / "side"),
+    ]
+    (rep0, man0, img0), *others = results
+    assert rep0["accepted"] == 6 and rep0["rejected"] == 0
+    for rep, man, img in others:
+        assert rep == rep0
+        cols = ["sample_id", "caption", "split", "sha256"]
+        assert man[cols].equals(man0[cols])
+        assert np.array_equal(img, img0)
+
+
+def test_folder_problems_are_all_accounted_for(tmp_path):
+    root = tmp_path / "data"
+    rows = make_dataset(root, n=3)
+    Image.open(root / "img0.png").save(root / "copy_of_0.png")  # same pixels, other name
+    outside = tmp_path / "outside.png"
+    Image.new("RGB", (20, 20)).save(outside)
+    os.symlink(outside, root / "link.png")  # a symlink pointing out of the root
+    (root / "no_caption.png").write_bytes((root / "img1.png").read_bytes()[:60])  # truncated, no caption
+    rows += [
+        {"file_name": "copy_of_0.png", "text": "duplicate"},
+        {"file_name": "link.png", "text": "escapes"},
+        {"file_name": "/etc/hostname", "text": "absolute"},
+        {"file_name": "no_caption.png", "text": ""},
+    ]
+    (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "[1, 2]\n")
+
+    report, manifest, _ = ingest(tmp_path, "imagefolder", root)
+    assert report["total"] == report["accepted"] + report["rejected"] == 8
+    assert report["by_reason"] == {
+        "duplicate_image": 1, "empty_caption": 1, "malformed_metadata": 1, "path_outside_root": 2,
+    }  # fmt: skip
+    assert list(manifest["sample_id"]) == ["img0.png", "img1.png", "img2.png"]
+
+    kept, manifest, _ = ingest(tmp_path, "imagefolder", root, empty_captions="keep")
+    assert kept["by_reason"]["truncated_image"] == 1  # now decoded, and found broken
+    assert kept["accepted_with_empty_caption"] == 0
+
+
+def test_empty_captions_can_be_kept_for_unconditional_training(tmp_path):
+    root = tmp_path / "side"
+    make_dataset(root, n=3)
+    (root / "img0.txt").write_text("a caption")
+    report, manifest, _ = ingest(tmp_path, "sidecar", root, empty_captions="keep")
+    assert report["accepted"] == 3 and report["accepted_with_empty_caption"] == 2
+    assert sorted(manifest["caption"]) == ["", "", "a caption"]
+    report, _, _ = ingest(tmp_path, "sidecar", root)
+    assert report["by_reason"] == {"empty_caption": 2}
