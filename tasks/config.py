@@ -34,8 +34,10 @@ class SyntheticConfig(Section):
 
 
 class DataConfig(Section):
-    source: Literal["synthetic", "imagefolder", "sidecar"] = "synthetic"
+    source: Literal["synthetic", "imagefolder", "sidecar", "parquet", "webdataset"] = "synthetic"
     path: str | None = None
+    image_column: str = "image"
+    caption_column: str = "text"
     resolution: int = Field(32, ge=8)
     empty_captions: Literal["reject", "keep"] = "reject"
     min_size: int = Field(16, ge=1)

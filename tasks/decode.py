@@ -6,6 +6,7 @@ transparency (composited on a configurable background). Rejections carry a reaso
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,14 +46,18 @@ def _to_8bit_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Im
     return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV, RGB
 
 
-def decode_image(path: Path, limits: DecodeLimits) -> tuple[np.ndarray, tuple[int, int]]:
-    """(uint8 RGB array [H, W, 3] with EXIF orientation applied, original (width, height))."""
-    if path.stat().st_size == 0:
+def decode_image(source: Path | bytes, limits: DecodeLimits) -> tuple[np.ndarray, tuple[int, int]]:
+    """(uint8 RGB array [H, W, 3] with EXIF orientation applied, original (width, height)).
+
+    `source` is a file or the encoded bytes (a parquet cell, a tar member).
+    """
+    size = len(source) if isinstance(source, bytes) else source.stat().st_size
+    if size == 0:
         raise DecodeError("empty_file", "0 bytes")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
                 w, h = img.size
                 if w * h > limits.max_pixels:
                     raise DecodeError(

@@ -45,6 +45,12 @@ def run_embed_text(
         )
         return {"hidden": hidden.half(), "mask": mask.to(torch.int8)}
 
+    # over-long captions are kept (truncated to text.max_length tokens) and counted
+    lengths = [len(ids) for ids in tokenizer(captions, truncation=False)["input_ids"]]
+    truncated = sum(n > cfg.text.max_length for n in lengths)
+    if truncated:
+        limit = f"text.max_length={cfg.text.max_length}"
+        print(f"{truncated} of {len(captions)} distinct captions exceed {limit} tokens (kept, truncated)")
     stats = build_cache(store, "text", keys, cfg.text.shard_size, encode, desc="embed_text")
     out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(
@@ -64,9 +70,11 @@ def run_embed_text(
         "max_length": cfg.text.max_length,
         "bucket": store.bucket,
         "captions": len(captions),
+        "captions_truncated": truncated,
+        "longest_caption_tokens": max(lengths),
         **stats.summary(),
     }
     (out / INFO).write_text(json.dumps(info, indent=2) + "\n")
     if tracker:
-        tracker.log_metrics(stats.summary())
+        tracker.log_metrics({**stats.summary(), "captions_truncated": truncated})
     return info

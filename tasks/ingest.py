@@ -75,7 +75,7 @@ def user_candidates(data: DataConfig) -> Iterator[Candidate | Reject]:
     """Items of an `imagefolder` or `sidecar` source, decoded; exact pixel duplicates keep the first."""
     limits = DecodeLimits(tuple(data.background), data.max_pixels, data.min_size)
     first_with_pixels: dict[str, str] = {}
-    for item in sources.items(data.source, data.path):
+    for item in sources.items(data.source, data.path, data.image_column, data.caption_column):
         if isinstance(item, Reject):
             yield item
             continue
@@ -84,7 +84,7 @@ def user_candidates(data: DataConfig) -> Iterator[Candidate | Reject]:
             yield Reject(item.name, "empty_caption", f"listed at {item.where}")
             continue
         try:
-            pixels, orig = decode_image(item.path, limits)
+            pixels, orig = decode_image(item.image, limits)
         except DecodeError as err:
             yield Reject(item.name, err.reason, err.detail)
             continue

@@ -1,7 +1,10 @@
-"""Where user image-caption pairs come from: each reader yields (file, caption) items or rejects.
+"""Where user image-caption pairs come from: each reader yields (image, caption) items or rejects.
 
 - `imagefolder`: the Hugging Face convention, `metadata.jsonl` or `metadata.csv` with `file_name`, `text`
 - `sidecar`: the kohya convention, `img.png` + `img.txt` side by side (any depth below the root)
+- `parquet`: `*.parquet` files with an image column (raw bytes, or the `{bytes, path}` struct Hugging Face
+  datasets write) and a text column
+- `webdataset`: `*.tar` shards of `key.jpg|png|webp` + `key.txt` or `key.json` ({"text"| "caption": ...})
 File names that escape the root (`../`, absolute paths, symlinks pointing out) are rejected.
 """
 
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +22,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 
 @dataclass(frozen=True)
 class SourceItem:
-    name: str  # path relative to the root, as the user wrote it: the sample id
-    path: Path  # resolved, inside the root
+    name: str  # the sample id: file name relative to the root, or the image's name inside a shard
+    image: Path | bytes  # a resolved file inside the root, or encoded image bytes
     caption: str | None  # None or blank: an empty caption (policy applied by ingest)
     where: str  # where it was listed, for messages ("metadata.csv:12")
 
@@ -44,7 +48,7 @@ def _with_caption(found: SourceItem | Reject, caption: object) -> SourceItem | R
     if isinstance(found, Reject):
         return found
     text = caption if isinstance(caption, str) else None
-    return SourceItem(found.name, found.path, text, found.where)
+    return SourceItem(found.name, found.image, text, found.where)
 
 
 def imagefolder_items(root: Path) -> Iterator[SourceItem | Reject]:
@@ -87,10 +91,76 @@ def sidecar_items(root: Path) -> Iterator[SourceItem | Reject]:
         yield _with_caption(found, caption)
 
 
-def items(source: str, path: str | None) -> Iterator[SourceItem | Reject]:
+def parquet_items(root: Path, image_column: str, caption_column: str) -> Iterator[SourceItem | Reject]:
+    import pyarrow.parquet as pq
+
+    files = sorted(root.rglob("*.parquet")) if root.is_dir() else [root]
+    for file in files:
+        table = pq.read_table(file)
+        missing = [c for c in (image_column, caption_column) if c not in table.column_names]
+        if missing:
+            raise ValueError(f"{file}: no column(s) {missing} (data.image_column / data.caption_column); "
+                             f"columns are {table.column_names}")  # fmt: skip
+        rel = file.relative_to(root).as_posix() if root.is_dir() else file.name
+        images, captions = table.column(image_column).to_pylist(), table.column(caption_column).to_pylist()
+        for row, (cell, caption) in enumerate(zip(images, captions, strict=True)):
+            where = f"{rel}:row {row}"
+            if isinstance(cell, dict):  # Hugging Face datasets' Image feature: {"bytes": ..., "path": ...}
+                data, name = cell.get("bytes"), cell.get("path") or where
+            else:
+                data, name = cell, where
+            if not isinstance(data, bytes):
+                yield Reject(where, "missing_image", f"no image bytes in column {image_column!r}")
+                continue
+            yield SourceItem(str(name), data, caption if isinstance(caption, str) else None, where)
+
+
+def _tar_caption(members: dict[str, bytes]) -> str | None:
+    if "txt" in members:
+        return members["txt"].decode("utf-8", errors="replace").strip()
+    if "json" in members:
+        meta = json.loads(members["json"])
+        return meta.get("text", meta.get("caption")) if isinstance(meta, dict) else None
+    return None
+
+
+def webdataset_items(root: Path) -> Iterator[SourceItem | Reject]:
+    """WebDataset convention: members sharing a key (the name up to the basename's first dot) are a sample."""
+    image_exts = ("jpg", "jpeg", "png", "webp")
+    for shard in sorted(root.rglob("*.tar")) if root.is_dir() else [root]:
+        samples: dict[str, dict[str, bytes]] = {}
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                folder, _, base = member.name.rpartition("/")
+                key, _, ext = base.partition(".")
+                sample = samples.setdefault(f"{folder}/{key}" if folder else key, {})
+                sample[ext.lower()] = tar.extractfile(member).read()
+        for key, members in samples.items():
+            where = f"{shard.name}:{key}"
+            ext = next((e for e in image_exts if e in members), None)
+            if ext is None:
+                yield Reject(where, "missing_image", f"no image among {sorted(members)}")
+                continue
+            try:
+                caption = _tar_caption(members)
+            except json.JSONDecodeError as err:
+                yield Reject(where, "malformed_metadata", f"{key}.json: {err}")
+                continue
+            yield SourceItem(f"{key}.{ext}", members[ext], caption, where)
+
+
+def items(
+    source: str, path: str | None, image_column: str = "image", caption_column: str = "text"
+) -> Iterator[SourceItem | Reject]:
     if not path:
         raise ValueError(f"data.path: required when data.source is {source!r}")
     root = Path(path).resolve()
+    if source == "parquet":
+        return parquet_items(root, image_column, caption_column)
+    if source == "webdataset":
+        return webdataset_items(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data.path: {root} is not a directory")
     readers = {"imagefolder": imagefolder_items, "sidecar": sidecar_items}

@@ -64,6 +64,8 @@ def test_text_cache_has_every_caption_once_plus_empty(tmp_path, object_store):
     assert set(manifest["caption"]) == captions | {""}
     assert manifest["caption"].is_unique and manifest["text_key"].is_unique
     assert info["hidden_size"] == 384
+    assert info["captions_truncated"] > 0  # max_length 8 is shorter than "a small red circle at the top left"
+    assert info["longest_caption_tokens"] > 8
 
     save_tiny_vae(tmp_path / "vae", seed=0)
     run_cache_latents(cfg, tmp_path / "ingested", tmp_path / "vae", tmp_path / "latents", object_store)

@@ -3,9 +3,12 @@
 import io
 import json
 import os
+import tarfile
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -110,15 +113,42 @@ def test_every_convention_gives_the_same_manifest(tmp_path):
     for r in rows:
         (tmp_path / "side" / r["file_name"]).with_suffix(".txt").write_text(r["text"] + "\n")
 
+    png = {r["file_name"]: (tmp_path / "jsonl" / r["file_name"]).read_bytes() for r in rows}
+    (tmp_path / "pq").mkdir()
+    images = [
+        {"bytes": png[r["file_name"]], "path": r["file_name"]} for r in rows
+    ]  # HF datasets' Image struct
+    pq.write_table(
+        pa.table({"image": images, "caption": [r["text"] for r in rows]}), tmp_path / "pq" / "a.parquet"
+    )
+    (tmp_path / "wds").mkdir()
+    with tarfile.open(tmp_path / "wds" / "shard-000.tar", "w") as tar:
+        for r in rows:
+            key = r["file_name"].removesuffix(".png")
+            members = {
+                f"{key}.png": png[r["file_name"]],
+                f"{key}.json": json.dumps({"caption": r["text"]}).encode(),
+            }
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
     results = [
         ingest(tmp_path, "imagefolder", tmp_path / "jsonl"),
         ingest(tmp_path, "imagefolder", tmp_path / "csv"),
         ingest(tmp_path, "sidecar", tmp_path / "side"),
+        ingest(tmp_path, "parquet", tmp_path / "pq", caption_column="caption"),
+        ingest(tmp_path, "webdataset", tmp_path / "wds"),
     ]
     (rep0, man0, img0), *others = results
     assert rep0["accepted"] == 6 and rep0["rejected"] == 0
     for rep, man, img in others:
-        assert rep == rep0
+        assert {k: rep[k] for k in ("total", "accepted", "rejected")} == {
+            "total": 6,
+            "accepted": 6,
+            "rejected": 0,
+        }
         cols = ["sample_id", "caption", "split", "sha256"]
         assert man[cols].equals(man0[cols])
         assert np.array_equal(img, img0)
@@ -161,3 +191,35 @@ def test_empty_captions_can_be_kept_for_unconditional_training(tmp_path):
     assert sorted(manifest["caption"]) == ["", "", "a caption"]
     report, _, _ = ingest(tmp_path, "sidecar", root)
     assert report["by_reason"] == {"empty_caption": 2}
+
+
+def test_shard_formats_report_their_bad_rows(tmp_path):
+    good = _png_bytes((20, 20))
+    (tmp_path / "pq").mkdir()
+    table = pa.table({"image": [good, None, b"not an image"], "text": ["ok", "no bytes", "junk"]})
+    pq.write_table(table, tmp_path / "pq" / "raw.parquet")
+    report, manifest, _ = ingest(tmp_path, "parquet", tmp_path / "pq")
+    assert report["by_reason"] == {"missing_image": 1, "not_an_image": 1}
+    assert list(manifest["sample_id"]) == ["raw.parquet:row 0"]  # raw bytes: the id is the row's place
+
+    (tmp_path / "wds").mkdir()
+    with tarfile.open(tmp_path / "wds" / "s.tar", "w") as tar:
+        for name, data in {
+            "a.png": good,
+            "a.txt": b"fine",
+            "b.json": b"{bad",
+            "b.jpg": good,
+            "c.txt": b"x",
+        }.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    report, manifest, _ = ingest(tmp_path, "webdataset", tmp_path / "wds")
+    assert report["total"] == 3 and report["by_reason"] == {"malformed_metadata": 1, "missing_image": 1}
+    assert list(manifest["sample_id"]) == ["a.png"]
+
+
+def test_parquet_missing_column_names_it(tmp_path):
+    pq.write_table(pa.table({"img": [b"x"], "text": ["t"]}), tmp_path / "x.parquet")
+    with pytest.raises(ValueError, match=r"\['image'\].*data.image_column"):
+        ingest(tmp_path, "parquet", tmp_path / "x.parquet")
