@@ -13,7 +13,7 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from tasks import sources, synthetic
 from tasks.config import Config, DataConfig
 from tasks.decode import DecodeError, DecodeLimits, decode_image
+from tasks.shards import content_key
 from tasks.sources import Reject
 
 MANIFEST = "manifest.parquet"
@@ -42,6 +43,25 @@ class Candidate:
     image: np.ndarray  # uint8 [H, W, 3]
     orig_size: tuple[int, int]
     labels: dict[str, str] = field(default_factory=dict)
+    input_key: str | None = (
+        None  # hash of the encoded input + decode/preprocess params (incremental re-ingest)
+    )
+    pixels_sha256: str | None = None  # hash of the decoded full-size pixels (exact-duplicate detection)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What an earlier ingest computed for one input, reused when the same input comes again."""
+
+    image: np.ndarray
+    orig_size: tuple[int, int]
+    pixels_sha256: str
+
+
+@dataclass
+class DecodeCount:
+    decoded: int = 0
+    reused: int = 0
 
 
 def split_for(sample_id: str, val_fraction: float) -> str:
@@ -71,9 +91,13 @@ def synthetic_candidates(data: DataConfig, seed: int) -> Iterator[Candidate | Re
         )
 
 
-def user_candidates(data: DataConfig) -> Iterator[Candidate | Reject]:
-    """Items of an `imagefolder` or `sidecar` source, decoded; exact pixel duplicates keep the first."""
+def user_candidates(
+    data: DataConfig, reuse: dict[str, Decoded] | None = None, count: DecodeCount | None = None
+) -> Iterator[Candidate | Reject]:
+    """Items of a user source, decoded (or reused from `reuse`); exact pixel duplicates keep the first."""
+    reuse, count = reuse or {}, count or DecodeCount()
     limits = DecodeLimits(tuple(data.background), data.max_pixels, data.min_size)
+    params = {"resolution": data.resolution, "crop": "center", **asdict(limits)}
     first_with_pixels: dict[str, str] = {}
     for item in sources.items(data.source, data.path, data.image_column, data.caption_column):
         if isinstance(item, Reject):
@@ -83,29 +107,54 @@ def user_candidates(data: DataConfig) -> Iterator[Candidate | Reject]:
         if not caption and data.empty_captions == "reject":
             yield Reject(item.name, "empty_caption", f"listed at {item.where}")
             continue
-        try:
-            pixels, orig = decode_image(item.image, limits)
-        except DecodeError as err:
-            yield Reject(item.name, err.reason, err.detail)
+        raw = item.image if isinstance(item.image, bytes) else item.image.read_bytes()
+        key = content_key(hashlib.sha256(raw).hexdigest(), params)
+        if key in reuse:
+            done = reuse[key]
+            count.reused += 1
+        else:
+            try:
+                pixels, orig = decode_image(raw, limits)
+            except DecodeError as err:
+                yield Reject(item.name, err.reason, err.detail)
+                continue
+            digest = hashlib.sha256(str(pixels.shape).encode() + pixels.tobytes()).hexdigest()
+            done = Decoded(center_crop_resize(Image.fromarray(pixels), data.resolution), orig, digest)
+            count.decoded += 1
+        if done.pixels_sha256 in first_with_pixels:
+            yield Reject(
+                item.name, "duplicate_image", f"same pixels as {first_with_pixels[done.pixels_sha256]}"
+            )
             continue
-        digest = hashlib.sha256(str(pixels.shape).encode() + pixels.tobytes()).hexdigest()
-        if digest in first_with_pixels:
-            yield Reject(item.name, "duplicate_image", f"same pixels as {first_with_pixels[digest]}")
-            continue
-        first_with_pixels[digest] = item.name
+        first_with_pixels[done.pixels_sha256] = item.name
         yield Candidate(
             sample_id=item.name,
             source_item=item.where,
             caption=caption,
-            image=center_crop_resize(Image.fromarray(pixels), data.resolution),
-            orig_size=orig,
+            image=done.image,
+            orig_size=done.orig_size,
+            input_key=key,
+            pixels_sha256=done.pixels_sha256,
         )
 
 
-def candidates(cfg: Config) -> Iterator[Candidate | Reject]:
+def previous_decodes(out: Path) -> dict[str, Decoded]:
+    """input_key -> what an earlier ingest into `out` decoded, so a re-ingest decodes only new inputs."""
+    try:
+        manifest, images = read_ingested(out)
+    except (FileNotFoundError, ValueError):
+        return {}
+    if "input_key" not in manifest:
+        return {}
+    rows = zip(manifest["input_key"], images, manifest["orig_width"], manifest["orig_height"],
+               manifest["pixels_sha256"], strict=True)  # fmt: skip
+    return {k: Decoded(img, (int(w), int(h)), p) for k, img, w, h, p in rows if isinstance(k, str)}
+
+
+def candidates(cfg: Config, reuse: dict[str, Decoded], count: DecodeCount) -> Iterator[Candidate | Reject]:
     if cfg.data.source == "synthetic":
         return synthetic_candidates(cfg.data, cfg.seed)
-    return user_candidates(cfg.data)
+    return user_candidates(cfg.data, reuse, count)
 
 
 def write_ingested(items: Iterator[Candidate | Reject], out: Path, data: DataConfig) -> dict:
@@ -145,6 +194,8 @@ def write_ingested(items: Iterator[Candidate | Reject], out: Path, data: DataCon
                 "source_item": item.source_item,
                 "color": item.labels.get("color"),
                 "shape": item.labels.get("shape"),
+                "input_key": item.input_key,
+                "pixels_sha256": item.pixels_sha256,
             }
         )
         buffer.append(item.image)
@@ -170,13 +221,21 @@ def write_ingested(items: Iterator[Candidate | Reject], out: Path, data: DataCon
 
 MANIFEST_COLUMNS = [
     "sample_id", "sha256", "caption", "split", "shard", "index",
-    "orig_width", "orig_height", "source_item", "color", "shape",
+    "orig_width", "orig_height", "source_item", "color", "shape", "input_key", "pixels_sha256",
 ]  # fmt: skip
 
 
 def run_ingest(cfg: Config, out: Path) -> dict:
-    """The whole stage: read the configured source, write `out`, return the report."""
-    return write_ingested(candidates(cfg), out, cfg.data)
+    """The whole stage: read the configured source, write `out`, return the report.
+
+    Inputs already ingested into `out` with the same decode params are reused, not decoded again.
+    """
+    count = DecodeCount()
+    report = write_ingested(candidates(cfg, previous_decodes(out), count), out, cfg.data)
+    if cfg.data.source != "synthetic":
+        report.update(decoded=count.decoded, reused=count.reused)
+        (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    return report
 
 
 def read_ingested(path: Path, split: str | None = None) -> tuple[pd.DataFrame, np.ndarray]:

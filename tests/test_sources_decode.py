@@ -223,3 +223,33 @@ def test_parquet_missing_column_names_it(tmp_path):
     pq.write_table(pa.table({"img": [b"x"], "text": ["t"]}), tmp_path / "x.parquet")
     with pytest.raises(ValueError, match=r"\['image'\].*data.image_column"):
         ingest(tmp_path, "parquet", tmp_path / "x.parquet")
+
+
+def test_reingest_with_ten_percent_more_decodes_only_the_new_items(tmp_path):
+    root = tmp_path / "side"
+    root.mkdir()
+    for i in range(22):
+        Image.fromarray(np.full((20, 20 + i, 3), (7 * i, 200 - 5 * i, 3 * i), np.uint8)).save(
+            root / f"{i:02d}.png"
+        )
+        (root / f"{i:02d}.txt").write_text(f"image {i}")
+    moved = [tmp_path / f"{i:02d}.{ext}" for i in (20, 21) for ext in ("png", "txt")]
+    for p in moved:
+        (root / p.name).rename(p)  # hold back 2 of 22 (10%) for later
+
+    cfg = config_from_dict({"data": {"source": "sidecar", "path": str(root), "resolution": 16}})
+    first = run_ingest(cfg, tmp_path / "out")
+    assert first["decoded"] == 20 and first["reused"] == 0
+    for p in moved:
+        p.rename(root / p.name)
+    again = run_ingest(cfg, tmp_path / "out")
+    assert again["decoded"] == 2 and again["reused"] == 20 and again["accepted"] == 22
+
+    scratch = run_ingest(cfg, tmp_path / "scratch")
+    assert scratch["decoded"] == 22
+    incremental, images = read_ingested(tmp_path / "out")
+    full, full_images = read_ingested(tmp_path / "scratch")
+    assert incremental.equals(full) and np.array_equal(images, full_images)
+
+    changed = config_from_dict({"data": {"source": "sidecar", "path": str(root), "resolution": 8}})
+    assert run_ingest(changed, tmp_path / "out")["decoded"] == 22  # other preprocessing: nothing reused
