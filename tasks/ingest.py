@@ -1,4 +1,4 @@
-"""Ingest stage: turn a source (synthetic set, image folder, sidecar captions) into `data/ingested/`.
+"""Ingest stage: turn a source (the synthetic set or user data, see sources.py) into `data/ingested/`.
 
 Output format (the only thing later stages read, through `read_ingested`):
 - `images-NNNNN.safetensors`: tensor `images`, uint8 [N, H, W, 3], preprocessed to the resolution
@@ -43,9 +43,8 @@ class Candidate:
     image: np.ndarray  # uint8 [H, W, 3]
     orig_size: tuple[int, int]
     labels: dict[str, str] = field(default_factory=dict)
-    input_key: str | None = (
-        None  # hash of the encoded input + decode/preprocess params (incremental re-ingest)
-    )
+    # hash of the encoded input + decode/preprocess params, for incremental re-ingest
+    input_key: str | None = None
     pixels_sha256: str | None = None  # hash of the decoded full-size pixels (exact-duplicate detection)
 
 
