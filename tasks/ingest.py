@@ -157,7 +157,7 @@ def candidates(cfg: Config, reuse: dict[str, Decoded], count: DecodeCount) -> It
 
 
 def write_ingested(items: Iterator[Candidate | Reject], out: Path, data: DataConfig) -> dict:
-    """Shard accepted items, write manifest, rejects and report; return the report."""
+    """Shard accepted items, write manifest and rejects; return the report (the caller writes it)."""
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("images-*.safetensors"):
         old.unlink()
@@ -214,7 +214,6 @@ def write_ingested(items: Iterator[Candidate | Reject], out: Path, data: DataCon
         "by_reason": dict(sorted(Counter(r.reason for r in rejects).items())),
         "accepted_with_empty_caption": sum(row["caption"] == "" for row in rows),
     }
-    (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -233,7 +232,7 @@ def run_ingest(cfg: Config, out: Path) -> dict:
     report = write_ingested(candidates(cfg, previous_decodes(out), count), out, cfg.data)
     if cfg.data.source != "synthetic":
         report.update(decoded=count.decoded, reused=count.reused)
-        (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 

@@ -7,6 +7,7 @@ State lives in one folder (the project uses `.ldmflow/s3`, git-ignored)::
     server.pid         pid of the running weed process
     server.json        its ports and endpoint
     weed.log           weed's stdout and stderr
+    (also admin/, .lock and weed's own glog files)
 
 Every weed port derives from the S3 port P (master P+1, volume P+2, filer P+3, admin P+5, each gRPC
 port +10000), so a user's server on 8333 and a test server on another P never collide. WebDAV, the
@@ -25,8 +26,10 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -247,14 +250,26 @@ def status(state_dir: Path) -> S3Endpoint | None:
     return endpoint if _answers(endpoint) else None
 
 
-def start(state_dir: Path, s3_port: int = DEFAULT_S3_PORT, timeout: float = START_TIMEOUT_S) -> S3Endpoint:
-    """Start `weed mini` detached for this state dir and wait until authenticated S3 calls succeed."""
+def start(
+    state_dir: Path,
+    s3_port: int = DEFAULT_S3_PORT,
+    timeout: float = START_TIMEOUT_S,
+    volume_size_mb: int | None = None,
+) -> S3Endpoint:
+    """Start `weed mini` detached for this state dir and wait until authenticated S3 calls succeed.
+
+    SeaweedFS gives every bucket at least one volume of its own and caps the volume count at about
+    free disk / volume size (weed picks 64-1024 MB): `volume_size_mb=64` allows many more buckets
+    (what the tests want, with a bucket per test).
+    """
     state_dir = Path(state_dir).resolve()
     with _locked(state_dir):
-        return _start_unlocked(state_dir, s3_port, timeout)
+        return _start_unlocked(state_dir, s3_port, timeout, volume_size_mb)
 
 
-def _start_unlocked(state_dir: Path, s3_port: int, timeout: float) -> S3Endpoint:
+def _start_unlocked(
+    state_dir: Path, s3_port: int, timeout: float, volume_size_mb: int | None = None
+) -> S3Endpoint:
     paths = _paths(state_dir)
     pid = _read_pid(state_dir)
     if pid is not None and _alive(pid):
@@ -291,6 +306,8 @@ def _start_unlocked(state_dir: Path, s3_port: int, timeout: float) -> S3Endpoint
         "-s3.port.lance=0",
         "-master.telemetry=false",
     ]
+    if volume_size_mb is not None:
+        cmd.append(f"-master.volumeSizeLimitMB={volume_size_mb}")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
     env.update(AWS_ACCESS_KEY_ID=access, AWS_SECRET_ACCESS_KEY=secret)
     t0 = time.monotonic()
@@ -345,6 +362,16 @@ def _stop_pid(pid: int, timeout: float = STOP_TIMEOUT_S) -> None:
         raise S3ServerError(f"weed (pid {pid}) did not exit after SIGKILL")
 
 
+def _remove_sockets(ports: dict[str, int]) -> None:
+    """Remove the unix sockets weed leaves in the temp dir (named after our ports) once it has exited."""
+    tmp = Path(tempfile.gettempdir())
+    for port in ports.values():
+        for sock in tmp.glob(f"seaweedfs-*-{port}.sock"):
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(sock.lstat().st_mode):
+                    sock.unlink()
+
+
 def stop(state_dir: Path, timeout: float = STOP_TIMEOUT_S) -> bool:
     """Stop this state dir's server; returns False when none was running (stale files are removed)."""
     state_dir = Path(state_dir).resolve()
@@ -352,19 +379,26 @@ def stop(state_dir: Path, timeout: float = STOP_TIMEOUT_S) -> bool:
         pid = _read_pid(state_dir)
         running = pid is not None and _alive(pid)
         if running:
+            try:
+                ports = json.loads(_paths(state_dir)["server"].read_text())["ports"]
+            except (OSError, ValueError, KeyError):
+                ports = {}
             _stop_pid(pid, timeout)
+            _remove_sockets(ports)
         _clear_state(state_dir)
         return running
 
 
-def ensure_running(state_dir: Path, s3_port: int = DEFAULT_S3_PORT) -> S3Endpoint:
-    """The running server of this state dir, started first when there is none."""
+def ensure_running(
+    state_dir: Path, s3_port: int = DEFAULT_S3_PORT, volume_size_mb: int | None = None
+) -> S3Endpoint:
+    """The running server of this state dir (whatever its port), started first when there is none."""
     state_dir = Path(state_dir).resolve()
     with _locked(state_dir):
         endpoint = status(state_dir)
         if endpoint is not None:
             return endpoint
-        return _start_unlocked(state_dir, s3_port, START_TIMEOUT_S)
+        return _start_unlocked(state_dir, s3_port, START_TIMEOUT_S, volume_size_mb)
 
 
 class EmbeddedS3:

@@ -25,14 +25,14 @@ def s3_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def s3_server(s3_state_dir: Path) -> Iterator[S3Endpoint]:
     """The running test S3 server's endpoint and credentials; stopped at the end of the session."""
-    try:
-        endpoint = s3server.start(s3_state_dir, s3_port=s3server.find_free_s3_port())
-    except s3server.S3ServerError as err:
-        if "already in use" not in str(err):
-            raise
-        endpoint = s3server.start(
-            s3_state_dir, s3_port=s3server.find_free_s3_port()
-        )  # lost a port race: once more
+    # 64 MB volumes: SeaweedFS needs a volume per bucket, and the tests make a bucket each
+    for attempt in range(3):  # a port found free can be taken before weed binds it: retry
+        try:
+            endpoint = s3server.start(s3_state_dir, s3server.find_free_s3_port(), volume_size_mb=64)
+            break
+        except s3server.S3ServerError as err:
+            if "already in use" not in str(err) or attempt == 2:
+                raise
     try:
         yield endpoint
     finally:
@@ -42,8 +42,10 @@ def s3_server(s3_state_dir: Path) -> Iterator[S3Endpoint]:
 def _drop_bucket(store: ObjectStore) -> None:
     """Delete a test bucket and its objects (frees the server's volumes for the next tests)."""
     try:
-        for key in store.list_keys(""):
-            store.delete(key)
+        keys = store.list_keys("")
+        for i in range(0, len(keys), 1000):
+            batch = [{"Key": k} for k in keys[i : i + 1000]]
+            store.client.delete_objects(Bucket=store.bucket, Delete={"Objects": batch, "Quiet": True})
         store.client.delete_bucket(Bucket=store.bucket)
     except Exception:  # noqa: BLE001 - best effort; the server is thrown away at session end anyway
         pass
