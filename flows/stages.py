@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks.config import Config
+from tasks.ingest import REJECTS, read_rejects
 from tasks.paths import ProjectPaths
 from tasks.stages import ORDER, run_stage
 
@@ -20,11 +23,21 @@ def stage_task(name: str, cfg: Config, root: str, parent_run_id: str | None) -> 
     return run_stage(name, cfg, ProjectPaths.at(root), parent_run_id)
 
 
-def publish_ingest_report(report: dict) -> None:
-    """The ingest report as a Prefect table artifact: what was accepted, and every reject reason."""
+REJECTS_SHOWN = 1000  # the Prefect UI lists this many rejected items; rejects.jsonl has them all
+
+
+def publish_ingest_report(report: dict, ingested: Path) -> None:
+    """The ingest report as Prefect table artifacts: the counts by outcome, and the rejected items."""
     rows = [{"outcome": "accepted", "count": report["accepted"]}]
     rows += [{"outcome": f"rejected: {reason}", "count": n} for reason, n in report["by_reason"].items()]
     create_table_artifact(rows, key="ingest-report", description=f"{report['total']} items read")
+    if report["rejected"]:
+        shown = read_rejects(ingested, limit=REJECTS_SHOWN)
+        create_table_artifact(
+            shown,
+            key="ingest-rejects",
+            description=f"{len(shown)} of {report['rejected']} rejected items (all: {ingested / REJECTS})",
+        )
 
 
 def make_stage_flow(name: str):
@@ -33,7 +46,7 @@ def make_stage_flow(name: str):
         task_ = stage_task.with_options(name=name, retries=RETRIES.get(name, 0), retry_delay_seconds=[2, 10])
         result = task_(name, cfg, root, parent_run_id)
         if name == "ingest":
-            publish_ingest_report(result)
+            publish_ingest_report(result, ProjectPaths.at(root).ingested)
         return result
 
     stage_flow.__doc__ = f"The {name} stage."

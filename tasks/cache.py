@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tasks.keys import content_key, sha256_hex
 from tasks.progress import progress
-from tasks.shards import content_key, pack_shard, sha256_hex, unpack_shard
+from tasks.shards import pack_shard, unpack_shard
 from tasks.storage import ObjectStore
 
 

@@ -21,7 +21,7 @@ from models.images import to_model_space
 from tasks.cache import build_cache
 from tasks.config import Config
 from tasks.ingest import read_ingested
-from tasks.shards import content_key
+from tasks.keys import content_key
 from tasks.storage import ObjectStore
 from tasks.tracking import Run
 
@@ -41,7 +41,8 @@ def run_cache_latents(
     manifest, images = read_ingested(ingested)
     vae = AutoencoderKL.from_pretrained(vae_dir).to(device).eval()
     fingerprint = module_fingerprint(vae)
-    preprocessing = {"resolution": cfg.data.resolution, "crop": "center"}
+    # the stored pixels are already resized and cropped as ingest was told (their sha256 is in each key)
+    preprocessing = {"resolution": int(images.shape[1])}
     keys = latent_keys(manifest["sha256"].tolist(), fingerprint, preprocessing)
 
     @torch.no_grad()
@@ -62,7 +63,7 @@ def run_cache_latents(
             "shard_sha256": [r.sha256 for r in stats.refs],
         }
     ).to_parquet(out / MANIFEST, index=False)
-    h = cfg.data.resolution // (2 ** (len(vae.config.block_out_channels) - 1))
+    h = int(images.shape[1]) // (2 ** (len(vae.config.block_out_channels) - 1))
     info = {
         "vae_fingerprint": fingerprint,
         "normalisation": {k: vae.config.get(k) for k in NORMALISATION_KEYS},

@@ -36,15 +36,18 @@ class SyntheticConfig(Section):
 class DataConfig(Section):
     source: Literal["synthetic", "imagefolder", "sidecar", "parquet", "webdataset"] = "synthetic"
     path: str | None = None
+    endpoint_url: str | None = None
     image_column: str = "image"
     caption_column: str = "text"
     resolution: int = Field(32, ge=8)
+    crop: Literal["center", "random"] = "center"
     empty_captions: Literal["reject", "keep"] = "reject"
     min_size: int = Field(16, ge=1)
     max_pixels: int = Field(64_000_000, gt=0)
     background: list[int] = Field([255, 255, 255], min_length=3, max_length=3)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     shard_size: int = Field(1024, gt=0)
+    workers: int = Field(0, ge=0)
     synthetic: SyntheticConfig = SyntheticConfig()
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-REASONS = ("empty_file", "not_an_image", "truncated_image", "decompression_bomb", "too_small")
+REASONS = ("empty_file", "not_an_image", "truncated_image", "decompression_bomb", "too_small", "undecodable")
 
 
 @dataclass
@@ -43,13 +43,18 @@ def _to_8bit_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Im
         rgba = img.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (*background, 255))
         return Image.alpha_composite(canvas, rgba).convert("RGB")
-    return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV, RGB
+    return img if img.mode == "RGB" else img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
-def decode_image(source: Path | bytes, limits: DecodeLimits) -> tuple[np.ndarray, tuple[int, int]]:
-    """(uint8 RGB array [H, W, 3] with EXIF orientation applied, original (width, height)).
+def decode_rgb(
+    source: Path | bytes, limits: DecodeLimits, shorter_side_at_least: int | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """(8-bit RGB image with EXIF orientation applied, original (width, height)); raises DecodeError.
 
-    `source` is a file or the encoded bytes (a parquet cell, a tar member).
+    `source` is a file or the encoded bytes (a parquet cell, a tar member). With `shorter_side_at_least`,
+    a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps its shorter side at least that
+    long: what Pillow's `thumbnail` does, several times faster than decoding every pixel to throw most
+    of them away.
     """
     size = len(source) if isinstance(source, bytes) else source.stat().st_size
     if size == 0:
@@ -65,12 +70,26 @@ def decode_image(source: Path | bytes, limits: DecodeLimits) -> tuple[np.ndarray
                     )
                 if min(w, h) < limits.min_size:
                     raise DecodeError("too_small", f"{w}x{h} is below data.min_size={limits.min_size}")
+                if shorter_side_at_least:
+                    img.draft(None, (shorter_side_at_least, shorter_side_at_least))  # JPEG only; else no-op
                 img.load()
+                # exif_transpose returns a new image: `img` itself is released when the file closes
                 rgb = _to_8bit_rgb(ImageOps.exif_transpose(img), limits.background)
-    except UnidentifiedImageError as err:
-        raise DecodeError("not_an_image", str(err)) from None
+    except UnidentifiedImageError:
+        head = source[:16] if isinstance(source, bytes) else source.open("rb").read(16)
+        raise DecodeError("not_an_image", f"no image format recognised; the file starts {head!r}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise DecodeError("decompression_bomb", str(err)) from None
     except (OSError, SyntaxError, ValueError) as err:  # PIL reports cut-off data as OSError/SyntaxError
         raise DecodeError("truncated_image", f"{type(err).__name__}: {err}") from None
-    return np.asarray(rgb, dtype=np.uint8), (w, h)
+    except DecodeError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a damaged file can make a PIL plugin fail in any way
+        raise DecodeError("undecodable", f"{type(err).__name__}: {err}") from None
+    return rgb, (w, h)
+
+
+def decode_image(source: Path | bytes, limits: DecodeLimits) -> tuple[np.ndarray, tuple[int, int]]:
+    """(uint8 RGB array [H, W, 3] with EXIF orientation applied, original (width, height))."""
+    rgb, size = decode_rgb(source, limits)
+    return np.asarray(rgb, dtype=np.uint8), size

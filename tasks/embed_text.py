@@ -17,7 +17,7 @@ from models.fingerprint import module_fingerprint
 from models.text_encoder import encode_captions, load_text_encoder, tokenizer_settings
 from tasks.cache import build_cache
 from tasks.config import Config
-from tasks.shards import content_key
+from tasks.keys import content_key
 from tasks.storage import ObjectStore
 from tasks.tracking import Run
 

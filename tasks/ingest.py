@@ -3,34 +3,45 @@
 Output format (the only thing later stages read, through `read_ingested`):
 - `images-NNNNN.safetensors`: tensor `images`, uint8 [N, H, W, 3], preprocessed to the resolution
 - `manifest.parquet`: one row per accepted sample (id, sha256 of the pixels, caption, split, shard, index,
-  original size, source item, and `color`/`shape` labels where the source has them)
+  original size, where the crop sits, source item, and `color`/`shape` labels where the source has them)
 - `report.json`: {"total", "accepted", "rejected", "by_reason"}; `rejects.jsonl`: each rejected item + reason
+
+User items are decoded on `data.workers` processes (preprocess.py); the output is the same whatever
+their number. The new output is written beside the old one and swapped in when complete, so a failed
+ingest leaves the previous one intact.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from PIL import Image, ImageOps
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
 
 from tasks import sources, synthetic
 from tasks.config import Config, DataConfig
-from tasks.decode import DecodeError, DecodeLimits, decode_image
-from tasks.shards import content_key
+from tasks.decode import DecodeLimits
+from tasks.parallel import available_cores, ordered_map
+from tasks.preprocess import Prepared, Preprocessing, init_worker, prepare
+from tasks.progress import progress
 from tasks.sources import Reject
 
 MANIFEST = "manifest.parquet"
 REPORT = "report.json"
 REJECTS = "rejects.jsonl"
+
+MANIFEST_COLUMNS = [
+    "sample_id", "sha256", "caption", "split", "shard", "index", "orig_width", "orig_height",
+    "crop_left", "crop_top", "source_item", "color", "shape", "input_key", "pixels_sha256",
+]  # fmt: skip
 
 
 @dataclass
@@ -41,20 +52,12 @@ class Candidate:
     source_item: str
     caption: str
     image: np.ndarray  # uint8 [H, W, 3]
+    sha256: str  # of `image`
     orig_size: tuple[int, int]
+    crop: tuple[int, int] = (0, 0)  # (left, top) in the image resized to cover the target
     labels: dict[str, str] = field(default_factory=dict)
-    # hash of the encoded input + decode/preprocess params, for incremental re-ingest
-    input_key: str | None = None
+    input_key: str | None = None  # the encoded input + preprocessing params, for incremental re-ingest
     pixels_sha256: str | None = None  # hash of the decoded full-size pixels (exact-duplicate detection)
-
-
-@dataclass(frozen=True)
-class Decoded:
-    """What an earlier ingest computed for one input, reused when the same input comes again."""
-
-    image: np.ndarray
-    orig_size: tuple[int, int]
-    pixels_sha256: str
 
 
 @dataclass
@@ -69,12 +72,6 @@ def split_for(sample_id: str, val_fraction: float) -> str:
     return "val" if bucket < val_fraction else "train"
 
 
-def center_crop_resize(img: Image.Image, resolution: int) -> np.ndarray:
-    """Resize the shorter side to `resolution`, then center-crop to a square."""
-    img = ImageOps.fit(img, (resolution, resolution), method=Image.Resampling.BICUBIC)
-    return np.asarray(img, dtype=np.uint8)
-
-
 def synthetic_candidates(data: DataConfig, seed: int) -> Iterator[Candidate | Reject]:
     s = data.synthetic
     for sample in synthetic.generate(
@@ -85,91 +82,100 @@ def synthetic_candidates(data: DataConfig, seed: int) -> Iterator[Candidate | Re
             source_item=f"synthetic:{sample.index}",
             caption=sample.caption,
             image=sample.image,
+            sha256=hashlib.sha256(sample.image.tobytes()).hexdigest(),
             orig_size=(data.resolution, data.resolution),
             labels={"color": sample.color, "shape": sample.shape},
         )
 
 
+class PreviousIngest:
+    """What an earlier ingest into the same folder made, by input key; images are read lazily."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.rows: dict[str, dict] = {}
+        self._shards: dict[str, object] = {}
+        try:
+            manifest = pd.read_parquet(out / MANIFEST)
+        except (FileNotFoundError, OSError):
+            return
+        if list(manifest.columns) != MANIFEST_COLUMNS:  # written by another version: decode everything
+            return
+        records = manifest.to_dict("records")
+        self.rows = {r["input_key"]: r for r in records if isinstance(r["input_key"], str)}
+
+    def keys(self) -> frozenset[str]:
+        return frozenset(self.rows)
+
+    def complete(self, item: Prepared) -> Prepared:
+        """`item` (reused: no image) with the image and facts the earlier ingest stored for its input."""
+        row = self.rows[item.input_key]
+        if row["shard"] not in self._shards:
+            path = self.out / f"{row['shard']}.safetensors"
+            self._shards[row["shard"]] = safe_open(str(path), framework="np")
+        image = self._shards[row["shard"]].get_slice("images")[int(row["index"])]
+        return Prepared(
+            item.name, item.where, item.caption, item.input_key, image, row["sha256"],
+            (int(row["orig_width"]), int(row["orig_height"])), row["pixels_sha256"],
+            (int(row["crop_left"]), int(row["crop_top"])),
+        )  # fmt: skip
+
+
+def preprocessing(cfg: Config) -> Preprocessing:
+    d = cfg.data
+    limits = DecodeLimits(tuple(d.background), d.max_pixels, d.min_size)
+    return Preprocessing(d.resolution, d.crop, cfg.seed, limits, d.empty_captions)
+
+
 def user_candidates(
-    data: DataConfig, reuse: dict[str, Decoded] | None = None, count: DecodeCount | None = None
+    cfg: Config, previous: PreviousIngest, count: DecodeCount
 ) -> Iterator[Candidate | Reject]:
-    """Items of a user source, decoded (or reused from `reuse`); exact pixel duplicates keep the first."""
-    reuse, count = reuse or {}, count or DecodeCount()
-    limits = DecodeLimits(tuple(data.background), data.max_pixels, data.min_size)
-    params = {"resolution": data.resolution, "crop": "center", **asdict(limits)}
+    """Items of a user source, decoded on worker processes (or reused); exact duplicates keep the first."""
+    d = cfg.data
+    listed = sources.items(d.source, d.path, d.image_column, d.caption_column, d.endpoint_url)
+    workers = d.workers or available_cores()
+    prepared = ordered_map(
+        prepare, listed, workers, initializer=init_worker, initargs=(preprocessing(cfg), previous.keys())
+    )
     first_with_pixels: dict[str, str] = {}
-    for item in sources.items(data.source, data.path, data.image_column, data.caption_column):
+    for item in progress(prepared, desc="ingest", unit="item"):
         if isinstance(item, Reject):
             yield item
             continue
-        caption = (item.caption or "").strip()
-        if not caption and data.empty_captions == "reject":
-            yield Reject(item.name, "empty_caption", f"listed at {item.where}")
-            continue
-        raw = item.image if isinstance(item.image, bytes) else item.image.read_bytes()
-        key = content_key(hashlib.sha256(raw).hexdigest(), params)
-        if key in reuse:
-            done = reuse[key]
+        if item.image is None:
+            item = previous.complete(item)
             count.reused += 1
         else:
-            try:
-                pixels, orig = decode_image(raw, limits)
-            except DecodeError as err:
-                yield Reject(item.name, err.reason, err.detail)
-                continue
-            digest = hashlib.sha256(str(pixels.shape).encode() + pixels.tobytes()).hexdigest()
-            done = Decoded(center_crop_resize(Image.fromarray(pixels), data.resolution), orig, digest)
             count.decoded += 1
-        if done.pixels_sha256 in first_with_pixels:
-            yield Reject(
-                item.name, "duplicate_image", f"same pixels as {first_with_pixels[done.pixels_sha256]}"
-            )
+        if item.pixels_sha256 in first_with_pixels:
+            first = first_with_pixels[item.pixels_sha256]
+            yield Reject(item.name, "duplicate_image", f"same pixels as {first}")
             continue
-        first_with_pixels[done.pixels_sha256] = item.name
+        first_with_pixels[item.pixels_sha256] = item.name
         yield Candidate(
             sample_id=item.name,
             source_item=item.where,
-            caption=caption,
-            image=done.image,
-            orig_size=done.orig_size,
-            input_key=key,
-            pixels_sha256=done.pixels_sha256,
+            caption=item.caption,
+            image=item.image,
+            sha256=item.sha256,
+            orig_size=item.orig_size,
+            crop=item.crop,
+            input_key=item.input_key,
+            pixels_sha256=item.pixels_sha256,
         )
 
 
-def previous_decodes(out: Path) -> dict[str, Decoded]:
-    """input_key -> what an earlier ingest into `out` decoded, so a re-ingest decodes only new inputs."""
-    try:
-        manifest, images = read_ingested(out)
-    except (FileNotFoundError, ValueError):
-        return {}
-    if "input_key" not in manifest:
-        return {}
-    rows = zip(manifest["input_key"], images, manifest["orig_width"], manifest["orig_height"],
-               manifest["pixels_sha256"], strict=True)  # fmt: skip
-    return {k: Decoded(img, (int(w), int(h)), p) for k, img, w, h, p in rows if isinstance(k, str)}
-
-
-def candidates(cfg: Config, reuse: dict[str, Decoded], count: DecodeCount) -> Iterator[Candidate | Reject]:
-    if cfg.data.source == "synthetic":
-        return synthetic_candidates(cfg.data, cfg.seed)
-    return user_candidates(cfg.data, reuse, count)
-
-
 def write_ingested(items: Iterator[Candidate | Reject], out: Path, data: DataConfig) -> dict:
-    """Shard accepted items, write manifest and rejects; return the report (the caller writes it)."""
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("images-*.safetensors"):
-        old.unlink()
+    """Shard accepted items into `out` (a new folder), write manifest and rejects; return the report."""
+    out.mkdir(parents=True)
     rows: list[dict] = []
     rejects: list[Reject] = []
-    buffer: list[np.ndarray] = []
+    buffer: np.ndarray | None = None  # the shard being filled, [shard_size, H, W, 3]
     seen_ids: set[str] = set()
 
     def flush() -> None:
-        shard = rows[-1]["shard"]
-        save_file({"images": torch.from_numpy(np.stack(buffer))}, str(out / f"{shard}.safetensors"))
-        buffer.clear()
+        last = rows[-1]
+        save_file({"images": buffer[: last["index"] + 1]}, str(out / f"{last['shard']}.safetensors"))
 
     for item in items:
         if isinstance(item, Reject):
@@ -179,17 +185,18 @@ def write_ingested(items: Iterator[Candidate | Reject], out: Path, data: DataCon
             rejects.append(Reject(item.source_item, "duplicate_id", item.sample_id))
             continue
         seen_ids.add(item.sample_id)
-        index = len(rows) % data.shard_size
         rows.append(
             {
                 "sample_id": item.sample_id,
-                "sha256": hashlib.sha256(item.image.tobytes()).hexdigest(),
+                "sha256": item.sha256,
                 "caption": item.caption,
                 "split": split_for(item.sample_id, data.val_fraction),
                 "shard": f"images-{len(rows) // data.shard_size:05d}",
-                "index": index,
+                "index": len(rows) % data.shard_size,
                 "orig_width": item.orig_size[0],
                 "orig_height": item.orig_size[1],
+                "crop_left": item.crop[0],
+                "crop_top": item.crop[1],
                 "source_item": item.source_item,
                 "color": item.labels.get("color"),
                 "shape": item.labels.get("shape"),
@@ -197,43 +204,68 @@ def write_ingested(items: Iterator[Candidate | Reject], out: Path, data: DataCon
                 "pixels_sha256": item.pixels_sha256,
             }
         )
-        buffer.append(item.image)
-        if len(buffer) == data.shard_size:
+        if buffer is None:
+            buffer = np.empty((data.shard_size, *item.image.shape), np.uint8)
+        buffer[rows[-1]["index"]] = item.image
+        if rows[-1]["index"] == data.shard_size - 1:
             flush()
-    if buffer:
+    if rows and rows[-1]["index"] != data.shard_size - 1:
         flush()
 
     pd.DataFrame(rows, columns=MANIFEST_COLUMNS).to_parquet(out / MANIFEST, index=False)
     with open(out / REJECTS, "w") as f:
         for r in rejects:
             f.write(json.dumps({"item": r.item, "reason": r.reason, "detail": r.detail}) + "\n")
-    report = {
+    return {
         "total": len(rows) + len(rejects),
         "accepted": len(rows),
         "rejected": len(rejects),
         "by_reason": dict(sorted(Counter(r.reason for r in rejects).items())),
         "accepted_with_empty_caption": sum(row["caption"] == "" for row in rows),
     }
-    return report
 
 
-MANIFEST_COLUMNS = [
-    "sample_id", "sha256", "caption", "split", "shard", "index",
-    "orig_width", "orig_height", "source_item", "color", "shape", "input_key", "pixels_sha256",
-]  # fmt: skip
+def _replace_dir(new: Path, out: Path) -> None:
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    new.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def run_ingest(cfg: Config, out: Path) -> dict:
     """The whole stage: read the configured source, write `out`, return the report.
 
-    Inputs already ingested into `out` with the same decode params are reused, not decoded again.
+    Inputs already ingested into `out` with the same preprocessing are reused, not decoded again.
     """
-    count = DecodeCount()
-    report = write_ingested(candidates(cfg, previous_decodes(out), count), out, cfg.data)
-    if cfg.data.source != "synthetic":
-        report.update(decoded=count.decoded, reused=count.reused)
-    (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    staging = out.with_name(f".{out.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if cfg.data.source == "synthetic":
+            report = write_ingested(synthetic_candidates(cfg.data, cfg.seed), staging, cfg.data)
+        else:
+            count = DecodeCount()
+            report = write_ingested(user_candidates(cfg, PreviousIngest(out), count), staging, cfg.data)
+            report.update(decoded=count.decoded, reused=count.reused)
+        (staging / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _replace_dir(staging, out)
     return report
+
+
+def read_rejects(path: Path, limit: int | None = None) -> list[dict]:
+    """The rejected items of an ingest ({"item", "reason", "detail"}), the first `limit` of them."""
+    rows = []
+    with open(path / REJECTS) as f:
+        for line in f:
+            if limit is not None and len(rows) == limit:
+                break
+            rows.append(json.loads(line))
+    return rows
 
 
 def read_ingested(path: Path, split: str | None = None) -> tuple[pd.DataFrame, np.ndarray]:
@@ -244,7 +276,5 @@ def read_ingested(path: Path, split: str | None = None) -> tuple[pd.DataFrame, n
     if manifest.empty:
         raise ValueError(f"{path / MANIFEST}: no samples" + (f" in split {split!r}" if split else ""))
     shards = {s: load_file(str(path / f"{s}.safetensors"))["images"] for s in manifest["shard"].unique()}
-    images = np.stack(
-        [shards[s][i].numpy() for s, i in zip(manifest["shard"], manifest["index"], strict=True)]
-    )
+    images = np.stack([shards[s][i] for s, i in zip(manifest["shard"], manifest["index"], strict=True)])
     return manifest, images

@@ -1,4 +1,4 @@
-"""The cache shard format: one safetensors blob (many samples per object) plus content-addressed keys.
+"""The cache shard format: one safetensors blob (many samples per object), checksummed (keys: tasks/keys.py).
 
 A shard's sha256 is recorded where it is referenced (S3 metadata, manifests) and verified on read, so a
 damaged shard raises `CorruptShard` (to be recomputed) instead of being trained on.
@@ -6,7 +6,6 @@ damaged shard raises `CorruptShard` (to be recomputed) instead of being trained 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 
@@ -14,13 +13,11 @@ import torch
 from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
+from tasks.keys import sha256_hex
+
 
 class CorruptShard(ValueError):
     """A shard whose bytes do not match their checksum or are not valid safetensors."""
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def pack_shard(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
@@ -53,24 +50,3 @@ def unpack_shard(
         return _st_load(data), _header_metadata(data)
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
         raise CorruptShard(f"shard is not valid safetensors ({len(data)} bytes): {err}") from err
-
-
-def _encode(part: bytes | str | dict | list) -> tuple[bytes, bytes]:
-    if isinstance(part, bytes | bytearray | memoryview):
-        return b"b", bytes(part)
-    if isinstance(part, str):
-        return b"s", part.encode("utf-8")
-    if isinstance(part, dict | list):
-        return b"j", json.dumps(part, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
-            "utf-8"
-        )
-    raise TypeError(f"content_key parts must be bytes, str, dict or list, not {type(part).__name__}")
-
-
-def content_key(*parts: bytes | str | dict | list) -> str:
-    """sha256 hex over typed, length-prefixed parts: ("ab", "c") != ("a", "bc"); dicts are key-order free."""
-    h = hashlib.sha256(b"ldmflow-content-key-v1")
-    for part in parts:
-        tag, payload = _encode(part)
-        h.update(tag + struct.pack(">Q", len(payload)) + payload)
-    return h.hexdigest()

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tasks.config import Config
 from tasks.paths import ProjectPaths
 from tasks.storage import ObjectStore, object_store_from_config
-from tasks.tracking import Run, stage_run
+
+if TYPE_CHECKING:  # MLflow takes seconds to import: the CLI (and every decode worker) imports this module
+    from tasks.tracking import Run
 
 
 def _store(cfg: Config, p: ProjectPaths) -> ObjectStore:
@@ -20,14 +23,18 @@ def _store(cfg: Config, p: ProjectPaths) -> ObjectStore:
 
 
 def _ingest(cfg: Config, p: ProjectPaths, run: Run) -> dict:
-    from tasks.ingest import run_ingest
+    from tasks.ingest import read_rejects, run_ingest
 
     report = run_ingest(cfg, p.ingested)
     run.log_metrics(
         {"total": report["total"], "accepted": report["accepted"], "rejected": report["rejected"]}
+        | {f"rejected.{reason}": n for reason, n in report["by_reason"].items()}
     )
     run.log_artifact(p.ingested / "report.json")
     run.log_artifact(p.ingested / "rejects.jsonl")
+    rejects = read_rejects(p.ingested)
+    if rejects:
+        run.log_table(rejects, "rejects_table.json")
     return report
 
 
@@ -100,6 +107,8 @@ def with_upstream(names: list[str]) -> list[str]:
 
 def run_stage(name: str, cfg: Config, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
     """Run one stage inside its own MLflow run (nested under the pipeline run when there is one)."""
+    from tasks.tracking import stage_run
+
     stage = STAGES[name]
     with stage_run(cfg, paths, name, ("seed", *stage.sections), parent_run_id) as run:
         return stage.fn(cfg, paths, run)

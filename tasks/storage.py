@@ -143,6 +143,24 @@ class ObjectStore:
                 raise ObjectNotFound(key, self.bucket) from None
             raise self._fail(f"GetObject {key}", err) from err
 
+    def open_stream(self, key: str):
+        """A readable, non-seekable stream of the object's bytes (for large objects read once, like tars)."""
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except ClientError as err:
+            if _code(err) in NOT_FOUND_CODES:
+                raise ObjectNotFound(key, self.bucket) from None
+            raise self._fail(f"GetObject {key}", err) from err
+
+    def download(self, key: str, path: Path) -> None:
+        """Copy the object to a local file (multipart, for objects read with random access)."""
+        try:
+            self.client.download_file(self.bucket, key, str(path))
+        except ClientError as err:
+            if _code(err) in NOT_FOUND_CODES:
+                raise ObjectNotFound(key, self.bucket) from None
+            raise self._fail(f"GetObject {key}", err) from err
+
     def head(self, key: str) -> dict[str, Any] | None:
         """{"size", "metadata", "etag"} of the object, or None when there is none."""
         try:

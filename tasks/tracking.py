@@ -84,6 +84,12 @@ class Run:
     def log_dict(self, data: dict, artifact_file: str) -> None:
         self.client.log_dict(self.run_id, data, artifact_file)
 
+    def log_table(self, rows: list[dict], artifact_file: str) -> None:
+        """A table MLflow's UI shows as one (a JSON artifact of columns and rows)."""
+        import pandas as pd
+
+        self.client.log_table(self.run_id, data=pd.DataFrame(rows), artifact_file=artifact_file)
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 

@@ -1,4 +1,6 @@
 import json
+import random
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -8,6 +10,7 @@ from PIL import Image
 from tasks import synthetic
 from tasks.config import config_from_dict
 from tasks.ingest import read_ingested, run_ingest, split_for
+from tasks.preprocess import crop_box
 
 
 def synth_cfg(count=40, **data):
@@ -99,3 +102,111 @@ def test_imagefolder_accepts_good_and_reports_every_bad_item(tmp_path):
     assert images.shape == (2, 16, 16, 3)
     assert images[0, 8, 8, 0] > 150  # the red survived resize + crop
     assert pd.isna(manifest["color"][0])
+
+
+def make_wide_images(root, n=8):
+    """Sidecar images wider than tall, with a bright column marking their middle."""
+    root.mkdir()
+    for i in range(n):
+        pixels = np.full((20, 60, 3), (10 * i, 80, 160), np.uint8)
+        pixels[:, 29:31] = 255
+        Image.fromarray(pixels).save(root / f"w{i}.png")
+        (root / f"w{i}.txt").write_text(f"wide image {i}")
+
+
+def user_cfg(root, **data):
+    return config_from_dict({"data": {"source": "sidecar", "path": str(root), "resolution": 16, **data}})
+
+
+def test_crop_box_covers_the_target_and_stays_inside():
+    rng = random.Random(0)
+    box, (left, top) = crop_box((60, 20), (16, 16), "center", rng)
+    assert (left, top) == (16, 0)  # 60x20 scaled by 0.8 is 48x16: 32 px of slack, half on each side
+    assert box == pytest.approx((20.0, 0.0, 40.0, 20.0))
+    for _ in range(200):
+        w, h = rng.randint(16, 300), rng.randint(16, 300)
+        box, (left, top) = crop_box((w, h), (16, 16), "random", rng)
+        assert 0 <= box[0] < box[2] <= w and 0 <= box[1] < box[3] <= h
+        assert box[2] - box[0] == pytest.approx(box[3] - box[1], abs=1e-6)  # square in, square out
+
+
+def test_random_crop_is_recorded_reproducible_and_differs_from_center(tmp_path):
+    make_wide_images(tmp_path / "src")
+    center = run_ingest(user_cfg(tmp_path / "src"), tmp_path / "center")
+    assert center["accepted"] == 8
+    manifest, images = read_ingested(tmp_path / "center")
+    assert set(manifest["crop_left"]) == {16} and set(manifest["crop_top"]) == {0}
+    assert (images[:, :, 7:9, :] >= 200).all()  # the middle marker sits in the middle
+
+    run_ingest(user_cfg(tmp_path / "src", crop="random"), tmp_path / "r1")
+    run_ingest(user_cfg(tmp_path / "src", crop="random"), tmp_path / "r2")
+    m1, i1 = read_ingested(tmp_path / "r1")
+    m2, i2 = read_ingested(tmp_path / "r2")
+    assert m1.equals(m2) and np.array_equal(i1, i2)  # offsets follow from (seed, sample id)
+    assert len(set(m1["crop_left"])) > 2 and m1["crop_left"].between(0, 32).all()
+    for img, left in zip(i1, m1["crop_left"], strict=True):  # the marker moved by the recorded offset
+        marker = np.flatnonzero(img[8, :, 0] >= 200)
+        if 0 < 24 - left < 15:
+            assert abs(marker.mean() - (23.5 - left)) <= 1.5
+    other_seed = config_from_dict(
+        {"seed": 1, "data": {"source": "sidecar", "path": str(tmp_path / "src"), "resolution": 16,
+                             "crop": "random"}}
+    )  # fmt: skip
+    run_ingest(other_seed, tmp_path / "r3")
+    assert not read_ingested(tmp_path / "r3")[0]["crop_left"].equals(m1["crop_left"])
+
+
+def test_worker_processes_give_the_same_output_as_one(tmp_path):
+    make_wide_images(tmp_path / "src", n=40)
+    (tmp_path / "src" / "bad.png").write_text("<html>not an image</html>")
+    (tmp_path / "src" / "bad.txt").write_text("a broken download")
+    (tmp_path / "src" / "nocap.png").write_bytes((tmp_path / "src" / "w1.png").read_bytes())
+    serial = run_ingest(user_cfg(tmp_path / "src", workers=1, shard_size=16), tmp_path / "one")
+    parallel = run_ingest(user_cfg(tmp_path / "src", workers=2, shard_size=16), tmp_path / "two")
+    assert serial == parallel
+    assert serial["by_reason"] == {"empty_caption": 1, "not_an_image": 1}
+    for name in ["manifest.parquet", "rejects.jsonl", "images-00000.safetensors", "images-00002.safetensors"]:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+
+def test_a_failed_ingest_leaves_the_previous_output_intact(tmp_path):
+    make_wide_images(tmp_path / "src")
+    out = tmp_path / "out"
+    run_ingest(user_cfg(tmp_path / "src"), out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    pq_dir = tmp_path / "pq"
+    pq_dir.mkdir()
+    pd.DataFrame({"img": [b"x"], "text": ["t"]}).to_parquet(pq_dir / "a.parquet")
+    with pytest.raises(ValueError, match="data.image_column"):
+        run_ingest(config_from_dict({"data": {"source": "parquet", "path": str(pq_dir)}}), out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "pq", "src"]  # nothing half-written left
+
+
+def test_ingest_stage_logs_counts_by_reason_and_the_reject_table(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from tasks.paths import ProjectPaths
+    from tasks.stages import run_stage
+
+    make_wide_images(tmp_path / "src", n=3)
+    (tmp_path / "src" / "bad.png").write_bytes(b"")
+    (tmp_path / "src" / "bad.txt").write_text("empty file")
+    monkeypatch.chdir(tmp_path)  # a tracking URI without an artifact root: MLflow puts artifacts in ./mlruns
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = config_from_dict(
+        {"data": {"source": "sidecar", "path": str(tmp_path / "src"), "resolution": 16},
+         "tracking": {"uri": uri}}
+    )  # fmt: skip
+    report = run_stage("ingest", cfg, ProjectPaths.at(tmp_path / "project"))
+    assert report["by_reason"] == {"empty_file": 1}
+    client = MlflowClient(uri, registry_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("ldmflow").experiment_id])
+    assert run.data.metrics["rejected"] == 1 and run.data.metrics["rejected.empty_file"] == 1
+    table = json.loads(
+        Path(client.download_artifacts(run.info.run_id, "rejects_table.json", str(tmp_path))).read_text()
+    )
+    assert table["columns"] == ["item", "reason", "detail"] and table["data"][0][:2] == [
+        "bad.png",
+        "empty_file",
+    ]

@@ -99,7 +99,8 @@ def test_full_run_registers_a_model(project, s3_server):
     assert metrics["chance_level"] == pytest.approx(0.25)
     assert all(isinstance(v, int | float) for v in metrics.values())
 
-    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)  # explicit: other tests in this process set MLflow's globals
     version = client.get_model_version_by_alias("ldmflow", "champion")
     assert int(version.version) >= 1
     runs = client.search_runs([client.get_experiment_by_name("ldmflow").experiment_id])

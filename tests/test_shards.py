@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tasks.shards import CorruptShard, content_key, pack_shard, sha256_hex, unpack_shard
+from tasks.keys import content_key, sha256_hex
+from tasks.shards import CorruptShard, pack_shard, unpack_shard
 
 
 def sample_tensors() -> dict[str, torch.Tensor]:

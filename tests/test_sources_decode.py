@@ -1,16 +1,14 @@
 """User data as real folders hold it: every convention, every awkward file, every item accounted for."""
 
-import io
 import json
 import os
-import tarfile
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from user_data import make_dataset, png_bytes, write_every_convention, write_tar
 
 from tasks.config import config_from_dict
 from tasks.decode import DecodeError, DecodeLimits, decode_image
@@ -66,9 +64,9 @@ def test_palette_transparency_uses_background(tmp_path):
     [
         (lambda p: p.write_bytes(b""), "empty_file"),
         (lambda p: p.write_text("<html>502 Bad Gateway</html>"), "not_an_image"),
-        (lambda p: p.write_bytes(_png_bytes((20, 20))[:-40]), "truncated_image"),
-        (lambda p: p.write_bytes(_png_bytes((200, 200))), "decompression_bomb"),
-        (lambda p: p.write_bytes(_png_bytes((4, 30))), "too_small"),
+        (lambda p: p.write_bytes(png_bytes((20, 20))[:-40]), "truncated_image"),
+        (lambda p: p.write_bytes(png_bytes((200, 200))), "decompression_bomb"),
+        (lambda p: p.write_bytes(png_bytes((4, 30))), "too_small"),
     ],
 )
 def test_bad_files_are_rejected_with_a_reason(tmp_path, write, reason):
@@ -79,25 +77,6 @@ def test_bad_files_are_rejected_with_a_reason(tmp_path, write, reason):
     assert err.value.reason == reason
 
 
-def _png_bytes(size) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(
-        buf, "PNG"
-    )
-    return buf.getvalue()
-
-
-def make_dataset(root, n=6):
-    """n distinct images with captions, written once; the sources below describe the same data."""
-    root.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n):
-        img = Image.new("RGB", (24 + i, 20), (40 * i, 255 - 30 * i, 90))
-        img.save(root / f"img{i}.png")
-        rows.append({"file_name": f"img{i}.png", "text": f"a picture number {i}"})
-    return rows
-
-
 def ingest(tmp_path, source, root, **data):
     cfg = config_from_dict({"data": {"source": source, "path": str(root), "resolution": 16, **data}})
     out = tmp_path / f"out-{source}-{len(list(tmp_path.iterdir()))}"
@@ -105,42 +84,9 @@ def ingest(tmp_path, source, root, **data):
 
 
 def test_every_convention_gives_the_same_manifest(tmp_path):
-    rows = make_dataset(tmp_path / "jsonl")
-    (tmp_path / "jsonl" / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    make_dataset(tmp_path / "csv")
-    pd.DataFrame(rows).to_csv(tmp_path / "csv" / "metadata.csv", index=False)
-    make_dataset(tmp_path / "side")
-    for r in rows:
-        (tmp_path / "side" / r["file_name"]).with_suffix(".txt").write_text(r["text"] + "\n")
-
-    png = {r["file_name"]: (tmp_path / "jsonl" / r["file_name"]).read_bytes() for r in rows}
-    (tmp_path / "pq").mkdir()
-    images = [
-        {"bytes": png[r["file_name"]], "path": r["file_name"]} for r in rows
-    ]  # HF datasets' Image struct
-    pq.write_table(
-        pa.table({"image": images, "caption": [r["text"] for r in rows]}), tmp_path / "pq" / "a.parquet"
-    )
-    (tmp_path / "wds").mkdir()
-    with tarfile.open(tmp_path / "wds" / "shard-000.tar", "w") as tar:
-        for r in rows:
-            key = r["file_name"].removesuffix(".png")
-            members = {
-                f"{key}.png": png[r["file_name"]],
-                f"{key}.json": json.dumps({"caption": r["text"]}).encode(),
-            }
-            for name, data in members.items():
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-
-    results = [
-        ingest(tmp_path, "imagefolder", tmp_path / "jsonl"),
-        ingest(tmp_path, "imagefolder", tmp_path / "csv"),
-        ingest(tmp_path, "sidecar", tmp_path / "side"),
-        ingest(tmp_path, "parquet", tmp_path / "pq", caption_column="caption"),
-        ingest(tmp_path, "webdataset", tmp_path / "wds"),
-    ]
+    conventions = write_every_convention(tmp_path / "src")
+    results = [ingest(tmp_path, source, tmp_path / "src" / folder, **extra)
+               for folder, (source, extra) in conventions.items()]  # fmt: skip
     (rep0, man0, img0), *others = results
     assert rep0["accepted"] == 6 and rep0["rejected"] == 0
     for rep, man, img in others:
@@ -194,7 +140,7 @@ def test_empty_captions_can_be_kept_for_unconditional_training(tmp_path):
 
 
 def test_shard_formats_report_their_bad_rows(tmp_path):
-    good = _png_bytes((20, 20))
+    good = png_bytes((20, 20))
     (tmp_path / "pq").mkdir()
     table = pa.table({"image": [good, None, b"not an image"], "text": ["ok", "no bytes", "junk"]})
     pq.write_table(table, tmp_path / "pq" / "raw.parquet")
@@ -203,17 +149,8 @@ def test_shard_formats_report_their_bad_rows(tmp_path):
     assert list(manifest["sample_id"]) == ["raw.parquet:row 0"]  # raw bytes: the id is the row's place
 
     (tmp_path / "wds").mkdir()
-    with tarfile.open(tmp_path / "wds" / "s.tar", "w") as tar:
-        for name, data in {
-            "a.png": good,
-            "a.txt": b"fine",
-            "b.json": b"{bad",
-            "b.jpg": good,
-            "c.txt": b"x",
-        }.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    members = {"a.png": good, "a.txt": b"fine", "b.json": b"{bad", "b.jpg": good, "c.txt": b"x"}
+    write_tar(tmp_path / "wds" / "s.tar", members)
     report, manifest, _ = ingest(tmp_path, "webdataset", tmp_path / "wds")
     assert report["total"] == 3 and report["by_reason"] == {"malformed_metadata": 1, "missing_image": 1}
     assert list(manifest["sample_id"]) == ["a.png"]

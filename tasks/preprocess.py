@@ -1,0 +1,145 @@
+"""The per-item ingest work that decode workers run: read the bytes, decode, crop, resize.
+
+Torch-free on purpose, so worker processes start fast. Everything an output depends on is in
+`Preprocessing`; `input_key` hashes an input's bytes with it, so a re-ingest reuses what an earlier
+ingest made from the same input and decodes only what is new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+from tasks.decode import DecodeError, DecodeLimits, decode_rgb
+from tasks.keys import content_key, sha256_hex
+from tasks.source_roots import read_ref
+from tasks.sources import Reject, SourceItem
+from tasks.storage import ObjectNotFound, StorageError
+
+
+# Part of every input key: bump it when a code change alters what the same input and params produce.
+PREPROCESS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    resolution: int
+    crop: Literal["center", "random"]
+    seed: int  # random crops: each sample's offset follows from (seed, sample id) alone
+    limits: DecodeLimits
+    empty_captions: Literal["reject", "keep"]
+
+    def input_key(self, raw_sha256: str, sample_id: str) -> str:
+        settings = {"version": PREPROCESS_VERSION, "resolution": self.resolution, "crop": self.crop}
+        settings |= asdict(self.limits)
+        if self.crop == "center":
+            return content_key(raw_sha256, settings)
+        return content_key(raw_sha256, settings, str(self.seed), sample_id)  # the offset depends on both
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One item made ready for its shard, or (`image` None) one an earlier ingest already made."""
+
+    name: str
+    where: str
+    caption: str
+    input_key: str
+    image: np.ndarray | None = None  # uint8 [H, W, 3]
+    sha256: str | None = None  # of `image`
+    orig_size: tuple[int, int] | None = None  # (width, height) before preprocessing
+    pixels_sha256: str | None = None  # of the decoded pixels (see decode_rgb): exact-duplicate detection
+    crop: tuple[int, int] | None = None  # (left, top) of the crop in the image resized to cover the target
+
+
+def crop_box(
+    size: tuple[int, int], target: tuple[int, int], mode: str, rng: random.Random
+) -> tuple[tuple[float, float, float, float], tuple[int, int]]:
+    """Resize-to-cover then crop, as (box in source pixels, (left, top) in resized pixels).
+
+    The image is scaled so it covers `target` (w, h); the crop takes `target` out of it, centred or at a
+    random offset. The box lets PIL resample only the cropped region in one step.
+    """
+    (w, h), (tw, th) = size, target
+    scale = max(tw / w, th / h)
+    # whole pixels of room around the target in the resized image (the epsilon absorbs float error)
+    slack_x, slack_y = int(w * scale - tw + 1e-6), int(h * scale - th + 1e-6)
+    if mode == "center":
+        left, top = slack_x // 2, slack_y // 2
+    else:
+        left, top = rng.randint(0, slack_x), rng.randint(0, slack_y)
+    box = (left / scale, top / scale, min(w, (left + tw) / scale), min(h, (top + th) / scale))
+    return box, (left, top)
+
+
+def crop_rng(seed: int, sample_id: str) -> random.Random:
+    return random.Random(int(hashlib.sha256(f"{seed}:{sample_id}".encode()).hexdigest()[:16], 16))
+
+
+def resize_crop(img: Image.Image, spec: Preprocessing, sample_id: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """The image at spec.resolution x spec.resolution, and where the crop sits."""
+    target = (spec.resolution, spec.resolution)
+    box, offset = crop_box(img.size, target, spec.crop, crop_rng(spec.seed, sample_id))
+    out = img.resize(target, Image.Resampling.BICUBIC, box=box)
+    return np.asarray(out, dtype=np.uint8), offset
+
+
+# The worker's settings, set once per process by `init_worker` (the reusable set can be large).
+_SPEC: Preprocessing | None = None
+_REUSABLE: frozenset[str] = frozenset()
+
+
+def init_worker(spec: Preprocessing, reusable: frozenset[str]) -> None:
+    global _SPEC, _REUSABLE
+    _SPEC, _REUSABLE = spec, reusable
+
+
+def _caption(item: SourceItem) -> str:
+    text = item.caption
+    if text is not None and not isinstance(text, str):  # a sidecar file
+        text = read_ref(text).decode("utf-8", errors="replace")
+    return (text or "").strip()
+
+
+def prepare(item: SourceItem | Reject) -> Prepared | Reject:
+    """Everything ingest does to one item that does not need the others (runs in a worker process)."""
+    spec = _SPEC
+    assert spec is not None, "init_worker was not called"
+    if isinstance(item, Reject):
+        return item
+    try:
+        caption = _caption(item)
+        if not caption and spec.empty_captions == "reject":
+            return Reject(item.name, "empty_caption", f"listed at {item.where}")
+        raw = read_ref(item.image)
+    except ObjectNotFound as err:
+        return Reject(item.name, "missing_file", str(err))
+    except (OSError, StorageError) as err:
+        return Reject(item.name, "unreadable", f"{type(err).__name__}: {err}")
+    key = spec.input_key(sha256_hex(raw), item.name)
+    if key in _REUSABLE:
+        return Prepared(item.name, item.where, caption, key)
+    try:
+        # decoding at >= 2x the target keeps the resize's anti-aliasing as good as from full size
+        img, orig_size = decode_rgb(raw, spec.limits, shorter_side_at_least=2 * spec.resolution)
+    except DecodeError as err:
+        return Reject(item.name, err.reason, err.detail)
+    w, h = img.size
+    pixels_sha256 = hashlib.sha256(f"({h}, {w}, 3)".encode() + img.tobytes()).hexdigest()
+    image, crop = resize_crop(img, spec, item.name)
+    return Prepared(
+        item.name,
+        item.where,
+        caption,
+        key,
+        image,
+        sha256_hex(image.tobytes()),
+        orig_size,
+        pixels_sha256,
+        crop,
+    )
