@@ -23,10 +23,11 @@ def posterior_stats(
     Means, not samples z ~ q(z|x): a small VAE trained for minutes keeps a large posterior std, and
     samples would mix that noise into the statistics (and into what the U-Net learns; see train_unet).
     """
-    zs = [vae.encode(x).latent_dist.mean.double().cpu() for x in images_iter]
+    # each batch [B, C, h, w] -> [C, B*h*w]: batches may differ in h, w (aspect-ratio buckets)
+    zs = [vae.encode(x).latent_dist.mean.double().cpu().transpose(0, 1).flatten(1) for x in images_iter]
     if not zs:
         raise ValueError("posterior_stats needs at least one batch of images")
-    z = torch.cat(zs).transpose(0, 1).flatten(1)  # [C, N*h*w]
+    z = torch.cat(zs, dim=1)  # [C, N*h*w]
     return z.mean(1).float(), z.std(1).float(), z.mean().item(), z.std().item()
 
 

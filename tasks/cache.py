@@ -38,6 +38,14 @@ class CacheStats:
     items_computed: int = 0
     refs: list[ItemRef] = field(default_factory=list)
 
+    def merge(self, other: CacheStats) -> None:
+        """Add another build's counts (the refs stay with each build)."""
+        self.shards += other.shards
+        self.hits += other.hits
+        self.misses += other.misses
+        self.bytes_written += other.bytes_written
+        self.items_computed += other.items_computed
+
     def summary(self) -> dict[str, int]:
         return {
             "shards": self.shards,

@@ -1,8 +1,9 @@
 """cache_latents stage: encode every ingested image with the trained VAE into S3 latent shards.
 
-A latent's key hashes the preprocessed pixels, the VAE weights' fingerprint and the preprocessing
-params, so a changed VAE never serves a stale latent. Shards hold the posterior `mean` and `std`
-(float16): training draws a fresh latent each step and normalises it (the VAE's statistics) at use time.
+A latent's key hashes the preprocessed pixels, the VAE weights' fingerprint and the image size, so a
+changed VAE never serves a stale latent. Each image size (aspect-ratio bucket) has shards of its own.
+Shards hold the posterior `mean` and `std` (float16): training draws a fresh latent each step and
+normalises it (the VAE's statistics) at use time.
 Writes `artifacts/latents/manifest.parquet` and `artifacts/latents/cache.json`.
 """
 
@@ -18,9 +19,9 @@ from diffusers import AutoencoderKL
 from models.device import pick_device
 from models.fingerprint import module_fingerprint
 from models.images import to_model_space
-from tasks.cache import build_cache
+from tasks.cache import CacheStats, build_cache
 from tasks.config import Config
-from tasks.ingest import read_ingested
+from tasks.ingest import read_buckets
 from tasks.keys import content_key
 from tasks.storage import ObjectStore
 from tasks.tracking import Run
@@ -38,39 +39,56 @@ def run_cache_latents(
     cfg: Config, ingested: Path, vae_dir: Path, out: Path, store: ObjectStore, tracker: Run | None = None
 ) -> dict:
     device = pick_device()
-    manifest, images = read_ingested(ingested)
     vae = AutoencoderKL.from_pretrained(vae_dir).to(device).eval()
     fingerprint = module_fingerprint(vae)
-    # the stored pixels are already resized and cropped as ingest was told (their sha256 is in each key)
-    preprocessing = {"resolution": int(images.shape[1])}
-    keys = latent_keys(manifest["sha256"].tolist(), fingerprint, preprocessing)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    stats = CacheStats()
+    parts, shapes = [], {}
+    # one pass per image size (aspect-ratio bucket), so every latent shard holds latents of one shape
+    for manifest, images in read_buckets(ingested):
+        height, width = images.shape[1:3]
+        if height % factor or width % factor:
+            raise ValueError(
+                f"{ingested}: images of {width}x{height} do not divide by the VAE's factor {factor}"
+            )
+        # the stored pixels are already resized and cropped as ingest was told (their sha256 is in the key)
+        keys = latent_keys(manifest["sha256"].tolist(), fingerprint, {"height": height, "width": width})
 
-    @torch.no_grad()
-    def encode(indices: list[int]) -> dict[str, torch.Tensor]:
-        posterior = vae.encode(to_model_space(images[indices]).to(device)).latent_dist
-        return {"mean": posterior.mean.half().cpu(), "std": posterior.std.half().cpu()}
+        @torch.no_grad()
+        def encode(indices: list[int], images=images) -> dict[str, torch.Tensor]:
+            posterior = vae.encode(to_model_space(images[indices]).to(device)).latent_dist
+            return {"mean": posterior.mean.half().cpu(), "std": posterior.std.half().cpu()}
 
-    stats = build_cache(store, "latents", keys, cfg.latents.shard_size, encode, desc="cache_latents")
+        bucket = manifest["bucket"].iloc[0]
+        group = build_cache(
+            store, "latents", keys, cfg.latents.shard_size, encode, desc=f"cache_latents {bucket}"
+        )
+        stats.merge(group)
+        shapes[bucket] = [int(vae.config.latent_channels), height // factor, width // factor]
+        parts.append(
+            pd.DataFrame(
+                {
+                    "sample_id": manifest["sample_id"],
+                    "split": manifest["split"],
+                    "caption": manifest["caption"],
+                    "bucket": bucket,
+                    "latent_key": keys,
+                    "shard": [r.shard for r in group.refs],
+                    "shard_index": [r.index for r in group.refs],
+                    "shard_sha256": [r.sha256 for r in group.refs],
+                },
+                index=manifest.index,
+            )
+        )
     out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(
-        {
-            "sample_id": manifest["sample_id"],
-            "split": manifest["split"],
-            "caption": manifest["caption"],
-            "latent_key": keys,
-            "shard": [r.shard for r in stats.refs],
-            "shard_index": [r.index for r in stats.refs],
-            "shard_sha256": [r.sha256 for r in stats.refs],
-        }
-    ).to_parquet(out / MANIFEST, index=False)
-    h = int(images.shape[1]) // (2 ** (len(vae.config.block_out_channels) - 1))
+    latents = pd.concat(parts).sort_index()  # back in the ingest manifest's order
+    latents.to_parquet(out / MANIFEST, index=False)
     info = {
         "vae_fingerprint": fingerprint,
         "normalisation": {k: vae.config.get(k) for k in NORMALISATION_KEYS},
-        "latent_shape": [int(vae.config.latent_channels), h, h],
-        "preprocessing": preprocessing,
+        "latent_shapes": shapes,  # bucket -> [C, h, w]
         "bucket": store.bucket,
-        "samples": len(keys),
+        "samples": len(latents),
         **stats.summary(),
     }
     (out / INFO).write_text(json.dumps(info, indent=2) + "\n")

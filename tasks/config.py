@@ -33,6 +33,12 @@ class SyntheticConfig(Section):
     ]
 
 
+class BucketsConfig(Section):
+    enabled: bool = False
+    step: int = Field(8, ge=1)
+    max_ratio: float = Field(2.0, ge=1.0)
+
+
 class DataConfig(Section):
     source: Literal["synthetic", "imagefolder", "sidecar", "parquet", "webdataset"] = "synthetic"
     path: str | None = None
@@ -41,6 +47,7 @@ class DataConfig(Section):
     caption_column: str = "text"
     resolution: int = Field(32, ge=8)
     crop: Literal["center", "random"] = "center"
+    buckets: BucketsConfig = BucketsConfig()
     empty_captions: Literal["reject", "keep"] = "reject"
     min_size: int = Field(16, ge=1)
     max_pixels: int = Field(64_000_000, gt=0)

@@ -1,9 +1,11 @@
 """Ingest stage: turn a source (the synthetic set or user data, see sources.py) into `data/ingested/`.
 
 Output format (the only thing later stages read, through `read_ingested`):
-- `images-NNNNN.safetensors`: tensor `images`, uint8 [N, H, W, 3], preprocessed to the resolution
+- `images-<W>x<H>-NNNNN.safetensors`: tensor `images`, uint8 [N, H, W, 3]; a shard holds one image size
+  (the square resolution, or one aspect-ratio bucket when `data.buckets.enabled`)
 - `manifest.parquet`: one row per accepted sample (id, sha256 of the pixels, caption, split, shard, index,
-  original size, where the crop sits, source item, and `color`/`shape` labels where the source has them)
+  stored size and bucket, original size, where the crop sits, source item, and `color`/`shape` labels
+  where the source has them)
 - `report.json`: {"total", "accepted", "rejected", "by_reason"}; `rejects.jsonl`: each rejected item + reason
 
 User items are decoded on `data.workers` processes (preprocess.py); the output is the same whatever
@@ -30,7 +32,7 @@ from tasks import sources, synthetic
 from tasks.config import Config, DataConfig
 from tasks.decode import DecodeLimits
 from tasks.parallel import available_cores, ordered_map
-from tasks.preprocess import Prepared, Preprocessing, init_worker, prepare
+from tasks.preprocess import Prepared, Preprocessing, aspect_buckets, init_worker, prepare
 from tasks.progress import progress
 from tasks.sources import Reject
 
@@ -39,7 +41,8 @@ REPORT = "report.json"
 REJECTS = "rejects.jsonl"
 
 MANIFEST_COLUMNS = [
-    "sample_id", "sha256", "caption", "split", "shard", "index", "orig_width", "orig_height",
+    "sample_id", "sha256", "caption", "split", "shard", "index", "width", "height", "bucket",
+    "orig_width", "orig_height",
     "crop_left", "crop_top", "source_item", "color", "shape", "input_key", "pixels_sha256",
 ]  # fmt: skip
 
@@ -124,7 +127,9 @@ class PreviousIngest:
 def preprocessing(cfg: Config) -> Preprocessing:
     d = cfg.data
     limits = DecodeLimits(tuple(d.background), d.max_pixels, d.min_size)
-    return Preprocessing(d.resolution, d.crop, cfg.seed, limits, d.empty_captions)
+    b = d.buckets
+    buckets = aspect_buckets(d.resolution, b.step, b.max_ratio) if b.enabled else ()
+    return Preprocessing(d.resolution, d.crop, cfg.seed, limits, d.empty_captions, buckets)
 
 
 def user_candidates(
@@ -165,17 +170,40 @@ def user_candidates(
         )
 
 
+class ShardBuffer:
+    """The images of one shard being filled: preallocated, so closing it costs one write."""
+
+    def __init__(self, name: str, number: int, size: int) -> None:
+        self.name, self.number, self.size = name, number, size
+        self.images: np.ndarray | None = None
+        self.count = 0
+
+    @property
+    def full(self) -> bool:
+        return self.count == self.size
+
+    def add(self, image: np.ndarray) -> int:
+        """Place `image`; return its index in the shard."""
+        if self.images is None:
+            self.images = np.empty((self.size, *image.shape), np.uint8)
+        self.images[self.count] = image
+        self.count += 1
+        return self.count - 1
+
+    def save(self, out: Path) -> None:
+        save_file({"images": self.images[: self.count]}, str(out / f"{self.name}.safetensors"))
+
+
 def write_ingested(items: Iterator[Candidate | Reject], out: Path, data: DataConfig) -> dict:
-    """Shard accepted items into `out` (a new folder), write manifest and rejects; return the report."""
+    """Shard accepted items into `out` (a new folder), write manifest and rejects; return the report.
+
+    Each image size (bucket) fills shards of its own, so every shard stacks into one array.
+    """
     out.mkdir(parents=True)
     rows: list[dict] = []
     rejects: list[Reject] = []
-    buffer: np.ndarray | None = None  # the shard being filled, [shard_size, H, W, 3]
+    filling: dict[str, ShardBuffer] = {}  # bucket -> the shard being filled
     seen_ids: set[str] = set()
-
-    def flush() -> None:
-        last = rows[-1]
-        save_file({"images": buffer[: last["index"] + 1]}, str(out / f"{last['shard']}.safetensors"))
 
     for item in items:
         if isinstance(item, Reject):
@@ -185,14 +213,23 @@ def write_ingested(items: Iterator[Candidate | Reject], out: Path, data: DataCon
             rejects.append(Reject(item.source_item, "duplicate_id", item.sample_id))
             continue
         seen_ids.add(item.sample_id)
+        height, width = item.image.shape[:2]
+        bucket = f"{width}x{height}"
+        shard = filling.get(bucket)
+        if shard is None or shard.full:
+            number = shard.number + 1 if shard else 0
+            shard = filling[bucket] = ShardBuffer(f"images-{bucket}-{number:05d}", number, data.shard_size)
         rows.append(
             {
                 "sample_id": item.sample_id,
                 "sha256": item.sha256,
                 "caption": item.caption,
                 "split": split_for(item.sample_id, data.val_fraction),
-                "shard": f"images-{len(rows) // data.shard_size:05d}",
-                "index": len(rows) % data.shard_size,
+                "shard": shard.name,
+                "index": shard.add(item.image),
+                "width": width,
+                "height": height,
+                "bucket": bucket,
                 "orig_width": item.orig_size[0],
                 "orig_height": item.orig_size[1],
                 "crop_left": item.crop[0],
@@ -204,13 +241,11 @@ def write_ingested(items: Iterator[Candidate | Reject], out: Path, data: DataCon
                 "pixels_sha256": item.pixels_sha256,
             }
         )
-        if buffer is None:
-            buffer = np.empty((data.shard_size, *item.image.shape), np.uint8)
-        buffer[rows[-1]["index"]] = item.image
-        if rows[-1]["index"] == data.shard_size - 1:
-            flush()
-    if rows and rows[-1]["index"] != data.shard_size - 1:
-        flush()
+        if shard.full:
+            shard.save(out)
+    for shard in filling.values():
+        if not shard.full:
+            shard.save(out)
 
     pd.DataFrame(rows, columns=MANIFEST_COLUMNS).to_parquet(out / MANIFEST, index=False)
     with open(out / REJECTS, "w") as f:
@@ -268,13 +303,31 @@ def read_rejects(path: Path, limit: int | None = None) -> list[dict]:
     return rows
 
 
-def read_ingested(path: Path, split: str | None = None) -> tuple[pd.DataFrame, np.ndarray]:
-    """Load the manifest and the matching images (uint8 [N, H, W, 3]), optionally one split."""
+def read_buckets(path: Path, split: str | None = None) -> list[tuple[pd.DataFrame, np.ndarray]]:
+    """(manifest rows, uint8 images [N, H, W, 3]) for each image size, optionally of one split.
+
+    One group when aspect-ratio buckets are off. Each group's rows keep their manifest index, so results
+    computed per group can be put back in manifest order.
+    """
     manifest = pd.read_parquet(path / MANIFEST)
     if split is not None:
-        manifest = manifest[manifest["split"] == split].reset_index(drop=True)
+        manifest = manifest[manifest["split"] == split]
     if manifest.empty:
         raise ValueError(f"{path / MANIFEST}: no samples" + (f" in split {split!r}" if split else ""))
-    shards = {s: load_file(str(path / f"{s}.safetensors"))["images"] for s in manifest["shard"].unique()}
-    images = np.stack([shards[s][i] for s, i in zip(manifest["shard"], manifest["index"], strict=True)])
-    return manifest, images
+    groups = []
+    for _, rows in manifest.groupby(["height", "width"], sort=True):
+        shards = {s: load_file(str(path / f"{s}.safetensors"))["images"] for s in rows["shard"].unique()}
+        groups.append(
+            (rows, np.stack([shards[s][i] for s, i in zip(rows["shard"], rows["index"], strict=True)]))
+        )
+    return groups
+
+
+def read_ingested(path: Path, split: str | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """The manifest and its images (uint8 [N, H, W, 3]), optionally one split, when all share one size."""
+    groups = read_buckets(path, split)
+    if len(groups) > 1:
+        sizes = ", ".join(rows["bucket"].iloc[0] for rows, _ in groups)
+        raise ValueError(f"{path / MANIFEST}: images come in several sizes ({sizes}); use read_buckets")
+    manifest, images = groups[0]
+    return manifest.reset_index(drop=True), images

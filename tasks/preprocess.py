@@ -8,6 +8,7 @@ ingest made from the same input and decodes only what is new.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -21,7 +22,6 @@ from tasks.source_roots import read_ref
 from tasks.sources import Reject, SourceItem
 from tasks.storage import ObjectNotFound, StorageError
 
-
 # Part of every input key: bump it when a code change alters what the same input and params produce.
 PREPROCESS_VERSION = 1
 
@@ -33,10 +33,21 @@ class Preprocessing:
     seed: int  # random crops: each sample's offset follows from (seed, sample id) alone
     limits: DecodeLimits
     empty_captions: Literal["reject", "keep"]
+    buckets: tuple[tuple[int, int], ...] = ()  # (width, height) targets; empty: the square resolution
+
+    def target(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The (width, height) an image of `size` is made: its aspect-ratio bucket, or the square."""
+        if not self.buckets:
+            return (self.resolution, self.resolution)
+        return nearest_bucket(size, self.buckets)
+
+    @property
+    def longest_target_side(self) -> int:
+        return max((max(b) for b in self.buckets), default=self.resolution)
 
     def input_key(self, raw_sha256: str, sample_id: str) -> str:
         settings = {"version": PREPROCESS_VERSION, "resolution": self.resolution, "crop": self.crop}
-        settings |= asdict(self.limits)
+        settings |= asdict(self.limits) | {"buckets": [list(b) for b in self.buckets]}
         if self.crop == "center":
             return content_key(raw_sha256, settings)
         return content_key(raw_sha256, settings, str(self.seed), sample_id)  # the offset depends on both
@@ -55,6 +66,29 @@ class Prepared:
     orig_size: tuple[int, int] | None = None  # (width, height) before preprocessing
     pixels_sha256: str | None = None  # of the decoded pixels (see decode_rgb): exact-duplicate detection
     crop: tuple[int, int] | None = None  # (left, top) of the crop in the image resized to cover the target
+
+
+def aspect_buckets(resolution: int, step: int, max_ratio: float) -> tuple[tuple[int, int], ...]:
+    """Equal-area aspect-ratio buckets, as SD trainers make them: every (width, height) with sides that are
+    multiples of `step`, the largest height for each width with width x height <= resolution^2, and the
+    long side at most `max_ratio` times the short one. Sorted from tallest to widest."""
+    area = resolution * resolution
+    found = set()
+    for width in range(step, int(resolution * max_ratio) + step, step):
+        height = area // width // step * step
+        if height >= step and max(width / height, height / width) <= max_ratio + 1e-9:
+            found.add((width, height))
+    if not found:
+        raise ValueError(
+            f"data.buckets: no bucket fits resolution {resolution} with step {step} and max_ratio {max_ratio}"
+        )
+    return tuple(sorted(found, key=lambda b: b[0] / b[1]))
+
+
+def nearest_bucket(size: tuple[int, int], buckets: tuple[tuple[int, int], ...]) -> tuple[int, int]:
+    """The bucket whose aspect ratio is closest to the image's (in log ratio: 2:1 is as far as 1:2)."""
+    ratio = math.log(size[0] / size[1])
+    return min(buckets, key=lambda b: abs(math.log(b[0] / b[1]) - ratio))
 
 
 def crop_box(
@@ -82,8 +116,8 @@ def crop_rng(seed: int, sample_id: str) -> random.Random:
 
 
 def resize_crop(img: Image.Image, spec: Preprocessing, sample_id: str) -> tuple[np.ndarray, tuple[int, int]]:
-    """The image at spec.resolution x spec.resolution, and where the crop sits."""
-    target = (spec.resolution, spec.resolution)
+    """The image at its target size (spec.target), and where the crop sits."""
+    target = spec.target(img.size)
     box, offset = crop_box(img.size, target, spec.crop, crop_rng(spec.seed, sample_id))
     out = img.resize(target, Image.Resampling.BICUBIC, box=box)
     return np.asarray(out, dtype=np.uint8), offset
@@ -126,7 +160,7 @@ def prepare(item: SourceItem | Reject) -> Prepared | Reject:
         return Prepared(item.name, item.where, caption, key)
     try:
         # decoding at >= 2x the target keeps the resize's anti-aliasing as good as from full size
-        img, orig_size = decode_rgb(raw, spec.limits, shorter_side_at_least=2 * spec.resolution)
+        img, orig_size = decode_rgb(raw, spec.limits, shorter_side_at_least=2 * spec.longest_target_side)
     except DecodeError as err:
         return Reject(item.name, err.reason, err.detail)
     w, h = img.size

@@ -31,16 +31,31 @@ METRICS = "metrics.json"
 
 
 @dataclass
-class TrainingSet:
-    """Everything the U-Net trains on, loaded from the caches into memory."""
+class LatentGroup:
+    """The training latents of one shape (one aspect-ratio bucket; a single group without buckets)."""
 
     mean: torch.Tensor  # [N, C, h, w] posterior means (float16)
     std: torch.Tensor  # [N, C, h, w] posterior stds (float16)
     text_index: torch.Tensor  # [N] row of each sample's caption in `hidden`
+
+
+@dataclass
+class TrainingSet:
+    """Everything the U-Net trains on, loaded from the caches into memory."""
+
+    groups: list[LatentGroup]
     hidden: torch.Tensor  # [T, L, D] token embeddings of every distinct caption
     mask: torch.Tensor  # [T, L] attention masks
     empty_index: int  # row of the empty caption (classifier-free guidance)
     normalisation: dict  # the VAE's latent statistics (models/latents.py)
+
+    def sample(self, batch_size: int, gen: torch.Generator) -> tuple[LatentGroup, torch.Tensor]:
+        """A group (picked with probability proportional to its size) and random indices into it."""
+        group = self.groups[0]
+        if len(self.groups) > 1:
+            sizes = torch.tensor([len(g.mean) for g in self.groups], dtype=torch.float)
+            group = self.groups[int(torch.multinomial(sizes, 1, generator=gen))]
+        return group, torch.randint(len(group.mean), (batch_size,), generator=gen)
 
 
 def load_training_set(
@@ -64,10 +79,14 @@ def load_training_set(
         raise ValueError(
             f"{text_dir / 'manifest.parquet'}: no embedding for captions {(missing or [''])[:3]}"
         )
+    groups = [
+        LatentGroup(
+            fetch(rows, "mean"), fetch(rows, "std"), torch.tensor([row_of[c] for c in rows["caption"]])
+        )
+        for _, rows in latents.groupby("bucket", sort=True)
+    ]
     return TrainingSet(
-        mean=fetch(latents, "mean"),
-        std=fetch(latents, "std"),
-        text_index=torch.tensor([row_of[c] for c in latents["caption"]]),
+        groups=groups,
         hidden=fetch(text, "hidden"),
         mask=fetch(text, "mask"),
         empty_index=row_of[""],
@@ -82,7 +101,17 @@ def run_train_unet(
     torch.manual_seed(cfg.seed)
     device = pick_device()
     data = load_training_set(latents_dir, text_dir, store)
-    n, c, h, _ = data.mean.shape
+    n = sum(len(g.mean) for g in data.groups)
+    shapes = [tuple(g.mean.shape[1:]) for g in data.groups]  # (C, h, w) of each bucket
+    factor = 2 ** (len(u.block_out_channels) - 1)
+    for _, lh, lw in shapes:
+        if lh % factor or lw % factor:
+            raise ValueError(
+                f"latents of {lw}x{lh} do not divide by the U-Net's downsampling {factor}: make "
+                f"data.buckets.step a multiple of the VAE's factor x {factor}"
+            )
+    # the model's default sample size: the square bucket when there is one, else the largest
+    c, h, _ = max(shapes, key=lambda s: (s[1] == s[2], s[1] * s[2]))
     hidden, mask = data.hidden.float().to(device), data.mask.long().to(device)
 
     # 1. model, EMA, noise schedule, optimiser
@@ -109,12 +138,12 @@ def run_train_unet(
     start = time.perf_counter()
     bar = progress(range(u.steps), desc="train_unet", unit="step")
     for step in bar:
-        idx = torch.randint(n, (u.batch_size,), generator=gen)
-        latents = data.mean[idx].float()
+        group, idx = data.sample(u.batch_size, gen)  # one latent shape per batch
+        latents = group.mean[idx].float()
         if u.sample_posterior:  # a fresh draw z ~ q(z|x) each time, as SD trains
-            latents = latents + data.std[idx].float() * torch.randn(latents.shape, generator=gen)
+            latents = latents + group.std[idx].float() * torch.randn(latents.shape, generator=gen)
         latents = to_diffusion_space(latents, data.normalisation)  # ~N(0, I) per the VAE's statistics
-        text_rows = data.text_index[idx].clone()
+        text_rows = group.text_index[idx].clone()
         text_rows[torch.rand(u.batch_size, generator=gen) < u.caption_dropout] = data.empty_index
         with autocast(device):
             loss = diffusion_loss(

@@ -20,7 +20,7 @@ from models.latents import set_normalisation
 from models.pipeline import make_grid
 from models.vae import build_vae, psnr, vae_loss
 from tasks.config import Config
-from tasks.ingest import read_ingested
+from tasks.ingest import read_buckets
 from tasks.progress import progress
 from tasks.tracking import Run
 
@@ -31,18 +31,27 @@ def batches(x: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return [x[i : i + batch_size] for i in range(0, len(x), batch_size)]
 
 
+def sample_batch(groups: list[torch.Tensor], batch_size: int, gen: torch.Generator) -> torch.Tensor:
+    """A random batch (with replacement) from one group of equal-sized images; a group is picked with
+    probability proportional to its size, so every image is equally likely across steps."""
+    group = groups[0]
+    if len(groups) > 1:
+        sizes = torch.tensor([len(g) for g in groups], dtype=torch.float)
+        group = groups[int(torch.multinomial(sizes, 1, generator=gen))]
+    return group[torch.randint(len(group), (batch_size,), generator=gen)]
+
+
 def run_train_vae(cfg: Config, ingested: Path, out: Path, tracker: Run | None = None) -> dict:
     """Train the VAE, set its scaling factor, save it to `out`; return the metrics."""
     v = cfg.vae
     torch.manual_seed(cfg.seed)
     device = pick_device()
-    _, train_images = read_ingested(ingested, "train")
+    # one group per image size: a single one, or one per aspect-ratio bucket
+    train = [to_model_space(images) for _, images in read_buckets(ingested, "train")]
     try:
-        _, val_images = read_ingested(ingested, "val")
+        val = [to_model_space(images[:512]) for _, images in read_buckets(ingested, "val")]
     except ValueError:  # no val split (val_fraction 0): report on a train subset rather than nothing
-        val_images = train_images[:256]
-    train = to_model_space(train_images)
-    val = to_model_space(val_images[:512])
+        val = [group[:256] for group in train]
 
     # 1. model and optimiser
     vae = build_vae(
@@ -62,8 +71,7 @@ def run_train_vae(cfg: Config, ingested: Path, out: Path, tracker: Run | None = 
     vae.train()
     bar = progress(range(v.steps), desc="train_vae", unit="step")
     for step in bar:
-        idx = torch.randint(len(train), (v.batch_size,), generator=gen)
-        batch = train[idx].to(device)
+        batch = sample_batch(train, v.batch_size, gen).to(device)
         with autocast(device):
             loss, parts, _ = vae_loss(vae, batch, v.kl_weight)
         opt.zero_grad(set_to_none=True)
@@ -79,10 +87,11 @@ def run_train_vae(cfg: Config, ingested: Path, out: Path, tracker: Run | None = 
     # 3. latent statistics of the train split into the model's own config, then validation
     vae.eval()
     with torch.no_grad():
-        norm = set_normalisation(vae, (b.to(device) for b in batches(train[:2048], 256)), v.latent_norm)
-        recon = torch.cat([vae(b.to(device)).sample.float().cpu() for b in batches(val, 256)])
+        stats_batches = (b.to(device) for group in train for b in batches(group[:2048], 256))
+        norm = set_normalisation(vae, stats_batches, v.latent_norm)
+        recon = [torch.cat([vae(b.to(device)).sample.float().cpu() for b in batches(g, 256)]) for g in val]
     metrics = {
-        "val_psnr": psnr(recon, val),
+        "val_psnr": psnr(torch.cat([r.flatten() for r in recon]), torch.cat([g.flatten() for g in val])),
         **{k: v for k, v in norm.items() if v is not None},
         "final_train_loss": float(loss.item()),
         "steps": v.steps,
@@ -95,6 +104,8 @@ def run_train_vae(cfg: Config, ingested: Path, out: Path, tracker: Run | None = 
     if tracker:
         tracker.log_metrics({k: metrics[k] for k in ("val_psnr", "scaling_factor", "train_seconds")})
         tracker.log_dict(norm, "latent_normalisation.json")
-        pairs = np.concatenate([to_uint8(val[:16]), to_uint8(recon[:16])])  # originals, then reconstructions
+        # originals, then reconstructions, of the largest group
+        largest = max(range(len(val)), key=lambda i: len(val[i]))
+        pairs = np.concatenate([to_uint8(val[largest][:16]), to_uint8(recon[largest][:16])])
         tracker.log_image(make_grid(pairs, ncols=16), "reconstructions.png")
     return metrics

@@ -52,7 +52,7 @@ def test_latent_keys_change_when_vae_weights_change(tmp_path, object_store):
     assert changed["vae_fingerprint"] != first["vae_fingerprint"]
     assert not set(m1["latent_key"]) & set(m3["latent_key"])
     assert changed["items_computed"] == 24
-    assert json.loads((tmp_path / "l3" / "cache.json").read_text())["latent_shape"] == [4, 4, 4]
+    assert json.loads((tmp_path / "l3" / "cache.json").read_text())["latent_shapes"] == {"16x16": [4, 4, 4]}
 
 
 def test_text_cache_has_every_caption_once_plus_empty(tmp_path, object_store):
@@ -71,7 +71,8 @@ def test_text_cache_has_every_caption_once_plus_empty(tmp_path, object_store):
     run_cache_latents(cfg, tmp_path / "ingested", tmp_path / "vae", tmp_path / "latents", object_store)
     data = load_training_set(tmp_path / "latents", tmp_path / "text", object_store)
     n_train = (pd.read_parquet(tmp_path / "ingested" / "manifest.parquet")["split"] == "train").sum()
-    assert data.mean.shape == (n_train, 4, 4, 4) and data.mean.dtype == torch.float16
+    (group,) = data.groups
+    assert group.mean.shape == (n_train, 4, 4, 4) and group.mean.dtype == torch.float16
     assert data.hidden.shape == (len(manifest), 8, 384)
     assert data.mask[data.empty_index].sum() == 2  # [CLS] [SEP] only
     assert data.normalisation["scaling_factor"] == 1.5

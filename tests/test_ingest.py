@@ -53,7 +53,7 @@ def test_ingest_synthetic_writes_contract(tmp_path):
     manifest, images = read_ingested(tmp_path)
     assert len(manifest) == 40 and images.shape == (40, 16, 16, 3)
     assert sorted(p.name for p in tmp_path.glob("images-*.safetensors")) == [
-        "images-00000.safetensors", "images-00001.safetensors", "images-00002.safetensors",
+        "images-16x16-00000.safetensors", "images-16x16-00001.safetensors", "images-16x16-00002.safetensors",
     ]  # fmt: skip
     assert set(manifest["split"]) <= {"train", "val"}
     # sha256 is of the stored pixels
@@ -65,7 +65,7 @@ def test_ingest_synthetic_writes_contract(tmp_path):
 def test_ingest_is_byte_identical_on_rerun(tmp_path):
     run_ingest(synth_cfg(count=20), tmp_path / "a")
     run_ingest(synth_cfg(count=20), tmp_path / "b")
-    for name in ["manifest.parquet", "images-00000.safetensors", "report.json"]:
+    for name in ["manifest.parquet", "images-16x16-00000.safetensors", "report.json"]:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
@@ -165,7 +165,8 @@ def test_worker_processes_give_the_same_output_as_one(tmp_path):
     parallel = run_ingest(user_cfg(tmp_path / "src", workers=2, shard_size=16), tmp_path / "two")
     assert serial == parallel
     assert serial["by_reason"] == {"empty_caption": 1, "not_an_image": 1}
-    for name in ["manifest.parquet", "rejects.jsonl", "images-00000.safetensors", "images-00002.safetensors"]:
+    shards = ["images-16x16-00000.safetensors", "images-16x16-00002.safetensors"]
+    for name in ["manifest.parquet", "rejects.jsonl", *shards]:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
 
 
