@@ -6,7 +6,7 @@ on the same folder (listing, reading, hashing, EXIF, decoding, cropping, duplica
 manifest) with 1 and with 2 worker processes. Goal (issue 3): the stage with 2 processes at >= 1.5x the
 bare loop's images/s.
 
-    .venv/bin/python benchmarks/ingest.py [--images 2000] [--resolutions 32,256]
+    .venv/bin/python benchmarks/ingest.py [--images 2000] [--resolutions 32,256] [--scale 1]
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ from PIL import Image, ImageDraw, ImageOps
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_photos(root: Path, n: int, seed: int = 0) -> list[Path]:
-    """Photo-like JPEGs (gradients, shapes, sensor noise), landscape and portrait, 0.2-0.5 megapixels."""
+def make_photos(root: Path, n: int, seed: int = 0, scale: int = 1) -> list[Path]:
+    """Photo-like JPEGs (gradients, shapes, sensor noise), landscape and portrait, 0.25-0.5 megapixels
+    times scale^2."""
     rng = np.random.default_rng(seed)
-    sizes = [(640, 480), (480, 640), (800, 600), (512, 512), (720, 540)]
+    sizes = [(640 * scale, 480 * scale), (480 * scale, 640 * scale), (800 * scale, 600 * scale),
+             (512 * scale, 512 * scale), (720 * scale, 540 * scale)]  # fmt: skip
     root.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
@@ -59,6 +61,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--resolutions", default="32,256", help="data.resolution values (params.yaml: 32)")
+    ap.add_argument("--scale", type=int, default=1, help="photo side lengths x this (4: 4-8 megapixels)")
     args = ap.parse_args()
     # imported here, not at the top: decode workers are spawned and import this script again
     sys.path.insert(0, str(ROOT))
@@ -67,9 +70,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "photos"
-        paths = make_photos(src, args.images)
+        paths = make_photos(src, args.images, scale=args.scale)
         mb = sum(p.stat().st_size for p in paths) / 1e6
-        print(f"{args.images} photo-like JPEGs, 0.25-0.5 megapixels, {mb:.0f} MB; images/s, higher is better")
+        mp = f"{0.25 * args.scale**2:g}-{0.48 * args.scale**2:g}"
+        print(f"{args.images} photo-like JPEGs, {mp} megapixels, {mb:.0f} MB; images/s, higher is better")
         header = ("resolution", "bare PIL loop", "stage 1 proc", "stage 2 procs", "ratio")
         print("{:>10} {:>14} {:>13} {:>14} {:>6}".format(*header))
         for resolution in (int(r) for r in args.resolutions.split(",")):
