@@ -1,23 +1,34 @@
 """Content-addressed, sharded caches in object storage (shared by the latent and text caches).
 
-An item's key hashes everything that determines its value (the callers decide what that is). Items are
-grouped into shards in the given order; a shard's object name is the hash of its members' keys, so a
-shard that already exists holds exactly those items and is not computed again. Each object carries its
-sha256 in its S3 metadata and in the manifest; reads verify it.
+An item's key hashes everything that determines its value (the callers decide what that is). A build
+keeps every item that an earlier build (its manifest) already placed in a shard that is still intact,
+and puts only the other keys, sorted, into new shards. A new shard's object name hashes its members'
+keys, so a shard that already exists under that name holds exactly those items: a build that was
+killed half-way and runs again finds the shards it finished and computes the rest, and never stores
+an item twice.
+
+Each object carries its sha256 in its S3 metadata and in the manifest; reads verify it. A shard the
+earlier build wrote is trusted while its ETag is the one recorded then; when the ETag differs (the
+object was rewritten) its bytes are checked, and a shard that is corrupt or missing is reported and its
+items computed again.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 
+import pandas as pd
 import torch
 
 from tasks.keys import content_key, sha256_hex
 from tasks.progress import progress
-from tasks.shards import pack_shard, unpack_shard
-from tasks.storage import ObjectStore
+from tasks.shards import CorruptShard, pack_shard, unpack_shard
+from tasks.storage import ObjectNotFound, ObjectStore
+
+REF_COLUMNS = ["shard", "shard_index", "shard_sha256", "shard_etag"]
 
 
 @dataclass(frozen=True)
@@ -27,33 +38,83 @@ class ItemRef:
     shard: str  # object key
     index: int  # position inside the shard
     sha256: str  # of the whole shard object
+    etag: str  # the object's ETag when it was written or last verified
 
 
 @dataclass
 class CacheStats:
-    shards: int = 0
-    hits: int = 0
-    misses: int = 0
+    shards: int = 0  # distinct shards the items live in
+    shard_hits: int = 0  # shards found in object storage (kept from the last build, or found by name)
+    shard_misses: int = 0  # shards computed and written
+    shards_healed: int = 0  # shards of the last build that were corrupt or missing, computed again
     bytes_written: int = 0
     items_computed: int = 0
-    refs: list[ItemRef] = field(default_factory=list)
+    items_reused: int = 0
+    refs: list[ItemRef] = field(default_factory=list)  # one per key, in the order of the keys given
+
+    def summary(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "refs"}
 
     def merge(self, other: CacheStats) -> None:
         """Add another build's counts (the refs stay with each build)."""
-        self.shards += other.shards
-        self.hits += other.hits
-        self.misses += other.misses
-        self.bytes_written += other.bytes_written
-        self.items_computed += other.items_computed
+        for name, value in other.summary().items():
+            setattr(self, name, getattr(self, name) + value)
 
-    def summary(self) -> dict[str, int]:
-        return {
-            "shards": self.shards,
-            "shard_hits": self.hits,
-            "shard_misses": self.misses,
-            "bytes_written": self.bytes_written,
-            "items_computed": self.items_computed,
-        }
+
+def previous_refs(manifest: Path, key_column: str) -> dict[str, ItemRef]:
+    """key -> ref from an earlier build's manifest (empty when there is none, or it predates ETags)."""
+    try:
+        df = pd.read_parquet(manifest, columns=[key_column, *REF_COLUMNS])
+    except (FileNotFoundError, OSError, KeyError, ValueError):
+        return {}
+    rows = zip(df[key_column], *(df[c] for c in REF_COLUMNS), strict=True)
+    return {key: ItemRef(shard, int(index), sha, etag) for key, shard, index, sha, etag in rows}
+
+
+def ref_columns(refs: list[ItemRef]) -> dict[str, list]:
+    """The manifest columns that say where each item lives (REF_COLUMNS)."""
+    return {
+        "shard": [r.shard for r in refs],
+        "shard_index": [r.index for r in refs],
+        "shard_sha256": [r.sha256 for r in refs],
+        "shard_etag": [r.etag for r in refs],
+    }
+
+
+def _intact(store: ObjectStore, ref: ItemRef) -> tuple[bool, str, str]:
+    """(intact, ETag now, why not) for a shard an earlier build wrote."""
+    head = store.head(ref.shard)
+    if head is None:
+        return False, "", "missing"
+    if head["etag"] == ref.etag:
+        return True, ref.etag, ""
+    try:  # rewritten since: intact only if the bytes are still the ones recorded
+        unpack_shard(store.get_bytes(ref.shard), expected_sha256=ref.sha256)
+    except (CorruptShard, ObjectNotFound) as err:
+        return False, "", str(err)
+    return True, head["etag"], ""
+
+
+def _reuse_intact(
+    store: ObjectStore, wanted: list[str], previous: dict[str, ItemRef], kind: str, stats: CacheStats
+) -> dict[str, ItemRef]:
+    """The refs of the wanted keys whose earlier shard is intact; broken shards are reported and removed."""
+    one_ref_per_shard = {previous[k].shard: previous[k] for k in wanted if k in previous}
+    state = {}
+    for shard, ref in sorted(one_ref_per_shard.items()):
+        ok, etag, why = _intact(store, ref)
+        state[shard] = (ok, etag)
+        if not ok:
+            print(f"{kind} cache: shard {store.uri(shard)} is {why}: its items are computed again")
+            stats.shards_healed += 1
+            store.delete(shard)  # so that a rebuild under the same name is written, not taken as a hit
+    found = {}
+    for key in wanted:
+        ref = previous.get(key)
+        if ref is not None and state[ref.shard][0]:
+            found[key] = ItemRef(ref.shard, ref.index, ref.sha256, state[ref.shard][1])
+    stats.shard_hits += sum(ok for ok, _ in state.values())
+    return found
 
 
 def build_cache(
@@ -63,27 +124,37 @@ def build_cache(
     shard_size: int,
     compute: Callable[[list[int]], dict[str, torch.Tensor]],
     desc: str,
+    previous: dict[str, ItemRef] | None = None,
 ) -> CacheStats:
-    """Make sure every key is stored; `compute(indices)` returns tensors whose first dim follows `indices`."""
+    """Make sure every key is stored; `compute(indices)` returns tensors whose first dim follows `indices`
+    (indices into `keys`). `previous` is the last build's key -> ref (see `previous_refs`)."""
     stats = CacheStats()
-    chunks = [list(range(i, min(i + shard_size, len(keys)))) for i in range(0, len(keys), shard_size)]
-    for chunk in progress(chunks, desc=desc, unit="shard"):
-        member_keys = [keys[i] for i in chunk]
-        name = store.key(kind, f"{content_key(*member_keys)}.safetensors")
+    first_index: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        first_index.setdefault(key, i)
+    where = _reuse_intact(store, list(first_index), previous or {}, kind, stats)
+    stats.items_reused = len(where)
+
+    todo = sorted(k for k in first_index if k not in where)
+    chunks = [todo[i : i + shard_size] for i in range(0, len(todo), shard_size)]
+    for members in progress(chunks, desc=desc, unit="shard"):
+        name = store.key(kind, f"{content_key(*members)}.safetensors")
         head = store.head(name)
         checksum = (head or {}).get("metadata", {}).get("sha256")
-        if checksum:
-            stats.hits += 1
+        if checksum:  # written by a build that did not get to record it (killed, or elsewhere)
+            stats.shard_hits += 1
+            etag = head["etag"]
         else:
-            tensors = compute(chunk)
-            data = pack_shard(tensors, {"keys": json.dumps(member_keys)})
+            tensors = compute([first_index[k] for k in members])
+            data = pack_shard(tensors, {"keys": json.dumps(members)})
             checksum = sha256_hex(data)
-            store.put_bytes(name, data, metadata={"sha256": checksum})  # visible only once complete
-            stats.misses += 1
+            etag = store.put_bytes(name, data, metadata={"sha256": checksum})  # visible once complete
+            stats.shard_misses += 1
             stats.bytes_written += len(data)
-            stats.items_computed += len(chunk)
-        stats.shards += 1
-        stats.refs.extend(ItemRef(name, j, checksum) for j in range(len(chunk)))
+            stats.items_computed += len(members)
+        where.update((k, ItemRef(name, j, checksum, etag)) for j, k in enumerate(members))
+    stats.refs = [where[k] for k in keys]
+    stats.shards = len({r.shard for r in stats.refs})
     return stats
 
 

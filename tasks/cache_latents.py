@@ -19,7 +19,7 @@ from diffusers import AutoencoderKL
 from models.device import pick_device
 from models.fingerprint import module_fingerprint
 from models.images import to_model_space
-from tasks.cache import CacheStats, build_cache
+from tasks.cache import CacheStats, build_cache, previous_refs, ref_columns
 from tasks.config import Config
 from tasks.ingest import read_buckets
 from tasks.keys import content_key
@@ -43,6 +43,7 @@ def run_cache_latents(
     fingerprint = module_fingerprint(vae)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     stats = CacheStats()
+    previous = previous_refs(out / MANIFEST, "latent_key")  # what the last build stored, kept if intact
     parts, shapes = [], {}
     # one pass per image size (aspect-ratio bucket), so every latent shard holds latents of one shape
     for manifest, images in read_buckets(ingested):
@@ -61,7 +62,7 @@ def run_cache_latents(
 
         bucket = manifest["bucket"].iloc[0]
         group = build_cache(
-            store, "latents", keys, cfg.latents.shard_size, encode, desc=f"cache_latents {bucket}"
+            store, "latents", keys, cfg.latents.shard_size, encode, f"cache_latents {bucket}", previous
         )
         stats.merge(group)
         shapes[bucket] = [int(vae.config.latent_channels), height // factor, width // factor]
@@ -73,9 +74,7 @@ def run_cache_latents(
                     "caption": manifest["caption"],
                     "bucket": bucket,
                     "latent_key": keys,
-                    "shard": [r.shard for r in group.refs],
-                    "shard_index": [r.index for r in group.refs],
-                    "shard_sha256": [r.sha256 for r in group.refs],
+                    **ref_columns(group.refs),
                 },
                 index=manifest.index,
             )

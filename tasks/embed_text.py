@@ -15,7 +15,7 @@ import torch
 
 from models.fingerprint import module_fingerprint
 from models.text_encoder import encode_captions, load_text_encoder, tokenizer_settings
-from tasks.cache import build_cache
+from tasks.cache import build_cache, previous_refs, ref_columns
 from tasks.config import Config
 from tasks.keys import content_key
 from tasks.storage import ObjectStore
@@ -51,15 +51,14 @@ def run_embed_text(
     if truncated:
         limit = f"text.max_length={cfg.text.max_length}"
         print(f"{truncated} of {len(captions)} distinct captions exceed {limit} tokens (kept, truncated)")
-    stats = build_cache(store, "text", keys, cfg.text.shard_size, encode, desc="embed_text")
+    previous = previous_refs(out / MANIFEST, "text_key")  # what the last build stored, kept if intact
+    stats = build_cache(store, "text", keys, cfg.text.shard_size, encode, "embed_text", previous)
     out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(
         {
             "caption": captions,
             "text_key": keys,
-            "shard": [r.shard for r in stats.refs],
-            "shard_index": [r.index for r in stats.refs],
-            "shard_sha256": [r.sha256 for r in stats.refs],
+            **ref_columns(stats.refs),
         }
     ).to_parquet(out / MANIFEST, index=False)
     info = {

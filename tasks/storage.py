@@ -127,12 +127,15 @@ class ObjectStore:
                 raise self._fail("CreateBucket", err) from err
 
     # ------------------------------------------------------------------------------------------ objects
-    def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
-        """Store `data` at `key`; readers see it only once complete. Metadata keys come back lowercased."""
+    def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> str:
+        """Store `data` at `key`; readers see it only once complete. Returns the object's ETag.
+
+        Metadata keys come back lowercased."""
         try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, Metadata=dict(metadata or {}))
+            r = self.client.put_object(Bucket=self.bucket, Key=key, Body=data, Metadata=dict(metadata or {}))
         except ClientError as err:
             raise self._fail(f"PutObject {key}", err) from err
+        return r["ETag"]
 
     def get_bytes(self, key: str) -> bytes:
         """The object's bytes; raises ObjectNotFound when there is none."""

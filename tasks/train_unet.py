@@ -24,7 +24,8 @@ from models.unet import build_unet
 from tasks.cache import gather
 from tasks.config import Config
 from tasks.progress import progress
-from tasks.storage import ObjectStore
+from tasks.shards import CorruptShard
+from tasks.storage import ObjectNotFound, ObjectStore
 from tasks.tracking import Run
 
 METRICS = "metrics.json"
@@ -68,10 +69,13 @@ def load_training_set(
     text = pd.read_parquet(text_dir / "manifest.parquet")
     info = json.loads((latents_dir / "cache.json").read_text())
 
-    def fetch(df: pd.DataFrame, name: str) -> torch.Tensor:
-        return gather(
-            store, df["shard"].tolist(), df["shard_sha256"].tolist(), df["shard_index"].tolist(), name
-        )
+    def fetch(df: pd.DataFrame, name: str, made_by: str) -> torch.Tensor:
+        try:
+            return gather(
+                store, df["shard"].tolist(), df["shard_sha256"].tolist(), df["shard_index"].tolist(), name
+            )
+        except (CorruptShard, ObjectNotFound) as err:  # never train on it: the cache stage recomputes it
+            raise CorruptShard(f"{err}\nrun `ldmflow run {made_by} --force` to recompute it") from err
 
     row_of = {c: i for i, c in enumerate(text["caption"])}
     missing = sorted(set(latents["caption"]) - row_of.keys())
@@ -81,14 +85,16 @@ def load_training_set(
         )
     groups = [
         LatentGroup(
-            fetch(rows, "mean"), fetch(rows, "std"), torch.tensor([row_of[c] for c in rows["caption"]])
+            fetch(rows, "mean", "cache_latents"),
+            fetch(rows, "std", "cache_latents"),
+            torch.tensor([row_of[c] for c in rows["caption"]]),
         )
         for _, rows in latents.groupby("bucket", sort=True)
     ]
     return TrainingSet(
         groups=groups,
-        hidden=fetch(text, "hidden"),
-        mask=fetch(text, "mask"),
+        hidden=fetch(text, "hidden", "embed_text"),
+        mask=fetch(text, "mask", "embed_text"),
         empty_index=row_of[""],
         normalisation=info["normalisation"],
     )
