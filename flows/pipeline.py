@@ -7,6 +7,7 @@ from pathlib import Path
 from prefect import flow
 
 from flows import dvc_state
+from flows.runners import task_runner
 from flows.stages import STAGE_FLOWS
 from tasks import tracking
 from tasks.config import load_config
@@ -40,7 +41,9 @@ def pipeline(
                 print(f"{name}: up to date, skipped")
                 outcome[name] = "up to date"
                 continue
-            STAGE_FLOWS[name](cfg, str(paths.root), parent.run_id)
+            STAGE_FLOWS[name].with_options(task_runner=task_runner(cfg.orchestration))(
+                cfg, str(paths.root), parent.run_id
+            )
             if recorded:
                 dvc_state.record(paths.root, name)
             outcome[name] = "ran"

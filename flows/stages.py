@@ -5,16 +5,39 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
+from tasks.cache import ShardJob, ShardResult, store_shard
 from tasks.config import Config
 from tasks.ingest import REJECTS, read_rejects
 from tasks.paths import ProjectPaths
-from tasks.stages import ORDER, run_stage
+from tasks.progress import progress
+from tasks.stages import ORDER, SHARDED, run_stage
 
-# Stages that talk to object storage get retries; their caches make a retry cheap (stored shards skip).
-RETRIES = {"cache_latents": 2, "embed_text": 2, "train_unet": 1}
+# train_unet reads the caches from object storage: one retry. The sharded stages retry each shard instead.
+RETRIES = {"train_unet": 1}
+
+
+# No task timeout: it cannot interrupt a worker thread. Each S3 call has its own (tasks/storage.py).
+@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 15])
+def shard_task(job: ShardJob) -> ShardResult:
+    """Compute and store one cache shard (retried: its S3 calls can fail, and a stored shard is skipped)."""
+    return store_shard(job)
+
+
+def store_shards_with_prefect(jobs: list[ShardJob], desc: str) -> list[ShardResult]:
+    """The shard jobs as mapped Prefect tasks on the flow's task runner; shards done/total shown as a
+    progress bar here and as a progress artifact in the flow run."""
+    if not jobs:
+        return []
+    futures = shard_task.map(jobs)
+    artifact = create_progress_artifact(0.0, description=f"{desc}: {len(jobs)} shards to store")
+    results = []
+    for done, future in enumerate(progress(futures, desc=desc, unit="shard"), start=1):
+        results.append(future.result())
+        update_progress_artifact(artifact, 100.0 * done / len(jobs))
+    return results
 
 
 @task(cache_policy=NO_CACHE)  # DVC, not Prefect's cache, decides whether a stage is up to date
@@ -43,6 +66,8 @@ def publish_ingest_report(report: dict, ingested: Path) -> None:
 def make_stage_flow(name: str):
     @flow(name=name, log_prints=True)
     def stage_flow(cfg: Config, root: str = ".", parent_run_id: str | None = None) -> dict:
+        if name in SHARDED:
+            return run_stage(name, cfg, ProjectPaths.at(root), parent_run_id, store_shards_with_prefect)
         task_ = stage_task.with_options(name=name, retries=RETRIES.get(name, 0), retry_delay_seconds=[2, 10])
         result = task_(name, cfg, root, parent_run_id)
         if name == "ingest":

@@ -19,6 +19,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -117,17 +118,60 @@ def _reuse_intact(
     return found
 
 
+@dataclass(frozen=True)
+class ShardJob:
+    """One new shard to compute and store. Picklable, so any Prefect task runner (threads, Dask
+    processes on other machines) can run it: `encode` loads what it needs from paths, not memory."""
+
+    store: ObjectStore
+    name: str  # object key
+    members: list[str]  # the item keys, sorted
+    inputs: list[Any]  # what `encode` needs for each member
+    encode: Callable[[list[Any]], dict[str, torch.Tensor]]  # tensors whose first dim follows `inputs`
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    name: str
+    sha256: str
+    etag: str
+    found: bool  # already stored under its name: nothing computed
+    bytes_written: int = 0
+
+
+def store_shard(job: ShardJob) -> ShardResult:
+    """Compute and upload one shard, unless an object of that name is already complete."""
+    head = job.store.head(job.name)
+    checksum = (head or {}).get("metadata", {}).get("sha256")
+    if checksum:  # written by a build that did not get to record it (killed, or elsewhere)
+        return ShardResult(job.name, checksum, head["etag"], found=True)
+    data = pack_shard(job.encode(job.inputs), {"keys": json.dumps(job.members)})
+    checksum = sha256_hex(data)
+    etag = job.store.put_bytes(job.name, data, metadata={"sha256": checksum})  # visible once complete
+    return ShardResult(job.name, checksum, etag, found=False, bytes_written=len(data))
+
+
+ShardMap = Callable[[list[ShardJob], str], list[ShardResult]]
+
+
+def store_shards_here(jobs: list[ShardJob], desc: str) -> list[ShardResult]:
+    """Run the jobs one after another in this process (what `dvc repro`'s stage commands use)."""
+    return [store_shard(job) for job in progress(jobs, desc=desc, unit="shard")]
+
+
 def build_cache(
     store: ObjectStore,
     kind: str,
     keys: list[str],
+    inputs: list[Any],
     shard_size: int,
-    compute: Callable[[list[int]], dict[str, torch.Tensor]],
+    encode: Callable[[list[Any]], dict[str, torch.Tensor]],
     desc: str,
     previous: dict[str, ItemRef] | None = None,
+    map_shards: ShardMap = store_shards_here,
 ) -> CacheStats:
-    """Make sure every key is stored; `compute(indices)` returns tensors whose first dim follows `indices`
-    (indices into `keys`). `previous` is the last build's key -> ref (see `previous_refs`)."""
+    """Make sure every key is stored. `inputs[i]` is what `encode` needs to compute `keys[i]`; `previous`
+    is the last build's key -> ref (see `previous_refs`); `map_shards` runs the shard jobs."""
     stats = CacheStats()
     first_index: dict[str, int] = {}
     for i, key in enumerate(keys):
@@ -136,23 +180,17 @@ def build_cache(
     stats.items_reused = len(where)
 
     todo = sorted(k for k in first_index if k not in where)
-    chunks = [todo[i : i + shard_size] for i in range(0, len(todo), shard_size)]
-    for members in progress(chunks, desc=desc, unit="shard"):
+    jobs = []
+    for start in range(0, len(todo), shard_size):
+        members = todo[start : start + shard_size]
         name = store.key(kind, f"{content_key(*members)}.safetensors")
-        head = store.head(name)
-        checksum = (head or {}).get("metadata", {}).get("sha256")
-        if checksum:  # written by a build that did not get to record it (killed, or elsewhere)
-            stats.shard_hits += 1
-            etag = head["etag"]
-        else:
-            tensors = compute([first_index[k] for k in members])
-            data = pack_shard(tensors, {"keys": json.dumps(members)})
-            checksum = sha256_hex(data)
-            etag = store.put_bytes(name, data, metadata={"sha256": checksum})  # visible once complete
-            stats.shard_misses += 1
-            stats.bytes_written += len(data)
-            stats.items_computed += len(members)
-        where.update((k, ItemRef(name, j, checksum, etag)) for j, k in enumerate(members))
+        jobs.append(ShardJob(store, name, members, [inputs[first_index[k]] for k in members], encode))
+    for job, result in zip(jobs, map_shards(jobs, desc), strict=True):
+        stats.shard_hits += result.found
+        stats.shard_misses += not result.found
+        stats.bytes_written += result.bytes_written
+        stats.items_computed += 0 if result.found else len(job.members)
+        where.update((k, ItemRef(job.name, j, result.sha256, result.etag)) for j, k in enumerate(job.members))
     stats.refs = [where[k] for k in keys]
     stats.shards = len({r.shard for r in stats.refs})
     return stats

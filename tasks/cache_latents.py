@@ -9,7 +9,9 @@ Writes `artifacts/latents/manifest.parquet` and `artifacts/latents/cache.json`.
 
 from __future__ import annotations
 
+import functools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -19,9 +21,10 @@ from diffusers import AutoencoderKL
 from models.device import pick_device
 from models.fingerprint import module_fingerprint
 from models.images import to_model_space
-from tasks.cache import CacheStats, build_cache, previous_refs, ref_columns
+from tasks.cache import CacheStats, ShardMap, build_cache, previous_refs, ref_columns, store_shards_here
 from tasks.config import Config
-from tasks.ingest import read_buckets
+from tasks.ingest import MANIFEST as INGEST_MANIFEST
+from tasks.ingest import ImageShards
 from tasks.keys import content_key
 from tasks.storage import ObjectStore
 from tasks.tracking import Run
@@ -35,50 +38,68 @@ def latent_keys(pixel_sha256: list[str], vae_fingerprint: str, preprocessing: di
     return [content_key(sha, vae_fingerprint, preprocessing) for sha in pixel_sha256]
 
 
-def run_cache_latents(
-    cfg: Config, ingested: Path, vae_dir: Path, out: Path, store: ObjectStore, tracker: Run | None = None
-) -> dict:
+@functools.lru_cache(maxsize=2)
+def _load_vae(vae_dir: str, fingerprint: str) -> tuple[AutoencoderKL, torch.device]:
+    """The VAE, once per process (a thread pool shares it); refuses weights other than the planned ones."""
     device = pick_device()
     vae = AutoencoderKL.from_pretrained(vae_dir).to(device).eval()
+    if module_fingerprint(vae) != fingerprint:
+        raise RuntimeError(f"{vae_dir}: the VAE changed while its latents were being cached")
+    return vae, device
+
+
+@dataclass(frozen=True)
+class LatentEncoder:
+    """Posterior mean and std of stored images. Picklable: it reads the VAE and the images from paths."""
+
+    vae_dir: str
+    vae_fingerprint: str
+    ingested: str
+
+    @torch.no_grad()
+    def __call__(self, rows: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
+        vae, device = _load_vae(self.vae_dir, self.vae_fingerprint)
+        images = ImageShards(Path(self.ingested)).images(rows)  # [N, H, W, 3], one bucket
+        posterior = vae.encode(to_model_space(images).to(device)).latent_dist
+        return {"mean": posterior.mean.half().cpu(), "std": posterior.std.half().cpu()}
+
+
+def run_cache_latents(
+    cfg: Config,
+    ingested: Path,
+    vae_dir: Path,
+    out: Path,
+    store: ObjectStore,
+    tracker: Run | None = None,
+    map_shards: ShardMap = store_shards_here,
+) -> dict:
+    vae = AutoencoderKL.from_pretrained(vae_dir)
     fingerprint = module_fingerprint(vae)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    encoder = LatentEncoder(str(vae_dir), fingerprint, str(ingested))
+    manifest = pd.read_parquet(ingested / INGEST_MANIFEST)
     stats = CacheStats()
     previous = previous_refs(out / MANIFEST, "latent_key")  # what the last build stored, kept if intact
     parts, shapes = [], {}
     # one pass per image size (aspect-ratio bucket), so every latent shard holds latents of one shape
-    for manifest, images in read_buckets(ingested):
-        height, width = images.shape[1:3]
+    for (height, width), rows in manifest.groupby(["height", "width"], sort=True):
         if height % factor or width % factor:
             raise ValueError(
                 f"{ingested}: images of {width}x{height} do not divide by the VAE's factor {factor}"
             )
+        bucket = rows["bucket"].iloc[0]
         # the stored pixels are already resized and cropped as ingest was told (their sha256 is in the key)
-        keys = latent_keys(manifest["sha256"].tolist(), fingerprint, {"height": height, "width": width})
-
-        @torch.no_grad()
-        def encode(indices: list[int], images=images) -> dict[str, torch.Tensor]:
-            posterior = vae.encode(to_model_space(images[indices]).to(device)).latent_dist
-            return {"mean": posterior.mean.half().cpu(), "std": posterior.std.half().cpu()}
-
-        bucket = manifest["bucket"].iloc[0]
+        keys = latent_keys(rows["sha256"].tolist(), fingerprint, {"height": int(height), "width": int(width)})
+        inputs = list(zip(rows["shard"], rows["index"].astype(int), strict=True))
         group = build_cache(
-            store, "latents", keys, cfg.latents.shard_size, encode, f"cache_latents {bucket}", previous
-        )
+            store, "latents", keys, inputs, cfg.latents.shard_size, encoder, f"cache_latents {bucket}",
+            previous, map_shards,
+        )  # fmt: skip
         stats.merge(group)
-        shapes[bucket] = [int(vae.config.latent_channels), height // factor, width // factor]
-        parts.append(
-            pd.DataFrame(
-                {
-                    "sample_id": manifest["sample_id"],
-                    "split": manifest["split"],
-                    "caption": manifest["caption"],
-                    "bucket": bucket,
-                    "latent_key": keys,
-                    **ref_columns(group.refs),
-                },
-                index=manifest.index,
-            )
-        )
+        shapes[bucket] = [int(vae.config.latent_channels), int(height) // factor, int(width) // factor]
+        columns = {"sample_id": rows["sample_id"], "split": rows["split"], "caption": rows["caption"],
+                   "bucket": bucket, "latent_key": keys, **ref_columns(group.refs)}  # fmt: skip
+        parts.append(pd.DataFrame(columns, index=rows.index))
     out.mkdir(parents=True, exist_ok=True)
     latents = pd.concat(parts).sort_index()  # back in the ingest manifest's order
     latents.to_parquet(out / MANIFEST, index=False)

@@ -134,6 +134,9 @@ class TrackingConfig(Section):
 
 class OrchestrationConfig(Section):
     schedule_cron: str = "0 2 * * *"
+    task_runner: Literal["threads", "dask"] = "threads"
+    workers: int = Field(0, ge=0)
+    dask_address: str | None = None
 
 
 class Config(Section):

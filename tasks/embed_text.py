@@ -7,15 +7,19 @@ Writes `artifacts/text/manifest.parquet` (caption -> shard) and `artifacts/text/
 
 from __future__ import annotations
 
+import functools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from models.device import pick_device
 from models.fingerprint import module_fingerprint
 from models.text_encoder import encode_captions, load_text_encoder, tokenizer_settings
-from tasks.cache import build_cache, previous_refs, ref_columns
+from tasks.cache import ShardMap, build_cache, previous_refs, ref_columns, store_shards_here
 from tasks.config import Config
 from tasks.keys import content_key
 from tasks.storage import ObjectStore
@@ -30,20 +34,43 @@ def text_keys(captions: list[str], encoder_fingerprint: str, settings: dict) -> 
     return [content_key(c, encoder_fingerprint, settings) for c in captions]
 
 
+@functools.lru_cache(maxsize=2)
+def _load_encoder(spec: str, fingerprint: str) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    """The tokenizer and encoder, once per process; refuses weights other than the planned ones."""
+    tokenizer, encoder = load_text_encoder(spec, pick_device())
+    if module_fingerprint(encoder) != fingerprint:
+        raise RuntimeError(f"text encoder {spec!r} changed while its embeddings were being cached")
+    return tokenizer, encoder
+
+
+@dataclass(frozen=True)
+class CaptionEncoder:
+    """Token embeddings and attention masks of captions. Picklable: it loads the encoder by name."""
+
+    encoder: str
+    fingerprint: str
+    max_length: int
+
+    def __call__(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        tokenizer, model = _load_encoder(self.encoder, self.fingerprint)
+        hidden, mask = encode_captions(tokenizer, model, captions, self.max_length)
+        return {"hidden": hidden.half().cpu(), "mask": mask.to(torch.int8).cpu()}
+
+
 def run_embed_text(
-    cfg: Config, ingested: Path, out: Path, store: ObjectStore, tracker: Run | None = None
+    cfg: Config,
+    ingested: Path,
+    out: Path,
+    store: ObjectStore,
+    tracker: Run | None = None,
+    map_shards: ShardMap = store_shards_here,
 ) -> dict:
     captions = sorted(set(pd.read_parquet(ingested / "manifest.parquet")["caption"]) | {EMPTY_CAPTION})
     tokenizer, encoder = load_text_encoder(cfg.text.encoder)
     fingerprint = module_fingerprint(encoder)
     settings = tokenizer_settings(tokenizer, cfg.text.max_length)
     keys = text_keys(captions, fingerprint, settings)
-
-    def encode(indices: list[int]) -> dict[str, torch.Tensor]:
-        hidden, mask = encode_captions(
-            tokenizer, encoder, [captions[i] for i in indices], cfg.text.max_length
-        )
-        return {"hidden": hidden.half(), "mask": mask.to(torch.int8)}
+    encode = CaptionEncoder(cfg.text.encoder, fingerprint, cfg.text.max_length)
 
     # over-long captions are kept (truncated to text.max_length tokens) and counted
     lengths = [len(ids) for ids in tokenizer(captions, truncation=False)["input_ids"]]
@@ -52,7 +79,9 @@ def run_embed_text(
         limit = f"text.max_length={cfg.text.max_length}"
         print(f"{truncated} of {len(captions)} distinct captions exceed {limit} tokens (kept, truncated)")
     previous = previous_refs(out / MANIFEST, "text_key")  # what the last build stored, kept if intact
-    stats = build_cache(store, "text", keys, cfg.text.shard_size, encode, "embed_text", previous)
+    stats = build_cache(
+        store, "text", keys, captions, cfg.text.shard_size, encode, "embed_text", previous, map_shards
+    )
     out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(
         {

@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -91,13 +92,30 @@ def synthetic_candidates(data: DataConfig, seed: int) -> Iterator[Candidate | Re
         )
 
 
+class ImageShards:
+    """Random access to stored images by (shard, index): reads just those images from disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._open: dict[str, Any] = {}
+
+    def image(self, shard: str, index: int) -> np.ndarray:
+        if shard not in self._open:
+            self._open[shard] = safe_open(str(self.path / f"{shard}.safetensors"), framework="np")
+        return self._open[shard].get_slice("images")[int(index)]
+
+    def images(self, refs: list[tuple[str, int]]) -> np.ndarray:
+        """uint8 [N, H, W, 3] for (shard, index) refs of images of one size."""
+        return np.stack([self.image(shard, index) for shard, index in refs])
+
+
 class PreviousIngest:
     """What an earlier ingest into the same folder made, by input key; images are read lazily."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
         self.rows: dict[str, dict] = {}
-        self._shards: dict[str, object] = {}
+        self.shards = ImageShards(out)
         try:
             manifest = pd.read_parquet(out / MANIFEST)
         except (FileNotFoundError, OSError):
@@ -113,10 +131,7 @@ class PreviousIngest:
     def complete(self, item: Prepared) -> Prepared:
         """`item` (reused: no image) with the image and facts the earlier ingest stored for its input."""
         row = self.rows[item.input_key]
-        if row["shard"] not in self._shards:
-            path = self.out / f"{row['shard']}.safetensors"
-            self._shards[row["shard"]] = safe_open(str(path), framework="np")
-        image = self._shards[row["shard"]].get_slice("images")[int(row["index"])]
+        image = self.shards.image(row["shard"], row["index"])
         return Prepared(
             item.name, item.where, item.caption, item.input_key, image, row["sha256"],
             (int(row["orig_width"]), int(row["orig_height"])), row["pixels_sha256"],

@@ -14,7 +14,8 @@ from tasks.config import Config
 from tasks.paths import ProjectPaths
 from tasks.storage import ObjectStore, object_store_from_config
 
-if TYPE_CHECKING:  # MLflow takes seconds to import: the CLI (and every decode worker) imports this module
+if TYPE_CHECKING:  # MLflow and torch take seconds to import: the CLI (and every decode worker) imports this
+    from tasks.cache import ShardMap
     from tasks.tracking import Run
 
 
@@ -44,16 +45,16 @@ def _train_vae(cfg: Config, p: ProjectPaths, run: Run) -> dict:
     return run_train_vae(cfg, p.ingested, p.vae, run)
 
 
-def _cache_latents(cfg: Config, p: ProjectPaths, run: Run) -> dict:
+def _cache_latents(cfg: Config, p: ProjectPaths, run: Run, **shard_options) -> dict:
     from tasks.cache_latents import run_cache_latents
 
-    return run_cache_latents(cfg, p.ingested, p.vae, p.latents, _store(cfg, p), run)
+    return run_cache_latents(cfg, p.ingested, p.vae, p.latents, _store(cfg, p), run, **shard_options)
 
 
-def _embed_text(cfg: Config, p: ProjectPaths, run: Run) -> dict:
+def _embed_text(cfg: Config, p: ProjectPaths, run: Run, **shard_options) -> dict:
     from tasks.embed_text import run_embed_text
 
-    return run_embed_text(cfg, p.ingested, p.text, _store(cfg, p), run)
+    return run_embed_text(cfg, p.ingested, p.text, _store(cfg, p), run, **shard_options)
 
 
 def _train_unet(cfg: Config, p: ProjectPaths, run: Run) -> dict:
@@ -105,10 +106,24 @@ def with_upstream(names: list[str]) -> list[str]:
     return [n for n in ORDER if n in needed]
 
 
-def run_stage(name: str, cfg: Config, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
-    """Run one stage inside its own MLflow run (nested under the pipeline run when there is one)."""
+SHARDED = ("cache_latents", "embed_text")  # stages whose work is many shard jobs (tasks/cache.py)
+
+
+def run_stage(
+    name: str,
+    cfg: Config,
+    paths: ProjectPaths,
+    parent_run_id: str | None = None,
+    map_shards: ShardMap | None = None,
+) -> dict:
+    """Run one stage inside its own MLflow run (nested under the pipeline run when there is one).
+
+    `map_shards` runs a SHARDED stage's shard jobs (default: one after another, here); Prefect flows pass
+    one that maps them as tasks over the configured task runner.
+    """
     from tasks.tracking import stage_run
 
     stage = STAGES[name]
+    options = {"map_shards": map_shards} if map_shards is not None else {}
     with stage_run(cfg, paths, name, ("seed", *stage.sections), parent_run_id) as run:
-        return stage.fn(cfg, paths, run)
+        return stage.fn(cfg, paths, run, **options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,3 +69,28 @@ def object_store(s3_server: S3Endpoint) -> Iterator[ObjectStore]:
 
 
 # ------------------------------------------------------------------------------------------ end of storage
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Orchestration: Prefect's temporary test server, one per test session, with a home of its own.
+# ---------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Flows run against a temporary Prefect server and database (stopped at the end of the session)."""
+    saved = {k: os.environ.get(k) for k in ("PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED")}
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.testing.utilities import prefect_test_harness
+
+    try:
+        with prefect_test_harness(server_startup_timeout=120):
+            yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+# ------------------------------------------------------------------------------------ end of orchestration

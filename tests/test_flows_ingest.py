@@ -4,21 +4,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from PIL import Image
 
 from tasks.config import config_from_dict
-
-
-@pytest.fixture
-def prefect_server(tmp_path_factory, monkeypatch):
-    """Prefect's temporary test server with a home and database of this test's own."""
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
-    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def test_ingest_flow_publishes_the_report_and_the_rejected_items(tmp_path, monkeypatch, prefect_server):

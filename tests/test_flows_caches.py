@@ -1,0 +1,49 @@
+"""The cache stage flows map their shard jobs as Prefect tasks: threads and Dask worker processes store
+the same cache."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+from test_caches import save_tiny_vae
+
+from flows.runners import task_runner
+from flows.stages import STAGE_FLOWS
+from tasks.config import config_from_dict
+from tasks.ingest import run_ingest
+from tasks.paths import ProjectPaths
+
+
+def test_dask_workers_store_the_same_latent_cache_as_threads(
+    tmp_path, object_store, s3_server, monkeypatch, prefect_server
+):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)  # Dask workers inherit these
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    monkeypatch.chdir(tmp_path)
+    paths = ProjectPaths.at(tmp_path / "project")
+    raw = {
+        "data": {"resolution": 16, "shard_size": 64, "synthetic": {"count": 48}},
+        "latents": {"shard_size": 8},
+        "storage": {"endpoint_url": s3_server.endpoint_url, "bucket": object_store.bucket, "prefix": "cache"},
+        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        "orchestration": {"task_runner": "threads", "workers": 2},
+    }
+    threads_cfg = config_from_dict(raw)
+    run_ingest(threads_cfg, paths.ingested)
+    save_tiny_vae(paths.vae, seed=0)
+    cache_flow = STAGE_FLOWS["cache_latents"]
+
+    threads = cache_flow.with_options(task_runner=task_runner(threads_cfg.orchestration))(
+        threads_cfg, str(paths.root)
+    )
+    by_threads = pd.read_parquet(paths.latents / "manifest.parquet")
+    for key in object_store.list_keys("cache/"):  # start again from nothing: every shard computed anew
+        object_store.delete(key)
+    shutil.rmtree(paths.latents)
+
+    dask_cfg = config_from_dict({**raw, "orchestration": {"task_runner": "dask", "workers": 2}})
+    dask = cache_flow.with_options(task_runner=task_runner(dask_cfg.orchestration))(dask_cfg, str(paths.root))
+    by_dask = pd.read_parquet(paths.latents / "manifest.parquet")
+    assert threads["shard_misses"] == dask["shard_misses"] == 6 and dask["shard_hits"] == 0
+    assert by_dask.equals(by_threads)  # same keys, shards, checksums and ETags
