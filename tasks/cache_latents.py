@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,14 +39,23 @@ def latent_keys(pixel_sha256: list[str], vae_fingerprint: str, preprocessing: di
     return [content_key(sha, vae_fingerprint, preprocessing) for sha in pixel_sha256]
 
 
+# from_pretrained is not thread-safe (a global meta-device context): shard threads load one at a time
+_LOADING = threading.Lock()
+
+
 @functools.lru_cache(maxsize=2)
-def _load_vae(vae_dir: str, fingerprint: str) -> tuple[AutoencoderKL, torch.device]:
+def _load_vae_once(vae_dir: str, fingerprint: str) -> tuple[AutoencoderKL, torch.device]:
     """The VAE, once per process (a thread pool shares it); refuses weights other than the planned ones."""
     device = pick_device()
     vae = AutoencoderKL.from_pretrained(vae_dir).to(device).eval()
     if module_fingerprint(vae) != fingerprint:
         raise RuntimeError(f"{vae_dir}: the VAE changed while its latents were being cached")
     return vae, device
+
+
+def _load_vae(vae_dir: str, fingerprint: str) -> tuple[AutoencoderKL, torch.device]:
+    with _LOADING:
+        return _load_vae_once(vae_dir, fingerprint)
 
 
 @dataclass(frozen=True)

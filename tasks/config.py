@@ -98,6 +98,9 @@ class UnetConfig(Section):
     caption_dropout: float = Field(0.1, ge=0, le=1)
     sample_posterior: bool = False
     ema_decay: float = Field(0.999, ge=0, lt=1)
+    shuffle_window: int = Field(4, ge=1)
+    prefetch_shards: int = Field(4, ge=1)
+    shard_cache_mb: int = Field(2048, ge=1)
     num_train_timesteps: int = Field(1000, ge=10)
     prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "scaled_linear"

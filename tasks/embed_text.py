@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,13 +35,22 @@ def text_keys(captions: list[str], encoder_fingerprint: str, settings: dict) -> 
     return [content_key(c, encoder_fingerprint, settings) for c in captions]
 
 
+# from_pretrained is not thread-safe (a global meta-device context): shard threads load one at a time
+_LOADING = threading.Lock()
+
+
 @functools.lru_cache(maxsize=2)
-def _load_encoder(spec: str, fingerprint: str) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+def _load_encoder_once(spec: str, fingerprint: str) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     """The tokenizer and encoder, once per process; refuses weights other than the planned ones."""
     tokenizer, encoder = load_text_encoder(spec, pick_device())
     if module_fingerprint(encoder) != fingerprint:
         raise RuntimeError(f"text encoder {spec!r} changed while its embeddings were being cached")
     return tokenizer, encoder
+
+
+def _load_encoder(spec: str, fingerprint: str) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    with _LOADING:
+        return _load_encoder_once(spec, fingerprint)
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,10 @@ class ProjectPaths:
         return self.state / "s3"
 
     @property
+    def shard_cache(self) -> Path:
+        return self.state / "shards"
+
+    @property
     def prefect_home(self) -> Path:
         return self.state / "prefect"
 

@@ -60,7 +60,7 @@ def _embed_text(cfg: Config, p: ProjectPaths, run: Run, **shard_options) -> dict
 def _train_unet(cfg: Config, p: ProjectPaths, run: Run) -> dict:
     from tasks.train_unet import run_train_unet
 
-    return run_train_unet(cfg, p.latents, p.text, p.unet, _store(cfg, p), run)
+    return run_train_unet(cfg, p.latents, p.text, p.unet, _store(cfg, p), run, p.shard_cache)
 
 
 def _evaluate(cfg: Config, p: ProjectPaths, run: Run) -> dict:

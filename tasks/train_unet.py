@@ -23,6 +23,7 @@ from models.latents import to_diffusion_space
 from models.unet import build_unet
 from tasks.cache import gather
 from tasks.config import Config
+from tasks.loader import LatentStream
 from tasks.progress import progress
 from tasks.shards import CorruptShard
 from tasks.storage import ObjectNotFound, ObjectStore
@@ -32,31 +33,16 @@ METRICS = "metrics.json"
 
 
 @dataclass
-class LatentGroup:
-    """The training latents of one shape (one aspect-ratio bucket; a single group without buckets)."""
-
-    mean: torch.Tensor  # [N, C, h, w] posterior means (float16)
-    std: torch.Tensor  # [N, C, h, w] posterior stds (float16)
-    text_index: torch.Tensor  # [N] row of each sample's caption in `hidden`
-
-
-@dataclass
 class TrainingSet:
-    """Everything the U-Net trains on, loaded from the caches into memory."""
+    """What the U-Net trains on: latent samples (streamed from their shards) and every caption's tokens."""
 
-    groups: list[LatentGroup]
+    items: pd.DataFrame  # one row per training sample: where its latents are, its bucket and caption
+    text_index: torch.Tensor  # [N] row of each sample's caption in `hidden`
     hidden: torch.Tensor  # [T, L, D] token embeddings of every distinct caption
     mask: torch.Tensor  # [T, L] attention masks
     empty_index: int  # row of the empty caption (classifier-free guidance)
     normalisation: dict  # the VAE's latent statistics (models/latents.py)
-
-    def sample(self, batch_size: int, gen: torch.Generator) -> tuple[LatentGroup, torch.Tensor]:
-        """A group (picked with probability proportional to its size) and random indices into it."""
-        group = self.groups[0]
-        if len(self.groups) > 1:
-            sizes = torch.tensor([len(g.mean) for g in self.groups], dtype=torch.float)
-            group = self.groups[int(torch.multinomial(sizes, 1, generator=gen))]
-        return group, torch.randint(len(group.mean), (batch_size,), generator=gen)
+    latent_shapes: dict[str, list[int]]  # bucket -> [C, h, w]
 
 
 def load_training_set(
@@ -68,47 +54,47 @@ def load_training_set(
         raise ValueError(f"{latents_dir / 'manifest.parquet'}: no samples in split {split!r}")
     text = pd.read_parquet(text_dir / "manifest.parquet")
     info = json.loads((latents_dir / "cache.json").read_text())
-
-    def fetch(df: pd.DataFrame, name: str, made_by: str) -> torch.Tensor:
-        try:
-            return gather(
-                store, df["shard"].tolist(), df["shard_sha256"].tolist(), df["shard_index"].tolist(), name
-            )
-        except (CorruptShard, ObjectNotFound) as err:  # never train on it: the cache stage recomputes it
-            raise CorruptShard(f"{err}\nrun `ldmflow run {made_by} --force` to recompute it") from err
-
     row_of = {c: i for i, c in enumerate(text["caption"])}
     missing = sorted(set(latents["caption"]) - row_of.keys())
     if missing or "" not in row_of:
         raise ValueError(
             f"{text_dir / 'manifest.parquet'}: no embedding for captions {(missing or [''])[:3]}"
         )
-    groups = [
-        LatentGroup(
-            fetch(rows, "mean", "cache_latents"),
-            fetch(rows, "std", "cache_latents"),
-            torch.tensor([row_of[c] for c in rows["caption"]]),
-        )
-        for _, rows in latents.groupby("bucket", sort=True)
-    ]
+
+    def fetch(name: str) -> torch.Tensor:
+        refs = [text[c].tolist() for c in ("shard", "shard_sha256", "shard_index")]
+        try:
+            return gather(store, *refs, name)
+        except (CorruptShard, ObjectNotFound) as err:  # never train on it: the cache stage recomputes it
+            raise CorruptShard(f"{err}\nrun `ldmflow run embed_text --force` to recompute it") from err
+
     return TrainingSet(
-        groups=groups,
-        hidden=fetch(text, "hidden", "embed_text"),
-        mask=fetch(text, "mask", "embed_text"),
+        items=latents,
+        text_index=torch.tensor([row_of[c] for c in latents["caption"]]),
+        hidden=fetch("hidden"),
+        mask=fetch("mask"),
         empty_index=row_of[""],
         normalisation=info["normalisation"],
+        latent_shapes={b: info["latent_shapes"][b] for b in sorted(set(latents["bucket"]))},
     )
 
 
 def run_train_unet(
-    cfg: Config, latents_dir: Path, text_dir: Path, out: Path, store: ObjectStore, tracker: Run | None = None
+    cfg: Config,
+    latents_dir: Path,
+    text_dir: Path,
+    out: Path,
+    store: ObjectStore,
+    tracker: Run | None = None,
+    shard_cache: Path | None = None,
 ) -> dict:
+    """Train the U-Net on the caches; latent shards stream through `shard_cache` (a local folder)."""
     u = cfg.unet
     torch.manual_seed(cfg.seed)
     device = pick_device()
     data = load_training_set(latents_dir, text_dir, store)
-    n = sum(len(g.mean) for g in data.groups)
-    shapes = [tuple(g.mean.shape[1:]) for g in data.groups]  # (C, h, w) of each bucket
+    n = len(data.items)
+    shapes = [tuple(shape) for shape in data.latent_shapes.values()]  # (C, h, w) of each bucket
     factor = 2 ** (len(u.block_out_channels) - 1)
     for _, lh, lw in shapes:
         if lh % factor or lw % factor:
@@ -139,17 +125,22 @@ def run_train_unet(
     if tracker:
         tracker.log_metrics({"unet_parameters": params, "train_samples": n})
 
-    # 2. training loop
+    # 2. training loop: batches streamed from the latent shards, epoch after epoch
+    stream = LatentStream(
+        store, data.items, u.batch_size, cfg.seed, shard_cache or out.parent / ".shard-cache",
+        max_bytes=u.shard_cache_mb * 2**20, window=u.shuffle_window, prefetch=u.prefetch_shards,
+    )  # fmt: skip
+    batches = stream.batches()
     unet.train()
     start = time.perf_counter()
     bar = progress(range(u.steps), desc="train_unet", unit="step")
     for step in bar:
-        group, idx = data.sample(u.batch_size, gen)  # one latent shape per batch
-        latents = group.mean[idx].float()
+        batch, cached = next(batches)  # one latent shape per batch
+        latents = cached["mean"].float()
         if u.sample_posterior:  # a fresh draw z ~ q(z|x) each time, as SD trains
-            latents = latents + group.std[idx].float() * torch.randn(latents.shape, generator=gen)
+            latents = latents + cached["std"].float() * torch.randn(latents.shape, generator=gen)
         latents = to_diffusion_space(latents, data.normalisation)  # ~N(0, I) per the VAE's statistics
-        text_rows = group.text_index[idx].clone()
+        text_rows = data.text_index[batch.rows].clone()
         text_rows[torch.rand(u.batch_size, generator=gen) < u.caption_dropout] = data.empty_index
         with autocast(device):
             loss = diffusion_loss(

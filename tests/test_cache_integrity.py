@@ -19,8 +19,8 @@ from tasks.cache_latents import run_cache_latents
 from tasks.config import config_from_dict
 from tasks.embed_text import run_embed_text
 from tasks.ingest import run_ingest
+from tasks.loader import LatentStream
 from tasks.shards import CorruptShard
-from tasks.train_unet import load_training_set
 
 
 def synthetic_cfg(store, count, shard_size=10):
@@ -105,9 +105,9 @@ def test_a_flipped_byte_is_detected_on_read_and_healed_on_the_next_run(tmp_path,
             object_store, list(rows["shard"]), list(rows["shard_sha256"]), list(rows["shard_index"]), "mean"
         )
 
-    run_embed_text(cfg, tmp_path / "ingested", tmp_path / "text", object_store)
+    stream = LatentStream(object_store, rows, batch_size=1, seed=0, folder=tmp_path / "shard-cache")
     with pytest.raises(CorruptShard, match="ldmflow run cache_latents --force"):  # the trainer refuses it
-        load_training_set(tmp_path / "latents", tmp_path / "text", object_store)
+        next(stream.batches())
 
     healed = run_cache_latents(
         cfg, tmp_path / "ingested", tmp_path / "vae", tmp_path / "latents", object_store

@@ -71,8 +71,7 @@ def test_text_cache_has_every_caption_once_plus_empty(tmp_path, object_store):
     run_cache_latents(cfg, tmp_path / "ingested", tmp_path / "vae", tmp_path / "latents", object_store)
     data = load_training_set(tmp_path / "latents", tmp_path / "text", object_store)
     n_train = (pd.read_parquet(tmp_path / "ingested" / "manifest.parquet")["split"] == "train").sum()
-    (group,) = data.groups
-    assert group.mean.shape == (n_train, 4, 4, 4) and group.mean.dtype == torch.float16
+    assert len(data.items) == n_train and data.latent_shapes == {"16x16": [4, 4, 4]}
     assert data.hidden.shape == (len(manifest), 8, 384)
     assert data.mask[data.empty_index].sum() == 2  # [CLS] [SEP] only
     assert data.normalisation["scaling_factor"] == 1.5
