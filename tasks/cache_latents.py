@@ -9,7 +9,6 @@ Writes `artifacts/latents/manifest.parquet` and `artifacts/latents/cache.json`.
 
 from __future__ import annotations
 
-import functools
 import json
 import threading
 from dataclasses import dataclass
@@ -41,21 +40,24 @@ def latent_keys(pixel_sha256: list[str], vae_fingerprint: str, preprocessing: di
 
 # from_pretrained is not thread-safe (a global meta-device context): shard threads load one at a time
 _LOADING = threading.Lock()
-
-
-@functools.lru_cache(maxsize=2)
-def _load_vae_once(vae_dir: str, fingerprint: str) -> tuple[AutoencoderKL, torch.device]:
-    """The VAE, once per process (a thread pool shares it); refuses weights other than the planned ones."""
-    device = pick_device()
-    vae = AutoencoderKL.from_pretrained(vae_dir).to(device).eval()
-    if module_fingerprint(vae) != fingerprint:
-        raise RuntimeError(f"{vae_dir}: the VAE changed while its latents were being cached")
-    return vae, device
+_LOADED: dict[tuple[str, str], tuple[AutoencoderKL, torch.device]] = {}  # (dir, fingerprint) -> model
 
 
 def _load_vae(vae_dir: str, fingerprint: str) -> tuple[AutoencoderKL, torch.device]:
+    """The VAE, once per process (shard threads share it); refuses weights other than the planned ones."""
     with _LOADING:
-        return _load_vae_once(vae_dir, fingerprint)
+        if (vae_dir, fingerprint) not in _LOADED:
+            vae = AutoencoderKL.from_pretrained(vae_dir)
+            if module_fingerprint(vae) != fingerprint:
+                raise RuntimeError(f"{vae_dir}: the VAE changed while its latents were being cached")
+            _keep(vae_dir, fingerprint, vae)
+        return _LOADED[(vae_dir, fingerprint)]
+
+
+def _keep(vae_dir: str, fingerprint: str, vae: AutoencoderKL) -> None:
+    device = pick_device()
+    _LOADED.clear()  # one VAE at a time
+    _LOADED[(vae_dir, fingerprint)] = (vae.to(device).eval(), device)
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,8 @@ def run_cache_latents(
 ) -> dict:
     vae = AutoencoderKL.from_pretrained(vae_dir)
     fingerprint = module_fingerprint(vae)
+    with _LOADING:
+        _keep(str(vae_dir), fingerprint, vae)  # shard jobs in this process use this one
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     encoder = LatentEncoder(str(vae_dir), fingerprint, str(ingested))
     manifest = pd.read_parquet(ingested / INGEST_MANIFEST)

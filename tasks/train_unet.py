@@ -1,8 +1,9 @@
 """train_unet stage: a text-conditioned diffusers U-Net trained on the S3 latent and text caches.
 
-Epsilon objective, caption dropout (the empty caption) for classifier-free guidance, EMA of the weights,
-AdamW with linear warmup. Writes `artifacts/unet/` (the EMA weights as a diffusers model dir, the
-training noise scheduler under `scheduler/`) and `artifacts/unet/metrics.json`.
+Epsilon or v-prediction objective, caption dropout (the empty caption) for classifier-free guidance, EMA
+of the weights, AdamW with linear warmup. Latent batches stream from their shards (tasks/loader.py); the
+caption embeddings, small, are held in memory. Writes `artifacts/unet/` (the EMA weights as a diffusers
+model dir, the training noise scheduler under `scheduler/`) and `artifacts/unet/metrics.json`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
@@ -22,7 +24,7 @@ from models.diffusion import diffusion_loss, make_train_scheduler
 from models.latents import to_diffusion_space
 from models.unet import build_unet
 from tasks.cache import gather
-from tasks.config import Config
+from tasks.config import Config, UnetConfig
 from tasks.loader import LatentStream
 from tasks.progress import progress
 from tasks.shards import CorruptShard
@@ -79,6 +81,49 @@ def load_training_set(
     )
 
 
+@dataclass
+class UnetTraining:
+    """The U-Net and what trains it: EMA of its weights, the noise schedule, optimiser and LR schedule."""
+
+    unet: UNet2DConditionModel
+    ema: EMAModel
+    noise_scheduler: DDPMScheduler
+    opt: torch.optim.Optimizer
+    lr_schedule: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+
+    @classmethod
+    def build(
+        cls, u: UnetConfig, sample_size: int, in_channels: int, cross_attention_dim: int, device: torch.device
+    ) -> UnetTraining:
+        unet = build_unet(
+            sample_size=sample_size,
+            in_channels=in_channels,
+            block_out_channels=u.block_out_channels,
+            layers_per_block=u.layers_per_block,
+            attention_head_dim=u.attention_head_dim,
+            cross_attention_dim=cross_attention_dim,
+            pooled_text_embedding=u.pooled_text_embedding,
+        ).to(device)
+        ema = EMAModel(unet.parameters(), decay=u.ema_decay, use_ema_warmup=True)
+        noise_scheduler = make_train_scheduler(u.num_train_timesteps, u.beta_schedule, u.prediction_type)
+        opt = torch.optim.AdamW(unet.parameters(), lr=u.lr, weight_decay=u.weight_decay)
+        lr_schedule = get_scheduler("constant_with_warmup", opt, num_warmup_steps=u.warmup_steps)
+        return cls(unet, ema, noise_scheduler, opt, lr_schedule, device)
+
+    def step(self, latents: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One optimisation step on normalised latents [B, C, h, w] and their captions' tokens; the loss."""
+        with autocast(self.device):
+            loss = diffusion_loss(self.unet, self.noise_scheduler, latents.to(self.device), hidden, mask)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
+        self.opt.step()
+        self.lr_schedule.step()
+        self.ema.step(self.unet.parameters())
+        return loss
+
+
 def run_train_unet(
     cfg: Config,
     latents_dir: Path,
@@ -107,21 +152,9 @@ def run_train_unet(
     hidden, mask = data.hidden.float().to(device), data.mask.long().to(device)
 
     # 1. model, EMA, noise schedule, optimiser
-    unet = build_unet(
-        sample_size=h,
-        in_channels=c,
-        block_out_channels=u.block_out_channels,
-        layers_per_block=u.layers_per_block,
-        attention_head_dim=u.attention_head_dim,
-        cross_attention_dim=hidden.shape[-1],
-        pooled_text_embedding=u.pooled_text_embedding,
-    ).to(device)
-    ema = EMAModel(unet.parameters(), decay=u.ema_decay, use_ema_warmup=True)
-    noise_scheduler = make_train_scheduler(u.num_train_timesteps, u.beta_schedule, u.prediction_type)
-    opt = torch.optim.AdamW(unet.parameters(), lr=u.lr, weight_decay=u.weight_decay)
-    lr_schedule = get_scheduler("constant_with_warmup", opt, num_warmup_steps=u.warmup_steps)
+    training = UnetTraining.build(u, h, c, hidden.shape[-1], device)
     gen = torch.Generator().manual_seed(cfg.seed)
-    params = sum(p.numel() for p in unet.parameters())
+    params = sum(p.numel() for p in training.unet.parameters())
     if tracker:
         tracker.log_metrics({"unet_parameters": params, "train_samples": n})
 
@@ -131,7 +164,7 @@ def run_train_unet(
         max_bytes=u.shard_cache_mb * 2**20, window=u.shuffle_window, prefetch=u.prefetch_shards,
     )  # fmt: skip
     batches = stream.batches()
-    unet.train()
+    training.unet.train()
     start = time.perf_counter()
     bar = progress(range(u.steps), desc="train_unet", unit="step")
     for step in bar:
@@ -142,29 +175,20 @@ def run_train_unet(
         latents = to_diffusion_space(latents, data.normalisation)  # ~N(0, I) per the VAE's statistics
         text_rows = data.text_index[batch.rows].clone()
         text_rows[torch.rand(u.batch_size, generator=gen) < u.caption_dropout] = data.empty_index
-        with autocast(device):
-            loss = diffusion_loss(
-                unet, noise_scheduler, latents.to(device), hidden[text_rows], mask[text_rows]
-            )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        lr_schedule.step()
-        ema.step(unet.parameters())
+        loss = training.step(latents, hidden[text_rows], mask[text_rows])
         if step % u.log_every == 0 or step == u.steps - 1:
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if tracker:
                 tracker.log_metrics(
-                    {"train_loss": loss.item(), "lr": lr_schedule.get_last_lr()[0]}, step=step
+                    {"train_loss": loss.item(), "lr": training.lr_schedule.get_last_lr()[0]}, step=step
                 )
     seconds = time.perf_counter() - start
 
     # 3. save the EMA weights as the model, plus the noise schedule it was trained with
-    ema.copy_to(unet.parameters())
+    training.ema.copy_to(training.unet.parameters())
     out.mkdir(parents=True, exist_ok=True)
-    unet.to("cpu").save_pretrained(out, safe_serialization=True)
-    noise_scheduler.save_pretrained(out / "scheduler")
+    training.unet.to("cpu").save_pretrained(out, safe_serialization=True)
+    training.noise_scheduler.save_pretrained(out / "scheduler")
     metrics = {
         "final_train_loss": float(loss.item()),
         "steps": u.steps,

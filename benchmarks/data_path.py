@@ -1,0 +1,167 @@
+"""The data path, measured side by side in one run with the default tiny models (params.yaml):
+
+P1  U-Net train steps/s from the caches vs encoding images (VAE) and captions (text encoder) every step
+P2  U-Net train steps/s streaming the latent cache from the S3 server vs all latents in RAM (goal >= 0.95)
+P3  cache stage images/s vs a bare VAE-encoder forward loop over the same images (goal >= 0.9)
+and the stored bytes per sample of each cache.
+
+Starts its own SeaweedFS server on 127.0.0.1 (stopped at the end) and works in a temporary folder.
+
+    .venv/bin/python benchmarks/data_path.py [--images 3000] [--steps 150]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rate(step, steps: int, warmup: int = 10) -> float:
+    """Calls of `step()` per second, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=3000, help="synthetic images (params.yaml: 3000)")
+    ap.add_argument("--steps", type=int, default=150, help="timed U-Net steps per variant")
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    import pandas as pd
+    import torch
+
+    from models.device import pick_device
+    from models.images import to_model_space
+    from models.latents import set_normalisation, to_diffusion_space
+    from models.text_encoder import encode_captions, load_text_encoder
+    from models.vae import build_vae
+    from tasks import s3server
+    from tasks.cache import gather
+    from tasks.cache_latents import run_cache_latents
+    from tasks.config import load_config
+    from tasks.embed_text import run_embed_text
+    from tasks.ingest import read_ingested, run_ingest
+    from tasks.loader import LatentStream, plan_epoch
+    from tasks.storage import ObjectStore
+    from tasks.train_unet import UnetTraining, load_training_set
+
+    torch.manual_seed(0)
+    device = pick_device()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        endpoint = s3server.start(tmp / "s3", s3server.find_free_s3_port())
+        try:
+            store_args = dict(endpoint_url=endpoint.endpoint_url, bucket="bench", region=endpoint.region,
+                              access_key=endpoint.access_key, secret_key=endpoint.secret_key)  # fmt: skip
+            store = ObjectStore(**store_args, prefix="cache")
+            store.ensure_bucket()
+            cfg = load_config(
+                ROOT / "params.yaml", [f"data.synthetic.count={args.images}", "storage.bucket=bench"]
+            )
+            u, b = cfg.unet, cfg.unet.batch_size
+            run_ingest(cfg, tmp / "ingested")
+            manifest, images = read_ingested(tmp / "ingested")
+            v = cfg.vae  # the default VAE architecture; untrained weights encode just as fast
+            vae = build_vae(block_out_channels=v.block_out_channels, layers_per_block=v.layers_per_block,
+                            norm_num_groups=v.norm_num_groups, latent_channels=v.latent_channels)  # fmt: skip
+            with torch.no_grad():
+                set_normalisation(vae, [to_model_space(images[:256])], v.latent_norm)
+            vae.save_pretrained(tmp / "vae")
+            vae = vae.to(device).eval()
+
+            # P3: the cache stage against a bare encoder loop over the same images, in batches of a shard
+            def bare_loop() -> float:
+                start = time.perf_counter()
+                with torch.no_grad():
+                    for i in range(0, len(images), cfg.latents.shard_size):
+                        batch = to_model_space(images[i : i + cfg.latents.shard_size]).to(device)
+                        posterior = vae.encode(batch).latent_dist
+                        posterior.mean.half(), posterior.std.half()  # noqa: B018 - what a shard holds
+                return len(images) / (time.perf_counter() - start)
+
+            bare_loop()  # warm up the kernels, so neither side pays for that
+            for prefix in ("warm-up", "cache"):  # the first also warms the S3 server up (new volumes)
+                start = time.perf_counter()
+                run_cache_latents(cfg, tmp / "ingested", tmp / "vae", tmp / prefix / "latents",
+                                  ObjectStore(**store_args, prefix=prefix))  # fmt: skip
+                stage_rate = len(images) / (time.perf_counter() - start)
+            bare_rate = bare_loop()
+            run_embed_text(cfg, tmp / "ingested", tmp / "text", store)
+
+            # the three ways to feed the same U-Net training step
+            data = load_training_set(tmp / "cache" / "latents", tmp / "text", store)
+            hidden, mask = data.hidden.float().to(device), data.mask.long().to(device)
+            (c, h, _), = data.latent_shapes.values()  # fmt: skip
+            training = UnetTraining.build(u, h, c, hidden.shape[-1], device)
+            items = data.items
+            refs = [list(items[c]) for c in ("shard", "shard_sha256", "shard_index")]
+            in_ram = gather(store, *refs, "mean").float()
+            plan = plan_epoch(items, b, cfg.seed, 0, u.shuffle_window)
+            stream = LatentStream(store, items, b, cfg.seed, tmp / "shards", window=u.shuffle_window,
+                                  prefetch=u.prefetch_shards).batches()  # fmt: skip
+            tokenizer, encoder = load_text_encoder(cfg.text.encoder, device)
+            by_id = dict(zip(manifest["sample_id"], range(len(manifest)), strict=True))
+            pixel_rows = torch.tensor([by_id[s] for s in items["sample_id"]])
+            step_no = iter(range(10**9))
+
+            def train(latents: torch.Tensor, rows) -> None:
+                text = data.text_index[rows]
+                training.step(to_diffusion_space(latents, data.normalisation), hidden[text], mask[text])
+
+            def from_ram() -> None:
+                rows = plan[next(step_no) % len(plan)]
+                train(in_ram[rows], rows)
+
+            def from_stream() -> None:
+                batch, cached = next(stream)
+                train(cached["mean"].float(), batch.rows)
+
+            def on_the_fly() -> None:
+                rows = plan[next(step_no) % len(plan)]
+                with torch.no_grad():
+                    pixels = to_model_space(images[pixel_rows[rows].numpy()]).to(device)
+                    latents = vae.encode(pixels).latent_dist.mean.float()
+                    encode_captions(
+                        tokenizer, encoder, list(items["caption"].iloc[rows]), cfg.text.max_length
+                    )
+                train(latents, rows)
+
+            ram, streamed, fly = (rate(f, args.steps) for f in (from_ram, from_stream, on_the_fly))
+            latents = pd.read_parquet(tmp / "cache" / "latents" / "manifest.parquet")
+            latent_bytes = sum(store.head(s)["size"] for s in set(latents["shard"]))
+            text = pd.read_parquet(tmp / "text" / "manifest.parquet")
+            text_bytes = sum(store.head(s)["size"] for s in set(text["shard"]))
+        finally:
+            s3server.stop(tmp / "s3")
+
+    print(
+        f"{len(images)} synthetic images at {cfg.data.resolution}px, U-Net batch {b}, {args.steps} steps each"
+    )
+    print(
+        f"P1 train steps/s: from caches {streamed:.2f}, encoding VAE + text every step {fly:.2f}: "
+        f"{streamed / fly:.2f}x"
+    )
+    print(
+        f"P2 train steps/s: streaming from S3 {streamed:.2f}, all latents in RAM {ram:.2f}: "
+        f"{streamed / ram:.2f} (goal >= 0.95)"
+    )
+    print(
+        f"P3 images/s: cache stage {stage_rate:.0f}, bare VAE-encoder loop {bare_rate:.0f}: "
+        f"{stage_rate / bare_rate:.2f} (goal >= 0.9)"
+    )
+    print(f"stored bytes per sample: latents {latent_bytes / len(latents):.0f} (mean + std, float16), "
+          f"text {text_bytes / len(text):.0f} per distinct caption ({len(text)} captions)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
