@@ -113,7 +113,6 @@ class PreviousIngest:
     """What an earlier ingest into the same folder made, by input key; images are read lazily."""
 
     def __init__(self, out: Path) -> None:
-        self.out = out
         self.rows: dict[str, dict] = {}
         self.shards = ImageShards(out)
         try:
