@@ -2,7 +2,8 @@
 
 A latent's key hashes the preprocessed pixels, the VAE weights' fingerprint and the image size, so a
 changed VAE never serves a stale latent. Each image size (aspect-ratio bucket) has shards of its own.
-Shards hold the posterior `mean` and `std` (float16): training draws a fresh latent each step and
+Shards hold the posterior `mean` and `std` (float16), and with `latents.flip` those of each image's mirror
+too (`mean_flip`, `std_flip`): training picks one of the two, may draw a fresh latent each step, and
 normalises it (the VAE's statistics) at use time.
 Writes `artifacts/latents/manifest.parquet` and `artifacts/latents/cache.json`.
 """
@@ -67,13 +68,21 @@ class LatentEncoder:
     vae_dir: str
     vae_fingerprint: str
     ingested: str
+    flip: bool = False  # also `mean_flip` / `std_flip`: the posterior of each image's mirror
 
     @torch.no_grad()
     def __call__(self, rows: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
         vae, device = _load_vae(self.vae_dir, self.vae_fingerprint)
-        images = ImageShards(Path(self.ingested)).images(rows)  # [N, H, W, 3], one bucket
-        posterior = vae.encode(to_model_space(images).to(device)).latent_dist
-        return {"mean": posterior.mean.half().cpu(), "std": posterior.std.half().cpu()}
+        pixels = to_model_space(ImageShards(Path(self.ingested)).images(rows)).to(device)  # [N, 3, H, W]
+        variants = {"": pixels, "_flip": pixels.flip(-1)} if self.flip else {"": pixels}
+        out = {}
+        for suffix, x in variants.items():
+            posterior = vae.encode(x).latent_dist
+            out[f"mean{suffix}"], out[f"std{suffix}"] = (
+                posterior.mean.half().cpu(),
+                posterior.std.half().cpu(),
+            )
+        return out
 
 
 def run_cache_latents(
@@ -90,7 +99,7 @@ def run_cache_latents(
     with _LOADING:
         _keep(str(vae_dir), fingerprint, vae)  # shard jobs in this process use this one
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    encoder = LatentEncoder(str(vae_dir), fingerprint, str(ingested))
+    encoder = LatentEncoder(str(vae_dir), fingerprint, str(ingested), cfg.latents.flip)
     manifest = pd.read_parquet(ingested / INGEST_MANIFEST)
     stats = CacheStats()
     previous = previous_refs(out / MANIFEST, "latent_key")  # what the last build stored, kept if intact
@@ -103,7 +112,8 @@ def run_cache_latents(
             )
         bucket = rows["bucket"].iloc[0]
         # the stored pixels are already resized and cropped as ingest was told (their sha256 is in the key)
-        keys = latent_keys(rows["sha256"].tolist(), fingerprint, {"height": int(height), "width": int(width)})
+        preprocessing = {"height": int(height), "width": int(width), "flip": cfg.latents.flip}
+        keys = latent_keys(rows["sha256"].tolist(), fingerprint, preprocessing)
         inputs = list(zip(rows["shard"], rows["index"].astype(int), strict=True))
         group = build_cache(
             store, "latents", keys, inputs, cfg.latents.shard_size, encoder, f"cache_latents {bucket}",
@@ -121,6 +131,7 @@ def run_cache_latents(
         "vae_fingerprint": fingerprint,
         "normalisation": {k: vae.config.get(k) for k in NORMALISATION_KEYS},
         "latent_shapes": shapes,  # bucket -> [C, h, w]
+        "flip": cfg.latents.flip,
         "bucket": store.bucket,
         "samples": len(latents),
         **stats.summary(),

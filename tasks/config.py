@@ -77,6 +77,7 @@ class VaeConfig(Section):
 
 class LatentsConfig(Section):
     shard_size: int = Field(512, gt=0)
+    flip: bool = False
 
 
 class TextConfig(Section):

@@ -169,9 +169,13 @@ def run_train_unet(
     bar = progress(range(u.steps), desc="train_unet", unit="step")
     for step in bar:
         batch, cached = next(batches)  # one latent shape per batch
-        latents = cached["mean"].float()
+        mean, std = cached["mean"], cached["std"]
+        if "mean_flip" in cached:  # latents.flip: each sample's mirror half the time
+            mirrored = (torch.rand(len(mean), generator=gen) < 0.5).view(-1, 1, 1, 1)
+            mean, std = mean.where(~mirrored, cached["mean_flip"]), std.where(~mirrored, cached["std_flip"])
+        latents = mean.float()
         if u.sample_posterior:  # a fresh draw z ~ q(z|x) each time, as SD trains
-            latents = latents + cached["std"].float() * torch.randn(latents.shape, generator=gen)
+            latents = latents + std.float() * torch.randn(latents.shape, generator=gen)
         latents = to_diffusion_space(latents, data.normalisation)  # ~N(0, I) per the VAE's statistics
         text_rows = data.text_index[batch.rows].clone()
         text_rows[torch.rand(u.batch_size, generator=gen) < u.caption_dropout] = data.empty_index

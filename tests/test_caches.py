@@ -75,3 +75,46 @@ def test_text_cache_has_every_caption_once_plus_empty(tmp_path, object_store):
     assert data.hidden.shape == (len(manifest), 8, 384)
     assert data.mask[data.empty_index].sum() == 2  # [CLS] [SEP] only
     assert data.normalisation["scaling_factor"] == 1.5
+
+
+def test_flip_caches_each_images_mirror_and_training_uses_it(tmp_path, object_store):
+    from models.images import to_model_space
+    from tasks.cache import read_shard
+    from tasks.ingest import read_ingested
+    from tasks.train_unet import run_train_unet
+
+    raw = {
+        "data": {"resolution": 16, "shard_size": 16, "synthetic": {"count": 24}},
+        "latents": {"shard_size": 10, "flip": True},
+        "text": {"max_length": 8, "shard_size": 10},
+        "unet": {"block_out_channels": [16, 32], "attention_head_dim": 4, "steps": 2, "batch_size": 4,
+                 "warmup_steps": 1, "num_train_timesteps": 50},
+        "storage": {"bucket": object_store.bucket},
+    }  # fmt: skip
+    cfg = config_from_dict(raw)
+    run_ingest(cfg, tmp_path / "ingested")
+    vae = save_tiny_vae(tmp_path / "vae", seed=0).eval()
+    ingested, vae_dir = tmp_path / "ingested", tmp_path / "vae"
+    plain = run_cache_latents(tiny_cfg(object_store), ingested, vae_dir, tmp_path / "l0", object_store)
+    flipped = run_cache_latents(cfg, tmp_path / "ingested", tmp_path / "vae", tmp_path / "l1", object_store)
+    assert flipped["items_computed"] == 24 and flipped["flip"] and not plain["flip"]
+    with_flip = pd.read_parquet(tmp_path / "l1" / "manifest.parquet")
+    assert not set(with_flip["latent_key"]) & set(
+        pd.read_parquet(tmp_path / "l0" / "manifest.parquet")["latent_key"]
+    )
+
+    manifest, images = read_ingested(tmp_path / "ingested")
+    row = with_flip.iloc[5]
+    stored = read_shard(object_store, row["shard"], row["shard_sha256"])
+    pixels = to_model_space(images[5:6])
+    with torch.no_grad():
+        mirror = vae.encode(pixels.flip(-1)).latent_dist.mean
+        straight = vae.encode(pixels).latent_dist.mean
+    got_mirror, got_straight = stored["mean_flip"][row["shard_index"]], stored["mean"][row["shard_index"]]
+    assert torch.allclose(got_mirror.float(), mirror[0], atol=2e-3)
+    assert torch.allclose(got_straight.float(), straight[0], atol=2e-3)
+    assert not torch.allclose(got_mirror, got_straight, atol=1e-2)  # the shapes sit off-centre
+
+    run_embed_text(cfg, tmp_path / "ingested", tmp_path / "text", object_store)
+    metrics = run_train_unet(cfg, tmp_path / "l1", tmp_path / "text", tmp_path / "unet", object_store)
+    assert metrics["steps"] == 2 and torch.isfinite(torch.tensor(metrics["final_train_loss"]))
