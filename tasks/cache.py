@@ -16,20 +16,23 @@ items computed again.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pandas as pd
 import torch
 
+from models.fingerprint import module_fingerprint
 from tasks.keys import content_key, sha256_hex
 from tasks.progress import progress
 from tasks.shards import CorruptShard, pack_shard, unpack_shard
 from tasks.storage import ObjectNotFound, ObjectStore
 
 REF_COLUMNS = ["shard", "shard_index", "shard_sha256", "shard_etag"]
+M = TypeVar("M")
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ def _intact(store: ObjectStore, ref: ItemRef) -> tuple[bool, str, str]:
     if head["etag"] == ref.etag:
         return True, ref.etag, ""
     try:  # rewritten since: intact only if the bytes are still the ones recorded
-        unpack_shard(store.get_bytes(ref.shard), expected_sha256=ref.sha256)
+        read_shard(store, ref.shard, ref.sha256)
     except (CorruptShard, ObjectNotFound) as err:
         return False, "", str(err)
     return True, head["etag"], ""
@@ -116,6 +119,34 @@ def _reuse_intact(
             found[key] = ItemRef(ref.shard, ref.index, ref.sha256, state[ref.shard][1])
     stats.shard_hits += sum(ok for ok, _ in state.values())
     return found
+
+
+class ModelInProcess(Generic[M]):
+    """A model loaded once per process and shared by its shard threads, known by where it comes from and
+    the fingerprint of its weights (a different fingerprint is refused: the model changed mid-build).
+
+    Loads are serialised: `from_pretrained` is not thread-safe (a global meta-device context), and two
+    threads loading at once fail with "Cannot copy out of meta tensor".
+    """
+
+    def __init__(self, load: Callable[[str], M], weights: Callable[[M], torch.nn.Module]) -> None:
+        self._load, self._weights = load, weights
+        self._lock = threading.Lock()
+        self._held: tuple[str, str, M] | None = None  # one model at a time
+
+    def keep(self, source: str, fingerprint: str, model: M) -> None:
+        """Share a model this process already loaded (the stage's planning step fingerprints it anyway)."""
+        with self._lock:
+            self._held = (source, fingerprint, model)
+
+    def get(self, source: str, fingerprint: str) -> M:
+        with self._lock:
+            if self._held is None or self._held[:2] != (source, fingerprint):
+                model = self._load(source)
+                if module_fingerprint(self._weights(model)) != fingerprint:
+                    raise RuntimeError(f"{source}: the weights changed while their cache was being built")
+                self._held = (source, fingerprint, model)
+            return self._held[2]
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ Writes `artifacts/latents/manifest.parquet` and `artifacts/latents/cache.json`.
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,15 @@ from diffusers import AutoencoderKL
 from models.device import pick_device
 from models.fingerprint import module_fingerprint
 from models.images import to_model_space
-from tasks.cache import CacheStats, ShardMap, build_cache, previous_refs, ref_columns, store_shards_here
+from tasks.cache import (
+    CacheStats,
+    ModelInProcess,
+    ShardMap,
+    build_cache,
+    previous_refs,
+    ref_columns,
+    store_shards_here,
+)
 from tasks.config import Config
 from tasks.ingest import MANIFEST as INGEST_MANIFEST
 from tasks.ingest import ImageShards
@@ -39,26 +46,11 @@ def latent_keys(pixel_sha256: list[str], vae_fingerprint: str, preprocessing: di
     return [content_key(sha, vae_fingerprint, preprocessing) for sha in pixel_sha256]
 
 
-# from_pretrained is not thread-safe (a global meta-device context): shard threads load one at a time
-_LOADING = threading.Lock()
-_LOADED: dict[tuple[str, str], tuple[AutoencoderKL, torch.device]] = {}  # (dir, fingerprint) -> model
+def load_vae(vae_dir: str) -> AutoencoderKL:
+    return AutoencoderKL.from_pretrained(vae_dir).to(pick_device()).eval()
 
 
-def _load_vae(vae_dir: str, fingerprint: str) -> tuple[AutoencoderKL, torch.device]:
-    """The VAE, once per process (shard threads share it); refuses weights other than the planned ones."""
-    with _LOADING:
-        if (vae_dir, fingerprint) not in _LOADED:
-            vae = AutoencoderKL.from_pretrained(vae_dir)
-            if module_fingerprint(vae) != fingerprint:
-                raise RuntimeError(f"{vae_dir}: the VAE changed while its latents were being cached")
-            _keep(vae_dir, fingerprint, vae)
-        return _LOADED[(vae_dir, fingerprint)]
-
-
-def _keep(vae_dir: str, fingerprint: str, vae: AutoencoderKL) -> None:
-    device = pick_device()
-    _LOADED.clear()  # one VAE at a time
-    _LOADED[(vae_dir, fingerprint)] = (vae.to(device).eval(), device)
+VAES = ModelInProcess(load_vae, weights=lambda vae: vae)
 
 
 @dataclass(frozen=True)
@@ -72,8 +64,8 @@ class LatentEncoder:
 
     @torch.no_grad()
     def __call__(self, rows: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
-        vae, device = _load_vae(self.vae_dir, self.vae_fingerprint)
-        pixels = to_model_space(ImageShards(Path(self.ingested)).images(rows)).to(device)  # [N, 3, H, W]
+        vae = VAES.get(self.vae_dir, self.vae_fingerprint)
+        pixels = to_model_space(ImageShards(Path(self.ingested)).images(rows)).to(vae.device)  # [N, 3, H, W]
         variants = {"": pixels, "_flip": pixels.flip(-1)} if self.flip else {"": pixels}
         out = {}
         for suffix, x in variants.items():
@@ -94,10 +86,9 @@ def run_cache_latents(
     tracker: Run | None = None,
     map_shards: ShardMap = store_shards_here,
 ) -> dict:
-    vae = AutoencoderKL.from_pretrained(vae_dir)
+    vae = load_vae(str(vae_dir))
     fingerprint = module_fingerprint(vae)
-    with _LOADING:
-        _keep(str(vae_dir), fingerprint, vae)  # shard jobs in this process use this one
+    VAES.keep(str(vae_dir), fingerprint, vae)  # shard jobs in this process use this one
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     encoder = LatentEncoder(str(vae_dir), fingerprint, str(ingested), cfg.latents.flip)
     manifest = pd.read_parquet(ingested / INGEST_MANIFEST)

@@ -7,20 +7,17 @@ Writes `artifacts/text/manifest.parquet` (caption -> shard) and `artifacts/text/
 
 from __future__ import annotations
 
-import functools
 import json
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from models.device import pick_device
 from models.fingerprint import module_fingerprint
 from models.text_encoder import encode_captions, load_text_encoder, tokenizer_settings
-from tasks.cache import ShardMap, build_cache, previous_refs, ref_columns, store_shards_here
+from tasks.cache import ModelInProcess, ShardMap, build_cache, previous_refs, ref_columns, store_shards_here
 from tasks.config import Config
 from tasks.keys import content_key
 from tasks.storage import ObjectStore
@@ -35,22 +32,7 @@ def text_keys(captions: list[str], encoder_fingerprint: str, settings: dict) -> 
     return [content_key(c, encoder_fingerprint, settings) for c in captions]
 
 
-# from_pretrained is not thread-safe (a global meta-device context): shard threads load one at a time
-_LOADING = threading.Lock()
-
-
-@functools.lru_cache(maxsize=2)
-def _load_encoder_once(spec: str, fingerprint: str) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
-    """The tokenizer and encoder, once per process; refuses weights other than the planned ones."""
-    tokenizer, encoder = load_text_encoder(spec, pick_device())
-    if module_fingerprint(encoder) != fingerprint:
-        raise RuntimeError(f"text encoder {spec!r} changed while its embeddings were being cached")
-    return tokenizer, encoder
-
-
-def _load_encoder(spec: str, fingerprint: str) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
-    with _LOADING:
-        return _load_encoder_once(spec, fingerprint)
+ENCODERS = ModelInProcess(lambda spec: load_text_encoder(spec, pick_device()), weights=lambda pair: pair[1])
 
 
 @dataclass(frozen=True)
@@ -62,7 +44,7 @@ class CaptionEncoder:
     max_length: int
 
     def __call__(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        tokenizer, model = _load_encoder(self.encoder, self.fingerprint)
+        tokenizer, model = ENCODERS.get(self.encoder, self.fingerprint)
         hidden, mask = encode_captions(tokenizer, model, captions, self.max_length)
         return {"hidden": hidden.half().cpu(), "mask": mask.to(torch.int8).cpu()}
 
@@ -76,8 +58,9 @@ def run_embed_text(
     map_shards: ShardMap = store_shards_here,
 ) -> dict:
     captions = sorted(set(pd.read_parquet(ingested / "manifest.parquet")["caption"]) | {EMPTY_CAPTION})
-    tokenizer, encoder = load_text_encoder(cfg.text.encoder)
+    tokenizer, encoder = load_text_encoder(cfg.text.encoder, pick_device())
     fingerprint = module_fingerprint(encoder)
+    ENCODERS.keep(cfg.text.encoder, fingerprint, (tokenizer, encoder))  # shard jobs in this process use it
     settings = tokenizer_settings(tokenizer, cfg.text.max_length)
     keys = text_keys(captions, fingerprint, settings)
     encode = CaptionEncoder(cfg.text.encoder, fingerprint, cfg.text.max_length)

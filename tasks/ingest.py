@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from safetensors import safe_open
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from tasks import sources, synthetic
 from tasks.config import Config, DataConfig
@@ -61,7 +61,7 @@ class Candidate:
     crop: tuple[int, int] = (0, 0)  # (left, top) in the image resized to cover the target
     labels: dict[str, str] = field(default_factory=dict)
     input_key: str | None = None  # the encoded input + preprocessing params, for incremental re-ingest
-    pixels_sha256: str | None = None  # hash of the decoded full-size pixels (exact-duplicate detection)
+    pixels_sha256: str | None = None  # hash of the decoded pixels (see decode_rgb): exact-duplicate detection
 
 
 @dataclass
@@ -328,13 +328,11 @@ def read_buckets(path: Path, split: str | None = None) -> list[tuple[pd.DataFram
         manifest = manifest[manifest["split"] == split]
     if manifest.empty:
         raise ValueError(f"{path / MANIFEST}: no samples" + (f" in split {split!r}" if split else ""))
-    groups = []
-    for _, rows in manifest.groupby(["height", "width"], sort=True):
-        shards = {s: load_file(str(path / f"{s}.safetensors"))["images"] for s in rows["shard"].unique()}
-        groups.append(
-            (rows, np.stack([shards[s][i] for s, i in zip(rows["shard"], rows["index"], strict=True)]))
-        )
-    return groups
+    shards = ImageShards(path)
+    return [
+        (rows, shards.images(list(zip(rows["shard"], rows["index"], strict=True))))
+        for _, rows in manifest.groupby(["height", "width"], sort=True)
+    ]
 
 
 def read_ingested(path: Path, split: str | None = None) -> tuple[pd.DataFrame, np.ndarray]:

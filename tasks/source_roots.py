@@ -96,7 +96,8 @@ class S3Root:
     def describe(self, name: str = "") -> str:
         return self.store.uri(self.store.key(name))
 
-    def _names(self) -> set[str]:
+    def names(self) -> set[str]:
+        """Every name below the root (listed once)."""
         if self._listing is None:
             base = self.store.key("")
             cut = len(base) + 1 if base else 0
@@ -106,16 +107,16 @@ class S3Root:
     def files(self, suffixes: tuple[str, ...]) -> list[str]:
         if self.only is not None:
             return [self.only]
-        return sorted(n for n in self._names() if posixpath.splitext(n)[1].lower() in suffixes)
+        return sorted(n for n in self.names() if posixpath.splitext(n)[1].lower() in suffixes)
 
     def exists(self, name: str) -> bool:
-        return name in self._names()
+        return name in self.names()
 
     def locate(self, name: str) -> S3Object:
         normal = posixpath.normpath(name)
         if name.startswith("/") or normal == ".." or normal.startswith("../"):
             raise OutsideRoot(name)
-        if normal not in self._names():
+        if normal not in self.names():
             raise MissingFile(name)
         return S3Object(self.store, self.store.key(normal))
 
@@ -162,7 +163,7 @@ def open_root(path: str, endpoint_url: str | None = None) -> Root:
             folder, _, name = prefix.rpartition("/")
             return S3Root(ObjectStore(endpoint_url, bucket, folder, region), only=name)
         root = S3Root(ObjectStore(endpoint_url, bucket, prefix, region))
-        if not root._names():
+        if not root.names():
             raise FileNotFoundError(f"data.path: no objects under {path}")
         return root
     local = Path(path).resolve()
