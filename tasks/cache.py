@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -170,24 +171,48 @@ class ShardResult:
     bytes_written: int = 0
 
 
-def store_shard(job: ShardJob) -> ShardResult:
-    """Compute and upload one shard, unless an object of that name is already complete."""
+def stored_shard(job: ShardJob) -> ShardResult | None:
+    """The shard, when an object of its name is already complete (written by a build that did not get
+    to record it: killed, or running elsewhere)."""
     head = job.store.head(job.name)
     checksum = (head or {}).get("metadata", {}).get("sha256")
-    if checksum:  # written by a build that did not get to record it (killed, or elsewhere)
-        return ShardResult(job.name, checksum, head["etag"], found=True)
-    data = pack_shard(job.encode(job.inputs), {"keys": json.dumps(job.members)})
+    return ShardResult(job.name, checksum, head["etag"], found=True) if checksum else None
+
+
+def encode_shard(job: ShardJob) -> bytes:
+    return pack_shard(job.encode(job.inputs), {"keys": json.dumps(job.members)})
+
+
+def upload_shard(job: ShardJob, data: bytes) -> ShardResult:
     checksum = sha256_hex(data)
     etag = job.store.put_bytes(job.name, data, metadata={"sha256": checksum})  # visible once complete
     return ShardResult(job.name, checksum, etag, found=False, bytes_written=len(data))
+
+
+def store_shard(job: ShardJob) -> ShardResult:
+    """Compute and upload one shard, unless an object of that name is already complete."""
+    return stored_shard(job) or upload_shard(job, encode_shard(job))
 
 
 ShardMap = Callable[[list[ShardJob], str], list[ShardResult]]
 
 
 def store_shards_here(jobs: list[ShardJob], desc: str) -> list[ShardResult]:
-    """Run the jobs one after another in this process (what `dvc repro`'s stage commands use)."""
-    return [store_shard(job) for job in progress(jobs, desc=desc, unit="shard")]
+    """Run the jobs in this process (what `dvc repro`'s stage commands use). One listing per prefix says
+    which shards may already be stored (only those get a HEAD), and each shard uploads in the
+    background while the next one is encoded."""
+    listed: set[str] = set()
+    for prefix in sorted({job.name.rsplit("/", 1)[0] + "/" for job in jobs}):
+        listed.update(jobs[0].store.list_keys(prefix))
+    with ThreadPoolExecutor(1, thread_name_prefix="shard-upload") as uploader:
+        pending: list[Future[ShardResult]] = []
+        for job in progress(jobs, desc=desc, unit="shard"):
+            found = stored_shard(job) if job.name in listed else None
+            if found:
+                pending.append(uploader.submit(lambda result: result, found))
+            else:
+                pending.append(uploader.submit(upload_shard, job, encode_shard(job)))
+        return [future.result() for future in pending]
 
 
 def build_cache(

@@ -6,6 +6,8 @@ sees half an object; writing a shard under its content key is therefore atomic a
 
 from __future__ import annotations
 
+import functools
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,22 @@ class ObjectNotFound(LookupError):
 
 def _code(err: ClientError) -> str:
     return str(err.response.get("Error", {}).get("Code", ""))
+
+
+_SESSION_LOCK = threading.Lock()  # a boto3 session may make one client at a time
+
+
+def _fresh_session():
+    import boto3
+
+    return boto3.session.Session()
+
+
+@functools.cache
+def _session():
+    """One boto3 session per process for clients with explicit keys: it parses the S3 service model once
+    (else tens of ms per client)."""
+    return _fresh_session()
 
 
 class ObjectStore:
@@ -70,7 +88,6 @@ class ObjectStore:
     def client(self):
         """The boto3 S3 client (made on first use; thread-safe)."""
         if self._client is None:
-            import boto3
             from botocore.config import Config
 
             custom = self.endpoint_url is not None
@@ -85,14 +102,17 @@ class ObjectStore:
                 request_checksum_calculation="when_required" if custom else "when_supported",
                 response_checksum_validation="when_required" if custom else "when_supported",
             )
-            self._client = boto3.session.Session().client(
-                "s3",
-                endpoint_url=self.endpoint_url,
-                aws_access_key_id=self.access_key,
-                aws_secret_access_key=self.secret_key,
-                region_name=self.region,
-                config=config,
-            )
+            # the shared session would keep the first credentials the default chain found
+            session = _session() if self.access_key else _fresh_session()
+            with _SESSION_LOCK:
+                self._client = session.client(
+                    "s3",
+                    endpoint_url=self.endpoint_url,
+                    aws_access_key_id=self.access_key,
+                    aws_secret_access_key=self.secret_key,
+                    region_name=self.region,
+                    config=config,
+                )
         return self._client
 
     def _fail(self, action: str, err: ClientError) -> StorageError:
