@@ -61,8 +61,10 @@ def main() -> None:
     from tasks.embed_text import run_embed_text
     from tasks.ingest import read_ingested, run_ingest
     from tasks.loader import LatentStream, plan_epoch
+    from tasks.sample_draws import draw_samples
     from tasks.storage import ObjectStore
-    from tasks.train_unet import UnetTraining, load_training_set
+    from tasks.train_unet import load_training_set
+    from tasks.unet_training import MicroBatch, UnetTraining, make_accelerator
 
     torch.manual_seed(0)
     device = pick_device()
@@ -113,7 +115,7 @@ def main() -> None:
             data = load_training_set(tmp / "cache3" / "latents", tmp / "text", store)
             hidden, mask = data.hidden.float().to(device), data.mask.long().to(device)
             (c, h, _), = data.latent_shapes.values()  # fmt: skip
-            training = UnetTraining.build(u, h, c, hidden.shape[-1], device)
+            training = UnetTraining.build(u, make_accelerator(u), h, c, hidden.shape[-1])
             items = data.items
             refs = [list(items[c]) for c in ("shard", "shard_sha256", "shard_index")]
             in_ram = gather(store, *refs, "mean").float()
@@ -127,7 +129,9 @@ def main() -> None:
 
             def train(latents: torch.Tensor, rows) -> None:
                 text = data.text_index[rows]
-                training.step(to_diffusion_space(latents, data.normalisation), hidden[text], mask[text])
+                draws = draw_samples(cfg.seed, 0, range(b), u.num_train_timesteps, (c, h, h), 0.0)
+                latents = to_diffusion_space(latents, data.normalisation)
+                training.step([MicroBatch(latents, hidden[text], mask[text], draws.noise)])
 
             def from_ram() -> None:
                 rows = plan[next(step_no) % len(plan)]

@@ -1,11 +1,11 @@
-"""The diffusion process around the U-Net: noise schedule, training loss, guided DDIM sampling."""
+"""The diffusion process around the U-Net: the noise schedule and guided DDIM sampling (the training
+objective is in models/objectives.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -15,12 +15,20 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 def make_train_scheduler(
-    num_train_timesteps: int, beta_schedule: str, prediction_type: str = "epsilon"
+    num_train_timesteps: int,
+    beta_schedule: str,
+    prediction_type: str = "epsilon",
+    zero_terminal_snr: bool = False,
 ) -> DDPMScheduler:
     """The forward process q(x_t | x_0) for training, and what the U-Net predicts (no x0 clipping).
 
     clip_sample=False: clipping the predicted x0 to [-1, 1] suits pixels, not scaled latents.
+    zero_terminal_snr rescales the betas so that the last step is pure noise (Lin et al. 2024, sec. 3.1):
+    the model then learns to start from what sampling starts from. It needs v-prediction (eps carries no
+    information about x0 at SNR 0).
     """
+    if zero_terminal_snr and prediction_type != "v_prediction":
+        raise ValueError("zero_terminal_snr needs prediction_type v_prediction (Lin et al. 2024, sec. 3.2)")
     if beta_schedule not in BETA_SCHEDULES:
         raise ValueError(f"beta_schedule must be one of {', '.join(BETA_SCHEDULES)}, got {beta_schedule!r}")
     if prediction_type not in PREDICTION_TYPES:
@@ -31,38 +39,8 @@ def make_train_scheduler(
         beta_schedule=beta_schedule,
         prediction_type=prediction_type,
         clip_sample=False,
+        rescale_betas_zero_snr=zero_terminal_snr,
     )
-
-
-def diffusion_loss(
-    unet: UNet2DConditionModel,
-    scheduler: DDPMScheduler,
-    latents: torch.Tensor,
-    text_hidden: torch.Tensor,
-    text_mask: torch.Tensor,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Simple loss E_{t, eps} |target - f_theta(x_t, t, c)|^2 (Ho et al. 2020, eq. 14), target eps or v.
-
-    latents [B, C, h, w] (already scaled), text_hidden [B, L, D], text_mask [B, L] (1 = real token).
-    """
-    b = latents.shape[0]
-    device = latents.device
-    gen_device = generator.device if generator is not None else device
-    # 1. t ~ U{0, T-1}, eps ~ N(0, I)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator, device=gen_device)
-    noise = torch.randn(latents.shape, generator=generator, device=gen_device, dtype=torch.float32)
-    t, noise = t.to(device), noise.to(device)
-    # 2. x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps   (Ho et al. 2020, eq. 4)
-    noisy = scheduler.add_noise(latents.float(), noise, t)
-    # 3. predict the target from x_t, t and the text tokens (cross-attention):
-    #    eps, or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022, sec. 4)
-    if scheduler.config.prediction_type == "v_prediction":
-        target = scheduler.get_velocity(latents.float(), noise, t)
-    else:
-        target = noise
-    pred = unet(noisy, t, encoder_hidden_states=text_hidden, encoder_attention_mask=text_mask).sample
-    return F.mse_loss(pred.float(), target)
 
 
 @torch.no_grad()

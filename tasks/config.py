@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -87,25 +87,49 @@ class TextConfig(Section):
 
 
 class UnetConfig(Section):
+    pretrained: str | None = None  # a diffusers U-Net dir (or a model dir with unet/), or a hub id
     block_out_channels: list[int] = [32, 64]
     layers_per_block: int = Field(1, ge=1)
     attention_head_dim: int = Field(8, ge=1)
     pooled_text_embedding: bool = True
     steps: int = Field(1500, ge=1)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1)  # per process and micro-batch
+    gradient_accumulation: int = Field(1, ge=1)
     lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0)
     caption_dropout: float = Field(0.1, ge=0, le=1)
     sample_posterior: bool = False
-    ema_decay: float = Field(0.999, ge=0, lt=1)
-    shuffle_window: int = Field(4, ge=1)
-    prefetch_shards: int = Field(4, ge=1)
-    shard_cache_mb: int = Field(2048, ge=1)
     num_train_timesteps: int = Field(1000, ge=10)
     prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "scaled_linear"
+    zero_terminal_snr: bool = False
+    snr_gamma: float | None = Field(None, gt=0)
+    noise_offset: float = Field(0.0, ge=0)
+    input_perturbation: float = Field(0.0, ge=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    ema_warmup: bool = True
+    ema_power: float = Field(2 / 3, gt=0)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    attention: Literal["sdpa", "eager"] = "sdpa"
+    shuffle_window: int = Field(4, ge=1)
+    prefetch_shards: int = Field(4, ge=1)
+    shard_cache_mb: int = Field(2048, ge=1)
+    checkpoint_every: int = Field(500, ge=0)
+    checkpoints_total_limit: int = Field(2, ge=1)
+    resume: Literal["latest", "none"] = "latest"
     log_every: int = Field(50, ge=1)
+    log_samples: bool = False
+
+    @model_validator(mode="after")
+    def _zero_terminal_snr_needs_v(self) -> UnetConfig:
+        if self.zero_terminal_snr and self.prediction_type != "v_prediction":
+            raise ValueError("zero_terminal_snr needs prediction_type v_prediction")
+        return self
 
 
 class EvalConfig(Section):

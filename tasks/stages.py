@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from tasks import launch
 from tasks.config import Config
 from tasks.paths import ProjectPaths
 from tasks.storage import ObjectStore, object_store_from_config
@@ -57,7 +58,7 @@ def _embed_text(cfg: Config, p: ProjectPaths, run: Run, **shard_options) -> dict
     return run_embed_text(cfg, p.ingested, p.text, _store(cfg, p), run, **shard_options)
 
 
-def _train_unet(cfg: Config, p: ProjectPaths, run: Run) -> dict:
+def _train_unet(cfg: Config, p: ProjectPaths, run: Run | None) -> dict:
     from tasks.train_unet import run_train_unet
 
     return run_train_unet(cfg, p.latents, p.text, p.unet, _store(cfg, p), run, p.shard_cache)
@@ -107,6 +108,7 @@ def with_upstream(names: list[str]) -> list[str]:
 
 
 SHARDED = ("cache_latents", "embed_text")  # stages whose work is many shard jobs (tasks/cache.py)
+DISTRIBUTED = ("train_unet",)  # stages that train with DDP under torchrun / accelerate launch
 
 
 def run_stage(
@@ -124,6 +126,11 @@ def run_stage(
     from tasks.tracking import stage_run
 
     stage = STAGES[name]
+    if launch.launched_distributed():  # torchrun / accelerate launch: every process runs this
+        if name not in DISTRIBUTED:
+            raise ValueError(f"only {', '.join(DISTRIBUTED)} runs on several processes, not {name}")
+        if launch.rank() != 0:  # the main process alone logs to MLflow
+            return stage.fn(cfg, paths, None)
     options = {"map_shards": map_shards} if map_shards is not None else {}
     with stage_run(cfg, paths, name, ("seed", *stage.sections), parent_run_id) as run:
         return stage.fn(cfg, paths, run, **options)

@@ -175,6 +175,18 @@ class ObjectStore:
                 raise ObjectNotFound(key, self.bucket) from None
             raise self._fail(f"GetObject {key}", err) from err
 
+    def upload(self, path: Path, key: str, metadata: dict[str, str] | None = None) -> None:
+        """Copy a local file to `key` (multipart for large files; visible once complete)."""
+        from boto3.exceptions import S3UploadFailedError
+
+        extra = {"Metadata": dict(metadata)} if metadata else None
+        try:
+            self.client.upload_file(str(path), self.bucket, key, ExtraArgs=extra)
+        except ClientError as err:
+            raise self._fail(f"PutObject {key}", err) from err
+        except S3UploadFailedError as err:
+            raise StorageError(f"upload of {path} to {self.uri(key)} failed: {err}") from err
+
     def download(self, key: str, path: Path) -> None:
         """Copy the object to a local file (multipart, for objects read with random access)."""
         try:

@@ -12,26 +12,28 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
+import numpy as np
 import pandas as pd
 import torch
-from diffusers import DDPMScheduler, UNet2DConditionModel
-from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
+from accelerate.utils import gather_object
 
-from models.device import autocast, pick_device
-from models.diffusion import diffusion_loss, make_train_scheduler
 from models.latents import to_diffusion_space
-from models.unet import build_unet
 from tasks.cache import gather
-from tasks.config import Config, UnetConfig
+from tasks.checkpoints import Checkpoints
+from tasks.config import Config
+from tasks.keys import content_key
 from tasks.loader import LatentStream
 from tasks.progress import progress
+from tasks.sample_draws import draw_samples
 from tasks.shards import CorruptShard
 from tasks.storage import ObjectNotFound, ObjectStore
 from tasks.tracking import Run
+from tasks.unet_training import MicroBatch, UnetTraining, make_accelerator, rng_state, set_rng_state
 
 METRICS = "metrics.json"
+SAMPLES_LOG = "samples.jsonl"  # unet.log_samples: each step's loss and sample ids
 
 
 @dataclass
@@ -45,6 +47,7 @@ class TrainingSet:
     empty_index: int  # row of the empty caption (classifier-free guidance)
     normalisation: dict  # the VAE's latent statistics (models/latents.py)
     latent_shapes: dict[str, list[int]]  # bucket -> [C, h, w]
+    identity: str  # hashes the samples, their latent keys and the caption keys: what was trained on
 
 
 def load_training_set(
@@ -78,50 +81,102 @@ def load_training_set(
         empty_index=row_of[""],
         normalisation=info["normalisation"],
         latent_shapes={b: info["latent_shapes"][b] for b in sorted(set(latents["bucket"]))},
+        identity=content_key(
+            latents["sample_id"].tolist(), latents["latent_key"].tolist(), text["text_key"].tolist()
+        ),  # fmt: skip
     )
 
 
+RUN_CONTROL = {"checkpoint_every", "checkpoints_total_limit", "resume", "log_every", "log_samples",
+               "prefetch_shards", "shard_cache_mb", "batch_size", "gradient_accumulation"}  # fmt: skip
+
+
+def run_identity(cfg: Config, data: TrainingSet, global_batch: int) -> str:
+    """What a checkpoint must match to be resumed from: everything that decides the weights step by step.
+    The split of the global batch over processes and micro-batches does not (tasks/sample_draws.py)."""
+    unet = {k: v for k, v in cfg.unet.model_dump(mode="json").items() if k not in RUN_CONTROL}
+    return content_key({"seed": cfg.seed, "unet": unet, "global_batch": global_batch}, data.identity)
+
+
 @dataclass
-class UnetTraining:
-    """The U-Net and what trains it: EMA of its weights, the noise schedule, optimiser and LR schedule."""
+class Position:
+    step: int = 0  # optimisation steps done
+    epoch: int = 0  # where the next batch comes from in the data plan
+    batch: int = 0
 
-    unet: UNet2DConditionModel
-    ema: EMAModel
-    noise_scheduler: DDPMScheduler
-    opt: torch.optim.Optimizer
-    lr_schedule: torch.optim.lr_scheduler.LRScheduler
-    device: torch.device
 
-    @classmethod
-    def build(
-        cls, u: UnetConfig, sample_size: int, in_channels: int, cross_attention_dim: int, device: torch.device
-    ) -> UnetTraining:
-        unet = build_unet(
-            sample_size=sample_size,
-            in_channels=in_channels,
-            block_out_channels=u.block_out_channels,
-            layers_per_block=u.layers_per_block,
-            attention_head_dim=u.attention_head_dim,
-            cross_attention_dim=cross_attention_dim,
-            pooled_text_embedding=u.pooled_text_embedding,
-        ).to(device)
-        ema = EMAModel(unet.parameters(), decay=u.ema_decay, use_ema_warmup=True)
-        noise_scheduler = make_train_scheduler(u.num_train_timesteps, u.beta_schedule, u.prediction_type)
-        opt = torch.optim.AdamW(unet.parameters(), lr=u.lr, weight_decay=u.weight_decay)
-        lr_schedule = get_scheduler("constant_with_warmup", opt, num_warmup_steps=u.warmup_steps)
-        return cls(unet, ema, noise_scheduler, opt, lr_schedule, device)
+def micro_batches(
+    cfg: Config, data: TrainingSet, hidden: torch.Tensor, mask: torch.Tensor, step: int,
+    rows: np.ndarray, cached: dict[str, torch.Tensor], rank: int, processes: int,
+) -> list[MicroBatch]:  # fmt: skip
+    """This process's share of a global batch: micro-batch m of process r holds positions
+    [(m * processes + r) * B, + B)."""
+    u, b = cfg.unet, cfg.unet.batch_size
+    shape = tuple(cached["mean"].shape[1:])
+    out = []
+    for m in range(u.gradient_accumulation):
+        lo = (m * processes + rank) * b
+        part = slice(lo, lo + b)
+        draws = draw_samples(
+            cfg.seed, step, range(lo, lo + b), u.num_train_timesteps, shape, u.caption_dropout
+        )
+        mean, std = cached["mean"][part], cached["std"][part]
+        if "mean_flip" in cached:  # latents.flip: each sample's mirror half the time
+            mirror = draws.mirror.view(-1, 1, 1, 1)
+            mean = mean.where(~mirror, cached["mean_flip"][part])
+            std = std.where(~mirror, cached["std_flip"][part])
+        latents = mean.float()
+        if u.sample_posterior:  # a fresh draw z ~ q(z|x) each time, as SD trains
+            latents = latents + std.float() * draws.posterior
+        text_rows = data.text_index[rows[part]].clone()
+        text_rows[draws.drop_caption] = data.empty_index
+        latents = to_diffusion_space(latents, data.normalisation)  # ~N(0, I) per the VAE's statistics
+        out.append(MicroBatch(latents, hidden[text_rows], mask[text_rows], draws.noise))
+    return out
 
-    def step(self, latents: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """One optimisation step on normalised latents [B, C, h, w] and their captions' tokens; the loss."""
-        with autocast(self.device):
-            loss = diffusion_loss(self.unet, self.noise_scheduler, latents.to(self.device), hidden, mask)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
-        self.opt.step()
-        self.lr_schedule.step()
-        self.ema.step(self.unet.parameters())
-        return loss
+
+def open_samples_log(path: Path, from_step: int) -> TextIO:
+    """The per-step log of losses and sample ids, keeping what steps before `from_step` wrote (a resumed
+    run writes the rest again; a killed run may have left later steps and half a line)."""
+    kept = []
+    if from_step and path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] < from_step:
+                    kept.append(line + "\n")
+            except (json.JSONDecodeError, KeyError):
+                continue
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log = path.open("w")
+    log.writelines(kept)
+    return log
+
+
+def save_checkpoint(
+    training: UnetTraining, checkpoints: Checkpoints, position: Position, folder: Path, info: dict
+) -> None:
+    acc = training.accelerator
+    rngs = gather_object([rng_state()])  # one per process
+    if acc.is_main_process:
+        files = training.save_state(folder)
+        torch.save(rngs, folder / "rng.pt")
+        files["rng.pt"] = folder / "rng.pt"
+        where = checkpoints.save(
+            position.step, files, {**info, "epoch": position.epoch, "batch": position.batch}
+        )
+        print(f"train_unet: checkpoint at step {position.step}: {where}")
+    acc.wait_for_everyone()
+
+
+def resume(training: UnetTraining, checkpoints: Checkpoints, step: int, folder: Path) -> Position:
+    acc = training.accelerator
+    marker = checkpoints.load(step, folder)
+    training.load_state(folder)
+    rngs = torch.load(folder / "rng.pt", weights_only=False)
+    if len(rngs) == acc.num_processes:
+        set_rng_state(rngs[acc.process_index])
+    print(f"train_unet: resumed from step {step} ({checkpoints.store.uri(checkpoints.prefix)})")
+    return Position(marker["step"], marker["epoch"], marker["batch"])
 
 
 def run_train_unet(
@@ -133,10 +188,15 @@ def run_train_unet(
     tracker: Run | None = None,
     shard_cache: Path | None = None,
 ) -> dict:
-    """Train the U-Net on the caches; latent shards stream through `shard_cache` (a local folder)."""
+    """Train the U-Net on the caches; latent shards stream through `shard_cache` (a local folder).
+
+    Under torchrun / `accelerate launch` every process runs this; only the main one logs and writes.
+    """
     u = cfg.unet
+    acc = make_accelerator(u)
+    main, rank, processes = acc.is_main_process, acc.process_index, acc.num_processes
+    tracker = tracker if main else None
     torch.manual_seed(cfg.seed)
-    device = pick_device()
     data = load_training_set(latents_dir, text_dir, store)
     n = len(data.items)
     shapes = [tuple(shape) for shape in data.latent_shapes.values()]  # (C, h, w) of each bucket
@@ -149,58 +209,87 @@ def run_train_unet(
             )
     # the model's default sample size: the square bucket when there is one, else the largest
     c, h, _ = max(shapes, key=lambda s: (s[1] == s[2], s[1] * s[2]))
-    hidden, mask = data.hidden.float().to(device), data.mask.long().to(device)
+    hidden, mask = data.hidden.float().to(acc.device), data.mask.long().to(acc.device)
 
-    # 1. model, EMA, noise schedule, optimiser
-    training = UnetTraining.build(u, h, c, hidden.shape[-1], device)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    params = sum(p.numel() for p in training.unet.parameters())
+    # 1. model, EMA, noise schedule, optimiser; the last checkpoint of this very run, if any
+    training = UnetTraining.build(u, acc, h, c, hidden.shape[-1])
+    global_batch = u.batch_size * processes * u.gradient_accumulation
+    identity = run_identity(cfg, data, global_batch)
+    checkpoints = Checkpoints(store, store.key("checkpoints", identity), u.checkpoints_total_limit)
+    local = (shard_cache or out.parent / ".shard-cache").parent / "checkpoints" / identity / f"rank{rank}"
+    position = Position()
+    latest = checkpoints.latest() if u.resume == "latest" else None
+    if latest is not None:
+        position = resume(training, checkpoints, latest, local / "resume")
+    params = sum(p.numel() for p in training.model.parameters())
     if tracker:
-        tracker.log_metrics({"unet_parameters": params, "train_samples": n})
+        tracker.log_metrics({"unet_parameters": params, "train_samples": n, "global_batch": global_batch,
+                             "processes": processes, "resumed_from_step": position.step})  # fmt: skip
 
-    # 2. training loop: batches streamed from the latent shards, epoch after epoch
+    # 2. training loop: global batches streamed from the latent shards, epoch after epoch
     stream = LatentStream(
-        store, data.items, u.batch_size, cfg.seed, shard_cache or out.parent / ".shard-cache",
+        store, data.items, global_batch, cfg.seed, shard_cache or out.parent / ".shard-cache",
         max_bytes=u.shard_cache_mb * 2**20, window=u.shuffle_window, prefetch=u.prefetch_shards,
     )  # fmt: skip
-    batches = stream.batches()
-    training.unet.train()
-    start = time.perf_counter()
-    bar = progress(range(u.steps), desc="train_unet", unit="step")
+    batches = stream.batches(position.epoch, position.batch)
+    samples_log = open_samples_log(out / SAMPLES_LOG, position.step) if main and u.log_samples else None
+    sample_ids = data.items["sample_id"].to_numpy()
+    bar = progress(range(position.step, u.steps), desc="train_unet", unit="step", disable=not main)
+    start, done_here, loss = time.perf_counter(), 0, float("nan")
     for step in bar:
         batch, cached = next(batches)  # one latent shape per batch
-        mean, std = cached["mean"], cached["std"]
-        if "mean_flip" in cached:  # latents.flip: each sample's mirror half the time
-            mirrored = (torch.rand(len(mean), generator=gen) < 0.5).view(-1, 1, 1, 1)
-            mean, std = mean.where(~mirrored, cached["mean_flip"]), std.where(~mirrored, cached["std_flip"])
-        latents = mean.float()
-        if u.sample_posterior:  # a fresh draw z ~ q(z|x) each time, as SD trains
-            latents = latents + std.float() * torch.randn(latents.shape, generator=gen)
-        latents = to_diffusion_space(latents, data.normalisation)  # ~N(0, I) per the VAE's statistics
-        text_rows = data.text_index[batch.rows].clone()
-        text_rows[torch.rand(u.batch_size, generator=gen) < u.caption_dropout] = data.empty_index
-        loss = training.step(latents, hidden[text_rows], mask[text_rows])
-        if step % u.log_every == 0 or step == u.steps - 1:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if tracker:
-                tracker.log_metrics(
-                    {"train_loss": loss.item(), "lr": training.lr_schedule.get_last_lr()[0]}, step=step
+        parts = micro_batches(cfg, data, hidden, mask, step, batch.rows, cached, rank, processes)
+        loss = training.step(parts)
+        position = Position(step + 1, batch.epoch, batch.index + 1)
+        done_here += 1
+        if samples_log:
+            samples_log.write(
+                json.dumps(
+                    {
+                        "step": step,
+                        "epoch": batch.epoch,
+                        "loss": loss,
+                        "samples": sample_ids[batch.rows].tolist(),
+                    }
                 )
+                + "\n"
+            )
+            samples_log.flush()
+        if u.checkpoint_every and position.step % u.checkpoint_every == 0 and position.step < u.steps:
+            save_checkpoint(training, checkpoints, position, local / "save", {"global_batch": global_batch})
+        if step % u.log_every == 0 or step == u.steps - 1:
+            seconds = time.perf_counter() - start
+            speed = {
+                "steps_per_second": done_here / seconds,
+                "samples_per_second": done_here * global_batch / seconds,
+            }
+            speed["eta_seconds"] = (u.steps - position.step) / speed["steps_per_second"]
+            bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{speed['samples_per_second']:.0f}")
+            if tracker:
+                lr = training.lr_schedule.get_last_lr()[0]
+                tracker.log_metrics({"train_loss": loss, "lr": lr, **speed}, step=step)
     seconds = time.perf_counter() - start
+    if samples_log:
+        samples_log.close()
 
     # 3. save the EMA weights as the model, plus the noise schedule it was trained with
-    training.ema.copy_to(training.unet.parameters())
-    out.mkdir(parents=True, exist_ok=True)
-    training.unet.to("cpu").save_pretrained(out, safe_serialization=True)
-    training.noise_scheduler.save_pretrained(out / "scheduler")
     metrics = {
-        "final_train_loss": float(loss.item()),
+        "final_train_loss": loss,
         "steps": u.steps,
+        "resumed_from_step": u.steps - done_here,
         "train_seconds": round(seconds, 2),
-        "steps_per_second": round(u.steps / seconds, 3),
+        "steps_per_second": round(done_here / seconds, 3) if done_here else None,
+        "global_batch": global_batch,
+        "processes": processes,
         "parameters": params,
     }
-    (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
-    if tracker:
-        tracker.log_metrics({k: metrics[k] for k in ("train_seconds", "steps_per_second")})
+    if main:
+        training.ema.copy_to(training.model.parameters())
+        out.mkdir(parents=True, exist_ok=True)
+        training.model.to("cpu").save_pretrained(out, safe_serialization=True)
+        training.noise_scheduler.save_pretrained(out / "scheduler")
+        (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+        if tracker and done_here:
+            tracker.log_metrics({k: metrics[k] for k in ("train_seconds", "steps_per_second")})
+    acc.wait_for_everyone()
     return metrics
