@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from contextlib import AbstractContextManager
+from pathlib import Path
 
 import torch
 
@@ -25,3 +26,39 @@ def autocast(device: torch.device) -> AbstractContextManager:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+class PeakMemory:
+    """Peak memory of this process from `reset()` on: allocated CUDA memory on a GPU, else the resident set
+    (Linux: /proc/self/clear_refs resets the high-water mark). None where neither can be read."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.device = device
+
+    def reset(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        with contextlib.suppress(OSError):
+            Path("/proc/self/clear_refs").write_text("5")
+
+    def current_mb(self) -> float | None:
+        if self.cuda:
+            return torch.cuda.memory_allocated(self.device) / 2**20
+        return _proc_status_mb("VmRSS")
+
+    def peak_mb(self) -> float | None:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return _proc_status_mb("VmHWM")
+
+
+def _proc_status_mb(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None

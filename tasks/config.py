@@ -86,6 +86,23 @@ class TextConfig(Section):
     shard_size: int = Field(1024, gt=0)
 
 
+class ValidationConfig(Section):
+    every: int = Field(500, ge=0)  # steps between validations (0: at the end only)
+    samples: int = Field(256, ge=1)  # held-out latents the loss is measured on
+    timesteps: list[float] = [0.02, 0.1, 0.3, 0.6]  # fractions of num_train_timesteps, low noise first
+    prompts: int = Field(4, ge=0)  # distinct held-out captions in the image grid (0: no grid)
+    images_per_prompt: int = Field(2, ge=1)
+    inference_steps: int = Field(20, ge=1)
+    guidance_scale: float = Field(4.0, ge=0)
+
+    @field_validator("timesteps")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0 <= f < 1 for f in v):
+            raise ValueError("must be a non-empty list of fractions in [0, 1) of num_train_timesteps")
+        return v
+
+
 class UnetConfig(Section):
     pretrained: str | None = None  # a diffusers U-Net dir (or a model dir with unet/), or a hub id
     block_out_channels: list[int] = [32, 64]
@@ -124,6 +141,7 @@ class UnetConfig(Section):
     resume: Literal["latest", "none"] = "latest"
     log_every: int = Field(50, ge=1)
     log_samples: bool = False
+    validation: ValidationConfig = ValidationConfig()
 
     @model_validator(mode="after")
     def _zero_terminal_snr_needs_v(self) -> UnetConfig:

@@ -61,7 +61,7 @@ def _embed_text(cfg: Config, p: ProjectPaths, run: Run, **shard_options) -> dict
 def _train_unet(cfg: Config, p: ProjectPaths, run: Run | None) -> dict:
     from tasks.train_unet import run_train_unet
 
-    return run_train_unet(cfg, p.latents, p.text, p.unet, _store(cfg, p), run, p.shard_cache)
+    return run_train_unet(cfg, p.latents, p.text, p.unet, _store(cfg, p), run, p.shard_cache, p.vae)
 
 
 def _evaluate(cfg: Config, p: ProjectPaths, run: Run) -> dict:

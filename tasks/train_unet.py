@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from accelerate.utils import gather_object
 
+from models.device import PeakMemory
 from models.latents import to_diffusion_space
 from tasks.cache import gather
 from tasks.checkpoints import Checkpoints
@@ -31,6 +32,7 @@ from tasks.shards import CorruptShard
 from tasks.storage import ObjectNotFound, ObjectStore
 from tasks.tracking import Run
 from tasks.unet_training import MicroBatch, UnetTraining, make_accelerator, rng_state, set_rng_state
+from tasks.validation import Validation
 
 METRICS = "metrics.json"
 SAMPLES_LOG = "samples.jsonl"  # unet.log_samples: each step's loss and sample ids
@@ -48,13 +50,15 @@ class TrainingSet:
     normalisation: dict  # the VAE's latent statistics (models/latents.py)
     latent_shapes: dict[str, list[int]]  # bucket -> [C, h, w]
     identity: str  # hashes the samples, their latent keys and the caption keys: what was trained on
+    held_out: pd.DataFrame  # the other split's rows (validation), those whose caption has an embedding
+    text_row: dict[str, int]  # caption -> row of `hidden` / `mask`
 
 
 def load_training_set(
     latents_dir: Path, text_dir: Path, store: ObjectStore, split: str = "train"
 ) -> TrainingSet:
-    latents = pd.read_parquet(latents_dir / "manifest.parquet")
-    latents = latents[latents["split"] == split].reset_index(drop=True)
+    everything = pd.read_parquet(latents_dir / "manifest.parquet")
+    latents = everything[everything["split"] == split].reset_index(drop=True)
     if latents.empty:
         raise ValueError(f"{latents_dir / 'manifest.parquet'}: no samples in split {split!r}")
     text = pd.read_parquet(text_dir / "manifest.parquet")
@@ -83,12 +87,15 @@ def load_training_set(
         latent_shapes={b: info["latent_shapes"][b] for b in sorted(set(latents["bucket"]))},
         identity=content_key(
             latents["sample_id"].tolist(), latents["latent_key"].tolist(), text["text_key"].tolist()
-        ),  # fmt: skip
+        ),
+        held_out=everything[(everything["split"] != split) & everything["caption"].isin(row_of)],
+        text_row=row_of,
     )
 
 
 RUN_CONTROL = {"checkpoint_every", "checkpoints_total_limit", "resume", "log_every", "log_samples",
-               "prefetch_shards", "shard_cache_mb", "batch_size", "gradient_accumulation"}  # fmt: skip
+               "prefetch_shards", "shard_cache_mb", "batch_size", "gradient_accumulation",
+               "validation"}  # fmt: skip
 
 
 def run_identity(cfg: Config, data: TrainingSet, global_batch: int) -> str:
@@ -187,8 +194,10 @@ def run_train_unet(
     store: ObjectStore,
     tracker: Run | None = None,
     shard_cache: Path | None = None,
+    vae_dir: Path | None = None,
 ) -> dict:
     """Train the U-Net on the caches; latent shards stream through `shard_cache` (a local folder).
+    `vae_dir` decodes the validation grid (none without it).
 
     Under torchrun / `accelerate launch` every process runs this; only the main one logs and writes.
     """
@@ -226,6 +235,29 @@ def run_train_unet(
         tracker.log_metrics({"unet_parameters": params, "train_samples": n, "global_batch": global_batch,
                              "processes": processes, "resumed_from_step": position.step})  # fmt: skip
 
+    validation = None
+    if main and not data.held_out.empty:
+        validation = Validation.load(
+            u.validation, data.held_out, data.text_row, data.hidden.float(), data.mask.long(),
+            data.empty_index, data.normalisation, store, u.num_train_timesteps, vae_dir if tracker else None,
+            cfg.seed,
+        )  # fmt: skip
+
+    def validate(step: int, grid: bool) -> dict[str, float]:
+        """Held-out loss (online weights) and, with `grid`, the prompts drawn with the EMA weights."""
+        found = validation.loss(training.model, training.noise_scheduler)
+        if tracker:
+            tracker.log_metrics(found, step=step)
+            if grid and validation.vae is not None:
+                training.ema.store(training.model.parameters())
+                training.ema.copy_to(training.model.parameters())
+                image = validation.grid(training.model, dict(training.noise_scheduler.config))
+                training.ema.restore(training.model.parameters())
+                tracker.log_image(image, f"validation/step-{step:07d}.png")
+        return found
+
+    val_start = validate(position.step, grid=False) if validation else {}
+
     # 2. training loop: global batches streamed from the latent shards, epoch after epoch
     stream = LatentStream(
         store, data.items, global_batch, cfg.seed, shard_cache or out.parent / ".shard-cache",
@@ -235,6 +267,9 @@ def run_train_unet(
     samples_log = open_samples_log(out / SAMPLES_LOG, position.step) if main and u.log_samples else None
     sample_ids = data.items["sample_id"].to_numpy()
     bar = progress(range(position.step, u.steps), desc="train_unet", unit="step", disable=not main)
+    memory = PeakMemory(acc.device)
+    memory.reset()
+    memory_start = memory.current_mb()
     start, done_here, loss = time.perf_counter(), 0, float("nan")
     for step in bar:
         batch, cached = next(batches)  # one latent shape per batch
@@ -257,6 +292,9 @@ def run_train_unet(
             samples_log.flush()
         if u.checkpoint_every and position.step % u.checkpoint_every == 0 and position.step < u.steps:
             save_checkpoint(training, checkpoints, position, local / "save", {"global_batch": global_batch})
+        every = u.validation.every
+        if validation and every and position.step % every == 0 and position.step < u.steps:
+            validate(position.step, grid=True)
         if step % u.log_every == 0 or step == u.steps - 1:
             seconds = time.perf_counter() - start
             speed = {
@@ -269,11 +307,16 @@ def run_train_unet(
                 lr = training.lr_schedule.get_last_lr()[0]
                 tracker.log_metrics({"train_loss": loss, "lr": lr, **speed}, step=step)
     seconds = time.perf_counter() - start
+    memory_peak = memory.peak_mb()
     if samples_log:
         samples_log.close()
 
+    val_end = validate(u.steps, grid=True) if validation else {}
+
     # 3. save the EMA weights as the model, plus the noise schedule it was trained with
     metrics = {
+        "val_loss_start": val_start.get("val_loss"),  # at the first step this run made (0 unless resumed)
+        "val_loss": val_end.get("val_loss"),
         "final_train_loss": loss,
         "steps": u.steps,
         "resumed_from_step": u.steps - done_here,
@@ -282,6 +325,9 @@ def run_train_unet(
         "global_batch": global_batch,
         "processes": processes,
         "parameters": params,
+        # CUDA: allocated memory; CPU: the process's resident set (validation included)
+        "memory_at_start_mb": round(memory_start, 1) if memory_start else None,
+        "peak_memory_mb": round(memory_peak, 1) if memory_peak else None,
     }
     if main:
         training.ema.copy_to(training.model.parameters())
@@ -290,6 +336,7 @@ def run_train_unet(
         training.noise_scheduler.save_pretrained(out / "scheduler")
         (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
         if tracker and done_here:
-            tracker.log_metrics({k: metrics[k] for k in ("train_seconds", "steps_per_second")})
+            summary = ("train_seconds", "steps_per_second", "peak_memory_mb")
+            tracker.log_metrics({k: metrics[k] for k in summary if metrics[k] is not None})
     acc.wait_for_everyone()
     return metrics

@@ -159,3 +159,20 @@ def relative_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) ->
     """|a - b| / |b| over all the weights."""
     diff = torch.cat([(a[n] - w).flatten() for n, w in b.items()])
     return (diff.norm() / torch.cat([w.flatten() for w in b.values()]).norm()).item()
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_training_lowers_the_validation_loss(project, prediction_type, tmp_path):
+    from tasks.config import load_config
+    from tasks.train_unet import run_train_unet
+
+    root, _, store = project
+    paths = ProjectPaths.at(root)
+    cfg = load_config(root / "params.yaml", [f"unet.prediction_type={prediction_type}", "unet.steps=60",
+                      "unet.resume=none", "unet.validation.every=30", "unet.log_samples=false"])  # fmt: skip
+    metrics = run_train_unet(
+        cfg, paths.latents, paths.text, tmp_path / "unet", store, shard_cache=tmp_path / "s"
+    )
+    assert metrics["val_loss"] < 0.9 * metrics["val_loss_start"], (
+        metrics
+    )  # fixed noise: only weights moved it
