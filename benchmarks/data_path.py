@@ -63,7 +63,7 @@ def main() -> None:
     from tasks.loader import LatentStream, plan_epoch
     from tasks.sample_draws import draw_samples
     from tasks.storage import ObjectStore
-    from tasks.train_unet import load_training_set
+    from tasks.training_set import load_training_set
     from tasks.unet_training import MicroBatch, UnetTraining, make_accelerator
 
     torch.manual_seed(0)

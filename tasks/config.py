@@ -123,7 +123,7 @@ class UnetConfig(Section):
     prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "scaled_linear"
     zero_terminal_snr: bool = False
-    snr_gamma: float | None = Field(None, gt=0)
+    snr_gamma: float | None = Field(5.0, gt=0)
     noise_offset: float = Field(0.0, ge=0)
     input_perturbation: float = Field(0.0, ge=0)
     ema_decay: float = Field(0.999, ge=0, lt=1)

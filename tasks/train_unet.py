@@ -1,9 +1,10 @@
 """train_unet stage: a text-conditioned diffusers U-Net trained on the S3 latent and text caches.
 
-Epsilon or v-prediction objective, caption dropout (the empty caption) for classifier-free guidance, EMA
-of the weights, AdamW with linear warmup. Latent batches stream from their shards (tasks/loader.py); the
-caption embeddings, small, are held in memory. Writes `artifacts/unet/` (the EMA weights as a diffusers
-model dir, the training noise scheduler under `scheduler/`) and `artifacts/unet/metrics.json`.
+The loop: global batches stream from the latent shards (tasks/loader.py), each process takes its
+micro-batches (tasks/training_set.py), UnetTraining steps (tasks/unet_training.py); checkpoints go to
+object storage (tasks/checkpoints.py) and `resume: latest` picks the newest one of this very run up;
+validation (tasks/validation.py) every so many steps. Writes `artifacts/unet/` (the EMA weights as a
+diffusers model dir, the training noise scheduler under `scheduler/`) and `artifacts/unet/metrics.json`.
 """
 
 from __future__ import annotations
@@ -14,83 +15,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-import numpy as np
-import pandas as pd
 import torch
 from accelerate.utils import gather_object
 
 from models.device import PeakMemory
-from models.latents import to_diffusion_space
-from tasks.cache import gather
 from tasks.checkpoints import Checkpoints
 from tasks.config import Config
 from tasks.keys import content_key
 from tasks.loader import LatentStream
 from tasks.progress import progress
-from tasks.sample_draws import draw_samples
-from tasks.shards import CorruptShard
-from tasks.storage import ObjectNotFound, ObjectStore
+from tasks.storage import ObjectStore
 from tasks.tracking import Run
-from tasks.unet_training import MicroBatch, UnetTraining, make_accelerator, rng_state, set_rng_state
+from tasks.training_set import TrainingSet, load_training_set, micro_batches
+from tasks.unet_training import UnetTraining, make_accelerator, rng_state, set_rng_state
 from tasks.validation import Validation
 
 METRICS = "metrics.json"
 SAMPLES_LOG = "samples.jsonl"  # unet.log_samples: each step's loss and sample ids
-
-
-@dataclass
-class TrainingSet:
-    """What the U-Net trains on: latent samples (streamed from their shards) and every caption's tokens."""
-
-    items: pd.DataFrame  # one row per training sample: where its latents are, its bucket and caption
-    text_index: torch.Tensor  # [N] row of each sample's caption in `hidden`
-    hidden: torch.Tensor  # [T, L, D] token embeddings of every distinct caption
-    mask: torch.Tensor  # [T, L] attention masks
-    empty_index: int  # row of the empty caption (classifier-free guidance)
-    normalisation: dict  # the VAE's latent statistics (models/latents.py)
-    latent_shapes: dict[str, list[int]]  # bucket -> [C, h, w]
-    identity: str  # hashes the samples, their latent keys and the caption keys: what was trained on
-    held_out: pd.DataFrame  # the other split's rows (validation), those whose caption has an embedding
-    text_row: dict[str, int]  # caption -> row of `hidden` / `mask`
-
-
-def load_training_set(
-    latents_dir: Path, text_dir: Path, store: ObjectStore, split: str = "train"
-) -> TrainingSet:
-    everything = pd.read_parquet(latents_dir / "manifest.parquet")
-    latents = everything[everything["split"] == split].reset_index(drop=True)
-    if latents.empty:
-        raise ValueError(f"{latents_dir / 'manifest.parquet'}: no samples in split {split!r}")
-    text = pd.read_parquet(text_dir / "manifest.parquet")
-    info = json.loads((latents_dir / "cache.json").read_text())
-    row_of = {c: i for i, c in enumerate(text["caption"])}
-    missing = sorted(set(latents["caption"]) - row_of.keys())
-    if missing or "" not in row_of:
-        raise ValueError(
-            f"{text_dir / 'manifest.parquet'}: no embedding for captions {(missing or [''])[:3]}"
-        )
-
-    def fetch(name: str) -> torch.Tensor:
-        refs = [text[c].tolist() for c in ("shard", "shard_sha256", "shard_index")]
-        try:
-            return gather(store, *refs, name)
-        except (CorruptShard, ObjectNotFound) as err:  # never train on it: the cache stage recomputes it
-            raise CorruptShard(f"{err}\nrun `ldmflow run embed_text --force` to recompute it") from err
-
-    return TrainingSet(
-        items=latents,
-        text_index=torch.tensor([row_of[c] for c in latents["caption"]]),
-        hidden=fetch("hidden"),
-        mask=fetch("mask"),
-        empty_index=row_of[""],
-        normalisation=info["normalisation"],
-        latent_shapes={b: info["latent_shapes"][b] for b in sorted(set(latents["bucket"]))},
-        identity=content_key(
-            latents["sample_id"].tolist(), latents["latent_key"].tolist(), text["text_key"].tolist()
-        ),
-        held_out=everything[(everything["split"] != split) & everything["caption"].isin(row_of)],
-        text_row=row_of,
-    )
 
 
 RUN_CONTROL = {"checkpoint_every", "checkpoints_total_limit", "resume", "log_every", "log_samples",
@@ -110,36 +51,6 @@ class Position:
     step: int = 0  # optimisation steps done
     epoch: int = 0  # where the next batch comes from in the data plan
     batch: int = 0
-
-
-def micro_batches(
-    cfg: Config, data: TrainingSet, hidden: torch.Tensor, mask: torch.Tensor, step: int,
-    rows: np.ndarray, cached: dict[str, torch.Tensor], rank: int, processes: int,
-) -> list[MicroBatch]:  # fmt: skip
-    """This process's share of a global batch: micro-batch m of process r holds positions
-    [(m * processes + r) * B, + B)."""
-    u, b = cfg.unet, cfg.unet.batch_size
-    shape = tuple(cached["mean"].shape[1:])
-    out = []
-    for m in range(u.gradient_accumulation):
-        lo = (m * processes + rank) * b
-        part = slice(lo, lo + b)
-        draws = draw_samples(
-            cfg.seed, step, range(lo, lo + b), u.num_train_timesteps, shape, u.caption_dropout
-        )
-        mean, std = cached["mean"][part], cached["std"][part]
-        if "mean_flip" in cached:  # latents.flip: each sample's mirror half the time
-            mirror = draws.mirror.view(-1, 1, 1, 1)
-            mean = mean.where(~mirror, cached["mean_flip"][part])
-            std = std.where(~mirror, cached["std_flip"][part])
-        latents = mean.float()
-        if u.sample_posterior:  # a fresh draw z ~ q(z|x) each time, as SD trains
-            latents = latents + std.float() * draws.posterior
-        text_rows = data.text_index[rows[part]].clone()
-        text_rows[draws.drop_caption] = data.empty_index
-        latents = to_diffusion_space(latents, data.normalisation)  # ~N(0, I) per the VAE's statistics
-        out.append(MicroBatch(latents, hidden[text_rows], mask[text_rows], draws.noise))
-    return out
 
 
 def open_samples_log(path: Path, from_step: int) -> TextIO:

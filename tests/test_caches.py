@@ -10,7 +10,7 @@ from tasks.cache_latents import run_cache_latents
 from tasks.config import config_from_dict
 from tasks.embed_text import run_embed_text
 from tasks.ingest import run_ingest
-from tasks.train_unet import load_training_set
+from tasks.training_set import load_training_set
 
 
 def tiny_cfg(store, count=24):
