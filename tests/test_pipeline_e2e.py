@@ -110,6 +110,10 @@ def test_full_run_registers_a_model(project, s3_server):
     }
     assert len(parents) == 1
     assert children == set(STAGES)
+    unet_run = next(r for r in runs if r.info.run_name == "train_unet")
+    assert "val_loss" in unet_run.data.metrics and "samples_per_second" in unet_run.data.metrics
+    grids = [a.path for a in client.list_artifacts(unet_run.info.run_id, "validation")]
+    assert grids == ["validation/step-0000004.png"]  # at the end of the 4 steps
 
     s3 = boto3.client(
         "s3",

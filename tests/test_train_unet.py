@@ -85,7 +85,7 @@ def steps_log(root: Path) -> list[dict]:
 
 
 def test_kill_9_then_resume_latest_matches_an_uninterrupted_run(project):
-    root, env, _ = project
+    root, env, store = project
     steps = ["unet.steps=40", "unet.checkpoint_every=10", "unet.checkpoints_total_limit=2"]
     run(root, env, [str(BIN / "ldmflow"), *stage_command(*steps, "storage.prefix=whole")])
     whole = steps_log(root)
@@ -108,6 +108,8 @@ def test_kill_9_then_resume_latest_matches_an_uninterrupted_run(project):
 
     run(root, env, argv)  # unet.resume is `latest` by default
     resumed = steps_log(root)
+    kept = {k.split("/")[-2] for k in store.list_keys("killed/checkpoints/") if k.endswith("checkpoint.json")}
+    assert kept == {"step-00000020", "step-00000030"}  # checkpoints_total_limit=2
     assert [r["step"] for r in resumed] == list(range(40))
     assert json.loads((root / "artifacts/unet/metrics.json").read_text())["resumed_from_step"] == 10
     for a, b in zip(whole, resumed, strict=True):
