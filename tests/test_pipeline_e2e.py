@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import boto3
@@ -17,9 +16,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
+from projects import BIN, cli_env, write_params
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.e2e
 STAGES = ["ingest", "train_vae", "cache_latents", "embed_text", "train_unet", "evaluate"]
 
@@ -64,23 +63,11 @@ def dvc(project: Path, env: dict, *args: str) -> str:
 def project(tmp_path_factory, s3_server):
     root = tmp_path_factory.mktemp("project")
     bucket = f"e2e-{os.getpid()}"
-    params = {
-        **TINY,
-        "storage": {"endpoint_url": s3_server.endpoint_url, "bucket": bucket, "prefix": "cache"},
-        "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}"},
-    }
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(root, TINY, s3_server, bucket)
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     for d in ("tasks", "models"):  # dvc.yaml lists stage code as deps
         shutil.copytree(REPO / d, root / d, ignore=shutil.ignore_patterns("__pycache__"))
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PREFECT_HOME": str(root / ".prefect"),
-        "AWS_ACCESS_KEY_ID": s3_server.access_key,
-        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
-        "AWS_DEFAULT_REGION": s3_server.region,
-    }
+    env = cli_env(s3_server, PREFECT_HOME=str(root / ".prefect"))
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     dvc(root, env, "init", "-q")
     return root, env, bucket

@@ -8,14 +8,13 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from projects import BIN, cli_env, write_params
 from safetensors.torch import load_file
 from test_caches import save_tiny_vae
 
@@ -26,7 +25,6 @@ from tasks.ingest import run_ingest
 from tasks.paths import ProjectPaths
 from tasks.storage import ObjectStore
 
-BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.e2e
 
 PARAMS = {
@@ -45,12 +43,7 @@ def project(tmp_path_factory, s3_server):
     """A project whose caches are built (ingest, a tiny VAE, latents, text): train_unet is next."""
     root = tmp_path_factory.mktemp("train")
     bucket = f"train-{uuid.uuid4().hex[:10]}"
-    params = {
-        **PARAMS,
-        "storage": {"endpoint_url": s3_server.endpoint_url, "bucket": bucket, "prefix": "cache"},
-        "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}"},
-    }
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    params = write_params(root, PARAMS, s3_server, bucket)
     cfg = config_from_dict(params)
     paths = ProjectPaths.at(root)
     store = ObjectStore(s3_server.endpoint_url, bucket, "cache", s3_server.region, s3_server.access_key,
@@ -60,14 +53,7 @@ def project(tmp_path_factory, s3_server):
     save_tiny_vae(paths.vae, seed=0)
     run_cache_latents(cfg, paths.ingested, paths.vae, paths.latents, store)
     run_embed_text(cfg, paths.ingested, paths.text, store)
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "AWS_ACCESS_KEY_ID": s3_server.access_key,
-        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
-        "AWS_DEFAULT_REGION": s3_server.region,
-        "OMP_NUM_THREADS": "1",
-    }
+    env = cli_env(s3_server, OMP_NUM_THREADS="1")
     return root, env, store
 
 

@@ -1,0 +1,38 @@
+"""Scaffolding for tests that run `ldmflow` in a project directory of their own against the session's
+S3 server: its params.yaml, and the environment the CLI subprocesses get."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from tasks.s3server import S3Endpoint
+
+BIN = Path(sys.executable).parent  # the venv's ldmflow, dvc, torchrun
+
+
+def write_params(root: Path, base: dict, s3_server: S3Endpoint, bucket: str) -> dict:
+    """`base` plus this project's storage (bucket `bucket` on the test server) and MLflow (SQLite in
+    `root`), written to root/params.yaml; returns the params."""
+    params = {
+        **base,
+        "storage": {"endpoint_url": s3_server.endpoint_url, "bucket": bucket, "prefix": "cache"},
+        "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}"},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
+
+
+def cli_env(s3_server: S3Endpoint, **extra: str) -> dict[str, str]:
+    """This environment, the venv's scripts first on PATH, the test server's credentials, and `extra`."""
+    return {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "AWS_DEFAULT_REGION": s3_server.region,
+        **extra,
+    }
