@@ -136,6 +136,7 @@ def run_train_unet(
     global_batch = u.batch_size * processes * u.gradient_accumulation
     identity = run_identity(cfg, data, global_batch)
     checkpoints = Checkpoints(store, store.key("checkpoints", identity), u.checkpoints_total_limit)
+    # local copies of the checkpoints this process writes or reads, beside the shard cache
     local = (shard_cache or out.parent / ".shard-cache").parent / "checkpoints" / identity / f"rank{rank}"
     position = Position()
     latest = checkpoints.latest() if u.resume == "latest" else None
@@ -189,17 +190,13 @@ def run_train_unet(
         position = Position(step + 1, batch.epoch, batch.index + 1)
         done_here += 1
         if samples_log:
-            samples_log.write(
-                json.dumps(
-                    {
-                        "step": step,
-                        "epoch": batch.epoch,
-                        "loss": loss,
-                        "samples": sample_ids[batch.rows].tolist(),
-                    }
-                )
-                + "\n"
-            )
+            record = {
+                "step": step,
+                "epoch": batch.epoch,
+                "loss": loss,
+                "samples": sample_ids[batch.rows].tolist(),
+            }
+            samples_log.write(json.dumps(record) + "\n")
             samples_log.flush()
         if u.checkpoint_every and position.step % u.checkpoint_every == 0 and position.step < u.steps:
             save_checkpoint(training, checkpoints, position, local / "save", {"global_batch": global_batch})
