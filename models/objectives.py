@@ -65,6 +65,15 @@ def min_snr_weights(snr: torch.Tensor, gamma: float, prediction_type: str) -> to
     raise ValueError(f"prediction_type must be epsilon or v_prediction, got {prediction_type!r}")
 
 
+def prediction_target(
+    scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """What the U-Net regresses: eps, or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (Salimans & Ho 2022)."""
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(x0, noise, t)
+    return noise
+
+
 def per_sample_loss(
     unet: UNet2DConditionModel,
     scheduler: DDPMScheduler,
@@ -84,10 +93,7 @@ def per_sample_loss(
     # x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) (eps + p xi): input perturbation noises the input a little
     # more than the target says, which narrows the gap between training and sampling inputs
     noisy = scheduler.add_noise(x0, noise + objective.input_perturbation * draw.perturbation, t)
-    if objective.prediction_type == "v_prediction":
-        target = scheduler.get_velocity(x0, noise, t)  # v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0
-    else:
-        target = noise
+    target = prediction_target(scheduler, x0, noise, t)
     pred = unet(noisy, t, encoder_hidden_states=text_hidden, encoder_attention_mask=text_mask).sample
     loss = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
     if objective.snr_gamma is not None:

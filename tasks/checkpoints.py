@@ -8,24 +8,16 @@ complete one are removed with them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.keys import file_sha256
 from tasks.storage import ObjectStore
 
 MARKER = "checkpoint.json"
 STEP_DIR = re.compile(r"step-(\d+)/")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class CorruptCheckpoint(RuntimeError):

@@ -5,10 +5,20 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from pathlib import Path
 
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 hex of a file, read a MiB at a time (checkpoint files can be gigabytes)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _encode(part: bytes | str | dict | list) -> tuple[bytes, bytes]:

@@ -16,9 +16,14 @@ import torch
 from models.objectives import NoiseDraw
 
 
-def sample_generator(seed: int, step: int, position: int) -> torch.Generator:
-    state = np.random.SeedSequence([seed, step, position]).generate_state(2, dtype=np.uint32)
+def keyed_generator(*words: int) -> torch.Generator:
+    """A CPU generator seeded by a hash of `words` (numpy's SeedSequence): independent streams per key."""
+    state = np.random.SeedSequence(list(words)).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def sample_generator(seed: int, step: int, position: int) -> torch.Generator:
+    return keyed_generator(seed, step, position)
 
 
 @dataclass(frozen=True)

@@ -149,11 +149,8 @@ def run_train_unet(
 
     validation = None
     if main and not data.held_out.empty:
-        validation = Validation.load(
-            u.validation, data.held_out, data.text_row, data.hidden.float(), data.mask.long(),
-            data.empty_index, data.normalisation, store, u.num_train_timesteps, vae_dir if tracker else None,
-            cfg.seed,
-        )  # fmt: skip
+        vae = vae_dir if tracker else None  # the grid goes to MLflow only
+        validation = Validation.load(u.validation, data, store, u.num_train_timesteps, vae, cfg.seed)
 
     def validate(step: int, grid: bool) -> dict[str, float]:
         """Held-out loss (online weights) and, with `grid`, the prompts drawn with the EMA weights."""

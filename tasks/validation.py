@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from PIL import Image
@@ -21,18 +19,20 @@ from PIL import Image
 from models.diffusion import sample_latents
 from models.images import to_uint8
 from models.latents import from_diffusion_space, to_diffusion_space
+from models.objectives import prediction_target
 from models.pipeline import make_grid
 from tasks.cache import gather
 from tasks.config import ValidationConfig
+from tasks.sample_draws import keyed_generator
 from tasks.storage import ObjectStore
+from tasks.training_set import TrainingSet
 
 BATCH = 64
 
 
 def validation_generator(seed: int, index: int) -> torch.Generator:
     """Fixed noise for held-out sample `index` (four words: never a training key's three)."""
-    state = np.random.SeedSequence([seed, index, 0, 1]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+    return keyed_generator(seed, index, 0, 1)
 
 
 @dataclass
@@ -63,17 +63,14 @@ class Validation:
     def load(
         cls,
         v: ValidationConfig,
-        val_items: pd.DataFrame,  # the latent manifest's held-out rows
-        text_row: dict[str, int],  # caption -> row of hidden / mask
-        hidden: torch.Tensor,
-        mask: torch.Tensor,
-        empty_index: int,
-        normalisation: dict,
+        data: TrainingSet,  # its held-out rows, caption embeddings and latent normalisation
         store: ObjectStore,
         num_train_timesteps: int,
         vae_dir: Path | None,
         seed: int,
     ) -> Validation:
+        val_items, text_row, normalisation = data.held_out, data.text_row, data.normalisation
+        hidden, mask, empty_index = data.hidden.float(), data.mask.long(), data.empty_index
         items = val_items.head(v.samples)
         held_out = []
         for _, rows in items.groupby("bucket", sort=True):
@@ -155,8 +152,7 @@ def _errors(model: UNet2DConditionModel, scheduler: DDPMScheduler, part: HeldOut
         chunk = slice(lo, lo + BATCH)
         x0, noise = part.latents[chunk].to(model.device), part.noise[chunk].to(model.device)
         ts = torch.full((len(x0),), t, device=model.device, dtype=torch.long)
-        v = scheduler.config.prediction_type == "v_prediction"
-        target = scheduler.get_velocity(x0, noise, ts) if v else noise
+        target = prediction_target(scheduler, x0, noise, ts)
         hidden, mask = part.hidden[chunk].to(model.device), part.mask[chunk].to(model.device)
         pred = model(scheduler.add_noise(x0, noise, ts), ts, encoder_hidden_states=hidden,
                      encoder_attention_mask=mask).sample  # fmt: skip
