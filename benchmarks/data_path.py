@@ -63,7 +63,7 @@ def main() -> None:
     from models.vae import build_vae
     from tasks import s3server
     from tasks.cache import gather
-    from tasks.cache_latents import run_cache_latents
+    from tasks.cache_latents import posterior_halves, run_cache_latents
     from tasks.config import load_config
     from tasks.embed_text import run_embed_text
     from tasks.ingest import read_ingested, run_ingest
@@ -97,14 +97,14 @@ def main() -> None:
             vae.save_pretrained(tmp / "vae")
             vae = vae.to(device).eval()
 
-            # P3: the cache stage against a bare encoder loop over the same images, in batches of a shard
+            # P3: the cache stage against a bare loop of the stage's own VAE forward (same batches, same
+            # float16 posterior out) over the same images, already in RAM
             def bare_loop() -> float:
                 start = time.perf_counter()
                 with torch.no_grad():
-                    for i in range(0, len(images), cfg.latents.shard_size):
-                        batch = to_model_space(images[i : i + cfg.latents.shard_size]).to(device)
-                        posterior = vae.encode(batch).latent_dist
-                        posterior.mean.half(), posterior.std.half()  # noqa: B018 - what a shard holds
+                    for i in range(0, len(images), cfg.latents.encode_batch_size):
+                        batch = to_model_space(images[i : i + cfg.latents.encode_batch_size]).to(device)
+                        posterior_halves(vae, batch, cfg.latents.flip)
                 return len(images) / (time.perf_counter() - start)
 
             # best of 3 on each side, in turns; the first run of each only warms up (kernels, S3 volumes)

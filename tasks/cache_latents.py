@@ -33,17 +33,19 @@ from tasks.cache import (
 from tasks.config import Config
 from tasks.ingest import MANIFEST as INGEST_MANIFEST
 from tasks.ingest import ImageShards
-from tasks.keys import content_key
+from tasks.keys import content_keys
 from tasks.storage import ObjectStore
 from tasks.tracking import Run
 
 MANIFEST = "manifest.parquet"
 NORMALISATION_KEYS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std")
 INFO = "cache.json"
+# what the stage reads of the ingest manifest
+MANIFEST_INPUTS = ["sample_id", "split", "caption", "bucket", "sha256", "shard", "index", "height", "width"]
 
 
 def latent_keys(pixel_sha256: list[str], vae_fingerprint: str, preprocessing: dict) -> list[str]:
-    return [content_key(sha, vae_fingerprint, preprocessing) for sha in pixel_sha256]
+    return content_keys(pixel_sha256, vae_fingerprint, preprocessing)
 
 
 def load_vae(vae_dir: str) -> AutoencoderKL:
@@ -60,21 +62,29 @@ class LatentEncoder:
     vae_dir: str
     vae_fingerprint: str
     ingested: str
+    batch_size: int  # images per VAE forward
     flip: bool = False  # also `mean_flip` / `std_flip`: the posterior of each image's mirror
 
     @torch.no_grad()
     def __call__(self, rows: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
         vae = VAES.get(self.vae_dir, self.vae_fingerprint)
-        pixels = to_model_space(ImageShards(Path(self.ingested)).images(rows)).to(vae.device)  # [N, 3, H, W]
-        variants = {"": pixels, "_flip": pixels.flip(-1)} if self.flip else {"": pixels}
-        out = {}
-        for suffix, x in variants.items():
-            posterior = vae.encode(x).latent_dist
-            out[f"mean{suffix}"], out[f"std{suffix}"] = (
-                posterior.mean.half().cpu(),
-                posterior.std.half().cpu(),
-            )
-        return out
+        images = ImageShards(Path(self.ingested)).images(rows)  # uint8 [N, H, W, 3]
+        parts = []
+        for start in range(0, len(rows), self.batch_size):
+            pixels = to_model_space(images[start : start + self.batch_size]).to(vae.device)  # [n, 3, H, W]
+            parts.append(posterior_halves(vae, pixels, self.flip))
+        return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+
+
+def posterior_halves(vae: AutoencoderKL, pixels: torch.Tensor, flip: bool) -> dict[str, torch.Tensor]:
+    """What a latent shard holds for these pixels: posterior `mean` and `std` in float16 on the CPU, and
+    with `flip` those of the mirrored images too."""
+    variants = {"": pixels, "_flip": pixels.flip(-1)} if flip else {"": pixels}
+    out = {}
+    for suffix, x in variants.items():
+        posterior = vae.encode(x).latent_dist
+        out[f"mean{suffix}"], out[f"std{suffix}"] = posterior.mean.half().cpu(), posterior.std.half().cpu()
+    return out
 
 
 def run_cache_latents(
@@ -90,8 +100,10 @@ def run_cache_latents(
     fingerprint = module_fingerprint(vae)
     VAES.keep(str(vae_dir), fingerprint, vae)  # shard jobs in this process use this one
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    encoder = LatentEncoder(str(vae_dir), fingerprint, str(ingested), cfg.latents.flip)
-    manifest = pd.read_parquet(ingested / INGEST_MANIFEST)
+    encoder = LatentEncoder(
+        str(vae_dir), fingerprint, str(ingested), cfg.latents.encode_batch_size, cfg.latents.flip
+    )
+    manifest = pd.read_parquet(ingested / INGEST_MANIFEST, columns=MANIFEST_INPUTS)
     stats = CacheStats()
     previous = previous_refs(out / MANIFEST, "latent_key")  # what the last build stored, kept if intact
     parts, shapes = [], {}

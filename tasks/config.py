@@ -77,6 +77,7 @@ class VaeConfig(Section):
 
 class LatentsConfig(Section):
     shard_size: int = Field(512, gt=0)
+    encode_batch_size: int = Field(64, gt=0)  # images per VAE forward (bounds its memory)
     flip: bool = False
 
 

@@ -19,7 +19,7 @@ from models.fingerprint import module_fingerprint
 from models.text_encoder import encode_captions, load_text_encoder, tokenizer_settings
 from tasks.cache import ModelInProcess, ShardMap, build_cache, previous_refs, ref_columns, store_shards_here
 from tasks.config import Config
-from tasks.keys import content_key
+from tasks.keys import content_keys
 from tasks.storage import ObjectStore
 from tasks.tracking import Run
 
@@ -29,7 +29,7 @@ EMPTY_CAPTION = ""
 
 
 def text_keys(captions: list[str], encoder_fingerprint: str, settings: dict) -> list[str]:
-    return [content_key(c, encoder_fingerprint, settings) for c in captions]
+    return content_keys(captions, encoder_fingerprint, settings)
 
 
 ENCODERS = ModelInProcess(lambda spec: load_text_encoder(spec, pick_device()), weights=lambda pair: pair[1])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import struct
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -98,6 +99,7 @@ class ImageShards:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._open: dict[str, Any] = {}
+        self._layout: dict[str, tuple[int, tuple[int, ...]]] = {}  # shard -> (byte offset, shape) of `images`
 
     def image(self, shard: str, index: int) -> np.ndarray:
         if shard not in self._open:
@@ -105,8 +107,44 @@ class ImageShards:
         return self._open[shard].get_slice("images")[int(index)]
 
     def images(self, refs: list[tuple[str, int]]) -> np.ndarray:
-        """uint8 [N, H, W, 3] for (shard, index) refs of images of one size."""
-        return np.stack([self.image(shard, index) for shard, index in refs])
+        """uint8 [N, H, W, 3] for (shard, index) refs of images of one size. Each image is read straight into
+        the result: a cache shard's images come from all over the ingested shards."""
+        if not refs:
+            raise ValueError(f"{self.path}: no images asked for")
+        out: np.ndarray | None = None
+        files: dict[str, Any] = {}
+        try:
+            for pos, (shard, index) in enumerate(refs):
+                offset, shape = self._images_layout(shard)
+                if out is None:
+                    out = np.empty((len(refs), *shape[1:]), dtype=np.uint8)
+                elif shape[1:] != out.shape[1:]:
+                    raise ValueError(f"{self.path / shard}: images of {shape[1:]}, not {out.shape[1:]}")
+                if shard not in files:
+                    files[shard] = open(self.path / f"{shard}.safetensors", "rb", buffering=0)  # noqa: SIM115
+                if not 0 <= int(index) < shape[0]:
+                    raise ValueError(f"{self.path / shard}: no image {index} (it holds {shape[0]})")
+                f, size = files[shard], out[pos].nbytes
+                f.seek(offset + int(index) * size)
+                if f.readinto(out[pos]) != size:
+                    raise ValueError(f"{self.path / shard}: image {index} is cut short")
+        finally:
+            for f in files.values():
+                f.close()
+        return out
+
+    def _images_layout(self, shard: str) -> tuple[int, tuple[int, ...]]:
+        """Where tensor `images` (uint8) starts in the shard file, and its shape (the safetensors layout:
+        8-byte little-endian header size, JSON header with each tensor's dtype, shape and data offsets,
+        then the data)."""
+        if shard not in self._layout:
+            with (self.path / f"{shard}.safetensors").open("rb") as f:
+                (header_size,) = struct.unpack("<Q", f.read(8))
+                info = json.loads(f.read(header_size))["images"]
+            if info["dtype"] != "U8":
+                raise ValueError(f"{self.path / shard}: images are {info['dtype']}, not uint8")
+            self._layout[shard] = (8 + header_size + info["data_offsets"][0], tuple(info["shape"]))
+        return self._layout[shard]
 
 
 class PreviousIngest:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -33,10 +34,29 @@ def _encode(part: bytes | str | dict | list) -> tuple[bytes, bytes]:
     raise TypeError(f"content_key parts must be bytes, str, dict or list, not {type(part).__name__}")
 
 
+def _framed(part: bytes | str | dict | list) -> bytes:
+    tag, payload = _encode(part)
+    return tag + struct.pack(">Q", len(payload)) + payload
+
+
+_KEY_PREFIX = b"ldmflow-content-key-v1"
+
+
 def content_key(*parts: bytes | str | dict | list) -> str:
     """sha256 hex over typed, length-prefixed parts: ("ab", "c") != ("a", "bc"); dicts are key-order free."""
-    h = hashlib.sha256(b"ldmflow-content-key-v1")
+    h = hashlib.sha256(_KEY_PREFIX)
     for part in parts:
-        tag, payload = _encode(part)
-        h.update(tag + struct.pack(">Q", len(payload)) + payload)
+        h.update(_framed(part))
     return h.hexdigest()
+
+
+def content_keys(firsts: Iterable[bytes | str], *shared: bytes | str | dict | list) -> list[str]:
+    """`content_key(first, *shared)` for every first part, encoding the shared parts once (a cache stage
+    keys tens of thousands of items with the same model fingerprint and settings)."""
+    tail = b"".join(_framed(part) for part in shared)
+    keys = []
+    for first in firsts:
+        h = hashlib.sha256(_KEY_PREFIX)
+        h.update(_framed(first) + tail)
+        keys.append(h.hexdigest())
+    return keys

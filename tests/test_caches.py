@@ -118,3 +118,22 @@ def test_flip_caches_each_images_mirror_and_training_uses_it(tmp_path, object_st
     run_embed_text(cfg, tmp_path / "ingested", tmp_path / "text", object_store)
     metrics = run_train_unet(cfg, tmp_path / "l1", tmp_path / "text", tmp_path / "unet", object_store)
     assert metrics["steps"] == 2 and torch.isfinite(torch.tensor(metrics["final_train_loss"]))
+
+
+def test_a_shard_encoded_in_small_batches_equals_one_batch(tmp_path, object_store):
+    from models.fingerprint import module_fingerprint
+    from tasks.cache_latents import LatentEncoder
+
+    cfg = tiny_cfg(object_store)
+    run_ingest(cfg, tmp_path / "ingested")
+    vae = save_tiny_vae(tmp_path / "vae", seed=0)
+    manifest = pd.read_parquet(tmp_path / "ingested" / "manifest.parquet")
+    rows = list(zip(manifest["shard"], manifest["index"], strict=True))[::-1][:10]  # across two ingest shards
+    fingerprint = module_fingerprint(vae)
+    args = (str(tmp_path / "vae"), fingerprint, str(tmp_path / "ingested"))
+    whole = LatentEncoder(*args, batch_size=10, flip=True)(rows)
+    batched = LatentEncoder(*args, batch_size=3, flip=True)(rows)
+    assert set(whole) == set(batched) == {"mean", "std", "mean_flip", "std_flip"}
+    for name in whole:
+        assert whole[name].shape == (10, 4, 4, 4) and whole[name].dtype == torch.float16
+        assert torch.allclose(whole[name].float(), batched[name].float(), atol=1e-3)

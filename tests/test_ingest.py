@@ -9,7 +9,7 @@ from PIL import Image
 
 from tasks import synthetic
 from tasks.config import config_from_dict
-from tasks.ingest import read_ingested, run_ingest, split_for
+from tasks.ingest import ImageShards, read_ingested, run_ingest, split_for
 from tasks.preprocess import crop_box
 
 
@@ -60,6 +60,18 @@ def test_ingest_synthetic_writes_contract(tmp_path):
     import hashlib
 
     assert manifest["sha256"][5] == hashlib.sha256(images[5].tobytes()).hexdigest()
+
+
+def test_images_are_read_by_shard_and_index_in_any_order(tmp_path):
+    run_ingest(synth_cfg(count=40), tmp_path)
+    manifest, images = read_ingested(tmp_path)
+    order = np.random.default_rng(0).permutation(40)  # interleaves the three shards
+    refs = [(manifest["shard"][i], int(manifest["index"][i])) for i in order]
+    shards = ImageShards(tmp_path)
+    assert np.array_equal(shards.images(refs), images[order])
+    assert np.array_equal(shards.image(*refs[0]), images[order[0]])
+    with pytest.raises(ValueError, match="no image 99"):
+        shards.images([(refs[0][0], 99)])
 
 
 def test_ingest_is_byte_identical_on_rerun(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tasks.keys import content_key, sha256_hex
+from tasks.keys import content_key, content_keys, sha256_hex
 from tasks.shards import CorruptShard, pack_shard, unpack_shard
 
 
@@ -63,6 +63,13 @@ def test_content_key_separates_parts_and_is_stable():
     assert key == content_key("sha", "fp", {"size": 32}) and len(key) == 64
     # pinned: changing the encoding would silently invalidate every cache in object storage
     assert content_key("a", b"b", {"c": 1}) == PINNED
+
+
+def test_content_keys_equal_content_key_per_item():
+    shared = ("fingerprint", {"height": 32, "width": 48})
+    firsts = ["a", "", "ä" * 3, b"bytes"]
+    assert content_keys(firsts, *shared) == [content_key(f, *shared) for f in firsts]
+    assert content_keys(["a"]) == [content_key("a")]
 
 
 def test_content_key_rejects_other_types():
