@@ -2,21 +2,24 @@
 
 P1  U-Net train steps/s from the caches vs encoding images (VAE) and captions (text encoder) every step
 P2  U-Net train steps/s streaming the latent cache from the S3 server vs all latents in RAM (goal >= 0.95)
-P3  cache stage images/s vs a bare VAE-encoder forward loop over the same images (goal >= 0.9)
+P3  cache stage images/s vs a bare VAE-encoder forward loop over the same images (goal >= 0.9), and the
+    stage with its S3 uploads left out (shards encoded and packed, not stored): what storing costs
 and the stored bytes per sample of each cache.
 
 Starts its own SeaweedFS server on 127.0.0.1 (stopped at the end) and works in a temporary folder.
 
-    .venv/bin/python benchmarks/data_path.py [--images 12000] [--steps 150]
+    .venv/bin/python benchmarks/data_path.py [--images 12000] [--steps 240] [--rounds 6]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,21 +31,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def best_rates(steps: dict[str, object], total: int, rounds: int = 3, warmup: int = 10) -> dict[str, float]:
-    """Calls per second of each `step()`, timed in turns (`rounds` rounds of total / rounds calls each, so
-    a slow spell of the machine hits every variant alike); the best round of each counts."""
+def rates_in_turns(steps: dict[str, Callable[[], object]], total: int, rounds: int, warmup: int = 10):
+    """Calls per second of each `step()` in each of `rounds` rounds; a round times every variant in turn,
+    total / rounds calls each."""
     for step in steps.values():
         for _ in range(warmup):
             step()
-    best = dict.fromkeys(steps, 0.0)
+    rates: dict[str, list[float]] = {name: [] for name in steps}
     n = max(1, total // rounds)
     for _ in range(rounds):
         for name, step in steps.items():
             start = time.perf_counter()
             for _ in range(n):
                 step()
-            best[name] = max(best[name], n / (time.perf_counter() - start))
-    return best
+            rates[name].append(n / (time.perf_counter() - start))
+    return rates
+
+
+def paired(a: list[float], b: list[float]) -> float:
+    """The median over rounds of a / b within a round. Both sides of a pair ran back to back, so a change of
+    the machine's speed between rounds (this VM shifts by up to 20%) moves them alike; comparing each
+    side's best round instead lets one side catch a fast spell the other missed."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
 def main() -> None:
@@ -50,7 +60,8 @@ def main() -> None:
     # params.yaml has 3000; 12000 makes the cache stage run long enough (seconds) that its fixed start-up
     # (VAE load, S3 client, manifests: about 0.1 s) does not decide P3
     ap.add_argument("--images", type=int, default=12000, help="synthetic images")
-    ap.add_argument("--steps", type=int, default=150, help="timed U-Net steps per variant")
+    ap.add_argument("--steps", type=int, default=240, help="timed U-Net steps per variant")
+    ap.add_argument("--rounds", type=int, default=6, help="rounds of train steps and of cache stage runs")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     import pandas as pd
@@ -62,8 +73,8 @@ def main() -> None:
     from models.text_encoder import encode_captions, load_text_encoder
     from models.vae import build_vae
     from tasks import s3server
-    from tasks.cache import gather
-    from tasks.cache_latents import posterior_halves, run_cache_latents
+    from tasks.cache import ShardResult, encode_shard, gather
+    from tasks.cache_latents import posterior_fp16, run_cache_latents
     from tasks.config import load_config
     from tasks.embed_text import run_embed_text
     from tasks.ingest import read_ingested, run_ingest
@@ -104,13 +115,16 @@ def main() -> None:
                 with torch.no_grad():
                     for i in range(0, len(images), cfg.latents.encode_batch_size):
                         batch = to_model_space(images[i : i + cfg.latents.encode_batch_size]).to(device)
-                        posterior_halves(vae, batch, cfg.latents.flip)
+                        posterior_fp16(vae, batch, cfg.latents.flip)
                 return len(images) / (time.perf_counter() - start)
 
-            # best of 3 on each side, in turns; the first run of each only warms up (kernels, S3 volumes)
-            stage_rates, bare_rates, server_cpu = [], [], []
+            # in turns, one run of each per round; the first round only warms up (kernels, S3 volumes)
+            def encode_only(jobs, desc):  # the stage's shards encoded and packed, not uploaded
+                return [ShardResult(job.name, "", "", False, len(encode_shard(job))) for job in jobs]
+
+            stage_rates, bare_rates, server_cpu, local_rates = [], [], [], []
             server_pid = int((tmp / "s3" / "server.pid").read_text())
-            for run in range(4):
+            for run in range(1 + args.rounds):
                 server_start = cpu_seconds(server_pid)
                 start = time.perf_counter()
                 run_cache_latents(cfg, tmp / "ingested", tmp / "vae", tmp / f"cache{run}" / "latents",
@@ -118,13 +132,18 @@ def main() -> None:
                 stage_rates.append(len(images) / (time.perf_counter() - start))
                 server_cpu.append(cpu_seconds(server_pid) - server_start)
                 bare_rates.append(bare_loop())
-            best = 1 + max(range(3), key=lambda i: stage_rates[1 + i])
-            stage_rate, bare_rate = stage_rates[best], max(bare_rates[1:])
-            stage_seconds, server_seconds = len(images) / stage_rate, server_cpu[best]
+                start = time.perf_counter()
+                run_cache_latents(cfg, tmp / "ingested", tmp / "vae", tmp / f"local{run}", store,
+                                  map_shards=encode_only)  # fmt: skip
+                local_rates.append(len(images) / (time.perf_counter() - start))
+            stage_rates, bare_rates, local_rates = stage_rates[1:], bare_rates[1:], local_rates[1:]
+            p3, p3_local = paired(stage_rates, bare_rates), paired(local_rates, bare_rates)
+            stage_seconds = len(images) / statistics.median(stage_rates)
+            server_seconds = statistics.median(server_cpu[1:])
             run_embed_text(cfg, tmp / "ingested", tmp / "text", store)
 
             # the three ways to feed the same U-Net training step
-            data = load_training_set(tmp / "cache3" / "latents", tmp / "text", store)
+            data = load_training_set(tmp / "cache1" / "latents", tmp / "text", store)
             hidden, mask = data.hidden.float().to(device), data.mask.long().to(device)
             (c, h, _), = data.latent_shapes.values()  # fmt: skip
             training = UnetTraining.build(u, make_accelerator(u), h, c, hidden.shape[-1])
@@ -163,9 +182,11 @@ def main() -> None:
                     )
                 train(latents, rows)
 
-            rates = best_rates({"ram": from_ram, "stream": from_stream, "fly": on_the_fly}, args.steps)
-            ram, streamed, fly = rates["ram"], rates["stream"], rates["fly"]
-            latents = pd.read_parquet(tmp / "cache3" / "latents" / "manifest.parquet")
+            rates = rates_in_turns({"ram": from_ram, "stream": from_stream, "fly": on_the_fly}, args.steps,
+                                   args.rounds)  # fmt: skip
+            p1, p2 = paired(rates["stream"], rates["fly"]), paired(rates["stream"], rates["ram"])
+            ram, streamed, fly = (statistics.median(rates[name]) for name in ("ram", "stream", "fly"))
+            latents = pd.read_parquet(tmp / "cache1" / "latents" / "manifest.parquet")
             latent_bytes = sum(store.head(s)["size"] for s in set(latents["shard"]))
             text = pd.read_parquet(tmp / "text" / "manifest.parquet")
             text_bytes = sum(store.head(s)["size"] for s in set(text["shard"]))
@@ -174,20 +195,21 @@ def main() -> None:
 
     print(
         f"{len(images)} synthetic images at {cfg.data.resolution}px, U-Net batch {b}, "
-        f"{args.steps} steps each (in 3 rounds, taken in turns; the best counts)"
+        f"{args.steps} train steps per variant; {args.rounds} rounds, each timing every variant in turn. "
+        "Rates are medians over rounds; ratios are medians of the ratios within a round"
     )
     print(
-        f"P1 train steps/s: from caches {streamed:.2f}, encoding VAE + text every step {fly:.2f}: "
-        f"{streamed / fly:.2f}x"
+        f"P1 train steps/s: from caches {streamed:.2f}, encoding VAE + text every step {fly:.2f}: {p1:.2f}x"
     )
     print(
         f"P2 train steps/s: streaming from S3 {streamed:.2f}, all latents in RAM {ram:.2f}: "
-        f"{streamed / ram:.2f} (goal >= 0.95)"
+        f"{p2:.2f} (goal >= 0.95)"
     )
     print(
-        f"P3 images/s (best of 3): cache stage {stage_rate:.0f}, bare VAE-encoder loop {bare_rate:.0f}: "
-        f"{stage_rate / bare_rate:.2f} (goal >= 0.9); the S3 server on the same cores used "
-        f"{server_seconds:.2f} CPU s of the stage's {stage_seconds:.2f} s"
+        f"P3 images/s: cache stage {statistics.median(stage_rates):.0f}, bare VAE-encoder loop "
+        f"{statistics.median(bare_rates):.0f}: {p3:.2f} (goal >= 0.9); the same stage without its S3 "
+        f"uploads: {p3_local:.2f}; the S3 server on the same cores used {server_seconds:.2f} CPU s of the "
+        f"stage's {stage_seconds:.2f} s"
     )
     print(f"stored bytes per sample: latents {latent_bytes / len(latents):.0f} (mean + std, float16), "
           f"text {text_bytes / len(text):.0f} per distinct caption ({len(text)} captions)")  # fmt: skip

@@ -69,14 +69,15 @@ class LatentEncoder:
     def __call__(self, rows: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
         vae = VAES.get(self.vae_dir, self.vae_fingerprint)
         images = ImageShards(Path(self.ingested)).images(rows)  # uint8 [N, H, W, 3]
+        device = next(vae.parameters()).device  # (diffusers' `vae.device` walks every module)
         parts = []
         for start in range(0, len(rows), self.batch_size):
-            pixels = to_model_space(images[start : start + self.batch_size]).to(vae.device)  # [n, 3, H, W]
-            parts.append(posterior_halves(vae, pixels, self.flip))
+            pixels = to_model_space(images[start : start + self.batch_size]).to(device)  # [n, 3, H, W]
+            parts.append(posterior_fp16(vae, pixels, self.flip))
         return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
 
 
-def posterior_halves(vae: AutoencoderKL, pixels: torch.Tensor, flip: bool) -> dict[str, torch.Tensor]:
+def posterior_fp16(vae: AutoencoderKL, pixels: torch.Tensor, flip: bool) -> dict[str, torch.Tensor]:
     """What a latent shard holds for these pixels: posterior `mean` and `std` in float16 on the CPU, and
     with `flip` those of the mirrored images too."""
     variants = {"": pixels, "_flip": pixels.flip(-1)} if flip else {"": pixels}
