@@ -8,7 +8,7 @@ and the stored bytes per sample of each cache.
 
 Starts its own SeaweedFS server on 127.0.0.1 (stopped at the end) and works in a temporary folder.
 
-    .venv/bin/python benchmarks/data_path.py [--images 12000] [--steps 240] [--rounds 6]
+    .venv/bin/python benchmarks/data_path.py [--images 12000] [--steps 240] [--rounds 6] [--server-core N]
 """
 
 from __future__ import annotations
@@ -29,6 +29,16 @@ def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) a process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pin_apart(server_pid: int, core: int) -> int:
+    """Put every thread of the S3 server on `core` and this process on the other cores (threads it starts
+    later inherit that); returns how many cores this process keeps."""
+    for thread in os.listdir(f"/proc/{server_pid}/task"):
+        os.sched_setaffinity(int(thread), {core})
+    mine = os.sched_getaffinity(0) - {core}
+    os.sched_setaffinity(0, mine)
+    return len(mine)
 
 
 def rates_in_turns(steps: dict[str, Callable[[], object]], total: int, rounds: int, warmup: int = 10):
@@ -62,6 +72,11 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=12000, help="synthetic images")
     ap.add_argument("--steps", type=int, default=240, help="timed U-Net steps per variant")
     ap.add_argument("--rounds", type=int, default=6, help="rounds of train steps and of cache stage runs")
+    ap.add_argument(
+        "--server-core", type=int, default=None,
+        help="run the S3 server alone on this core and everything else on the others: a stand-in for an S3 "
+        "server on another machine (by default it shares every core with the encoder, as `ldmflow` does)",
+    )  # fmt: skip
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     import pandas as pd
@@ -89,6 +104,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         endpoint = s3server.start(tmp / "s3", s3server.find_free_s3_port())
+        if args.server_core is not None:
+            torch.set_num_threads(pin_apart(int((tmp / "s3" / "server.pid").read_text()), args.server_core))
         try:
             store_args = dict(endpoint_url=endpoint.endpoint_url, bucket="bench", region=endpoint.region,
                               access_key=endpoint.access_key, secret_key=endpoint.secret_key)  # fmt: skip
@@ -193,6 +210,7 @@ def main() -> None:
         finally:
             s3server.stop(tmp / "s3")
 
+    where_server = "on the same cores" if args.server_core is None else f"alone on core {args.server_core}"
     print(
         f"{len(images)} synthetic images at {cfg.data.resolution}px, U-Net batch {b}, "
         f"{args.steps} train steps per variant; {args.rounds} rounds, each timing every variant in turn. "
@@ -208,7 +226,7 @@ def main() -> None:
     print(
         f"P3 images/s: cache stage {statistics.median(stage_rates):.0f}, bare VAE-encoder loop "
         f"{statistics.median(bare_rates):.0f}: {p3:.2f} (goal >= 0.9); the same stage without its S3 "
-        f"uploads: {p3_local:.2f}; the S3 server on the same cores used {server_seconds:.2f} CPU s of the "
+        f"uploads: {p3_local:.2f}; the S3 server ({where_server}) used {server_seconds:.2f} CPU s of the "
         f"stage's {stage_seconds:.2f} s"
     )
     print(f"stored bytes per sample: latents {latent_bytes / len(latents):.0f} (mean + std, float16), "
