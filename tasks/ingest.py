@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from tasks import sources, synthetic
@@ -98,13 +97,10 @@ class ImageShards:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._open: dict[str, Any] = {}
         self._layout: dict[str, tuple[int, tuple[int, ...]]] = {}  # shard -> (byte offset, shape) of `images`
 
     def image(self, shard: str, index: int) -> np.ndarray:
-        if shard not in self._open:
-            self._open[shard] = safe_open(str(self.path / f"{shard}.safetensors"), framework="np")
-        return self._open[shard].get_slice("images")[int(index)]
+        return self.images([(shard, index)])[0]
 
     def images(self, refs: list[tuple[str, int]]) -> np.ndarray:
         """uint8 [N, H, W, 3] for (shard, index) refs of images of one size. Each image is read straight into
