@@ -104,9 +104,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         endpoint = s3server.start(tmp / "s3", s3server.find_free_s3_port())
-        if args.server_core is not None:
-            torch.set_num_threads(pin_apart(int((tmp / "s3" / "server.pid").read_text()), args.server_core))
         try:
+            server_pid = int((tmp / "s3" / "server.pid").read_text())
+            if args.server_core is not None:  # inside the try: a bad core still stops the server
+                torch.set_num_threads(pin_apart(server_pid, args.server_core))
             store_args = dict(endpoint_url=endpoint.endpoint_url, bucket="bench", region=endpoint.region,
                               access_key=endpoint.access_key, secret_key=endpoint.secret_key)  # fmt: skip
             store = ObjectStore(**store_args, prefix="cache")
@@ -140,7 +141,6 @@ def main() -> None:
                 return [ShardResult(job.name, "", "", False, len(encode_shard(job))) for job in jobs]
 
             stage_rates, bare_rates, server_cpu, local_rates = [], [], [], []
-            server_pid = int((tmp / "s3" / "server.pid").read_text())
             for run in range(1 + args.rounds):
                 server_start = cpu_seconds(server_pid)
                 start = time.perf_counter()
