@@ -195,18 +195,22 @@ def store_shard(job: ShardJob) -> ShardResult:
 
 
 ShardMap = Callable[[list[ShardJob], str], list[ShardResult]]
+SHARDS_HELD = 2  # encoded shards in memory at once in `store_shards_here`: one uploading, one encoding
 
 
 def store_shards_here(jobs: list[ShardJob], desc: str) -> list[ShardResult]:
     """Run the jobs in this process (what `dvc repro`'s stage commands use). One listing per prefix says
     which shards may already be stored (only those get a HEAD), and each shard uploads in the
-    background while the next one is encoded."""
+    background while the next one is encoded. When S3 is slower than encoding, encoding waits: at most
+    `SHARDS_HELD` encoded shards are in memory at once, however many the stage makes."""
     listed: set[str] = set()
     for prefix in sorted({job.name.rsplit("/", 1)[0] + "/" for job in jobs}):
         listed.update(jobs[0].store.list_keys(prefix))
     with ThreadPoolExecutor(1, thread_name_prefix="shard-upload") as uploader:
         pending: list[Future[ShardResult]] = []
         for job in progress(jobs, desc=desc, unit="shard"):
+            if len(pending) >= SHARDS_HELD:  # one upload thread: uploads finish in the order submitted
+                pending[-SHARDS_HELD].result()  # so at most SHARDS_HELD - 1 wait, beside the one made next
             found = stored_shard(job) if job.name in listed else None
             if found:
                 pending.append(uploader.submit(lambda result: result, found))

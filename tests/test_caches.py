@@ -1,6 +1,7 @@
 """The latent and text caches against the real S3 server: keys follow content, hits skip work."""
 
 import json
+import time
 
 import pandas as pd
 import torch
@@ -137,3 +138,30 @@ def test_a_shard_encoded_in_small_batches_equals_one_batch(tmp_path, object_stor
     for name in whole:
         assert whole[name].shape == (10, 4, 4, 4) and whole[name].dtype == torch.float16
         assert torch.allclose(whole[name].float(), batched[name].float(), atol=1e-3)
+
+
+def test_encoding_waits_for_a_slow_s3_so_few_shards_are_held_in_memory(object_store):
+    from tasks.cache import SHARDS_HELD, build_cache
+    from tasks.storage import ObjectStore
+
+    made, stored, waiting = [], [], []
+
+    class SlowStore(ObjectStore):  # the real server, answering slower than shards are made
+        def put_bytes(self, key, data, metadata=None):
+            time.sleep(0.05)
+            etag = super().put_bytes(key, data, metadata)
+            stored.append(key)
+            return etag
+
+    def encode(inputs):
+        waiting.append(len(made) - len(stored))  # made before this one and not yet stored
+        made.append(inputs)
+        return {"x": torch.tensor(inputs)}
+
+    o = object_store
+    slow = SlowStore(o.endpoint_url, o.bucket, o.prefix, o.region, o.access_key, o.secret_key)
+    keys = [f"item-{i}" for i in range(40)]
+    stats = build_cache(slow, "slow", keys, list(range(40)), 4, encode, "slow S3")
+    assert stats.shard_misses == 10 and len(stored) == 10
+    assert max(waiting) + 1 <= SHARDS_HELD  # without the wait, all 10 would pile up behind the uploads
+    assert max(waiting) == SHARDS_HELD - 1  # and uploads still overlap encoding
