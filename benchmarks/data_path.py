@@ -161,9 +161,8 @@ def main() -> None:
 
             # the three ways to feed the same U-Net training step
             data = load_training_set(tmp / "cache1" / "latents", tmp / "text", store)
-            hidden, mask = data.hidden.float().to(device), data.mask.long().to(device)
             (c, h, _), = data.latent_shapes.values()  # fmt: skip
-            training = UnetTraining.build(u, make_accelerator(u), h, c, hidden.shape[-1])
+            training = UnetTraining.build(u, make_accelerator(u), h, c, data.hidden.shape[-1])
             items = data.items
             refs = [list(items[c]) for c in ("shard", "shard_sha256", "shard_index")]
             in_ram = gather(store, *refs, "mean").float()
@@ -179,7 +178,9 @@ def main() -> None:
                 text = data.text_index[rows]
                 draws = draw_samples(cfg.seed, 0, range(b), u.num_train_timesteps, (c, h, h), 0.0)
                 latents = to_diffusion_space(latents, data.normalisation)
-                training.step([MicroBatch(latents, hidden[text], mask[text], draws.noise)])
+                training.step(
+                    [MicroBatch(latents, data.hidden[text].float(), data.mask[text].long(), draws.noise)]
+                )
 
             def from_ram() -> None:
                 rows = plan[next(step_no) % len(plan)]

@@ -262,9 +262,28 @@ def read_shard(store: ObjectStore, name: str, sha256: str) -> dict[str, torch.Te
     return tensors
 
 
+def gather_tensors(
+    store: ObjectStore, shards: list[str], checksums: list[str], indices: list[int], names: list[str]
+) -> dict[str, torch.Tensor]:
+    """Tensors `names` for every (shard, index) row. Each distinct shard is fetched once and let go once
+    its rows are copied out, so memory holds the result and one shard."""
+    if not shards:
+        raise ValueError("gather_tensors needs at least one (shard, index) row")
+    positions: dict[str, list[int]] = {}  # shard -> rows of the result it fills
+    for row, shard in enumerate(shards):
+        positions.setdefault(shard, []).append(row)
+    checksum_of = dict(zip(shards, checksums, strict=True))
+    out: dict[str, torch.Tensor] = {}
+    for shard, rows in positions.items():
+        tensors = read_shard(store, shard, checksum_of[shard])
+        taken = torch.tensor([indices[row] for row in rows])
+        for name in names:
+            if name not in out:
+                out[name] = tensors[name].new_empty((len(shards), *tensors[name].shape[1:]))
+            out[name][rows] = tensors[name][taken]
+    return out
+
+
 def gather(store: ObjectStore, shards: list[str], checksums: list[str], indices: list[int], name: str):
-    """Tensor `name` for every (shard, index) row, fetching each distinct shard once."""
-    loaded: dict[str, dict[str, torch.Tensor]] = {}
-    for shard, checksum in dict(zip(shards, checksums, strict=True)).items():
-        loaded[shard] = read_shard(store, shard, checksum)
-    return torch.stack([loaded[s][name][i] for s, i in zip(shards, indices, strict=True)])
+    """Tensor `name` for every (shard, index) row (see `gather_tensors`)."""
+    return gather_tensors(store, shards, checksums, indices, [name])[name]

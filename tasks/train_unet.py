@@ -129,10 +129,9 @@ def run_train_unet(
             )
     # the model's default sample size: the square bucket when there is one, else the largest
     c, h, _ = max(shapes, key=lambda s: (s[1] == s[2], s[1] * s[2]))
-    hidden, mask = data.hidden.float().to(acc.device), data.mask.long().to(acc.device)
 
     # 1. model, EMA, noise schedule, optimiser; the last checkpoint of this very run, if any
-    training = UnetTraining.build(u, acc, h, c, hidden.shape[-1])
+    training = UnetTraining.build(u, acc, h, c, data.hidden.shape[-1])
     global_batch = u.batch_size * processes * u.gradient_accumulation
     identity = run_identity(cfg, data, global_batch)
     checkpoints = Checkpoints(store, store.key("checkpoints", identity), u.checkpoints_total_limit)
@@ -182,7 +181,7 @@ def run_train_unet(
     start, done_here, loss = time.perf_counter(), 0, float("nan")
     for step in bar:
         batch, cached = next(batches)  # one latent shape per batch
-        parts = micro_batches(cfg, data, hidden, mask, step, batch.rows, cached, rank, processes)
+        parts = micro_batches(cfg, data, step, batch.rows, cached, rank, processes)
         loss = training.step(parts)
         position = Position(step + 1, batch.epoch, batch.index + 1)
         done_here += 1

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from models.latents import to_diffusion_space
-from tasks.cache import gather
+from tasks.cache import gather_tensors
 from tasks.config import Config
 from tasks.keys import content_key
 from tasks.sample_draws import draw_samples
@@ -29,7 +29,7 @@ class TrainingSet:
 
     items: pd.DataFrame  # one row per training sample: where its latents are, its bucket and caption
     text_index: torch.Tensor  # [N] row of each sample's caption in `hidden`
-    hidden: torch.Tensor  # [T, L, D] token embeddings of every distinct caption
+    hidden: torch.Tensor  # [T, L, D] token embeddings of every distinct caption (float16, CPU)
     mask: torch.Tensor  # [T, L] attention masks
     empty_index: int  # row of the empty caption (classifier-free guidance)
     normalisation: dict  # the VAE's latent statistics (models/latents.py)
@@ -55,18 +55,17 @@ def load_training_set(
             f"{text_dir / 'manifest.parquet'}: no embedding for captions {(missing or [''])[:3]}"
         )
 
-    def fetch(name: str) -> torch.Tensor:
-        refs = [text[c].tolist() for c in ("shard", "shard_sha256", "shard_index")]
-        try:
-            return gather(store, *refs, name)
-        except (CorruptShard, ObjectNotFound) as err:  # never train on it: the cache stage recomputes it
-            raise CorruptShard(f"{err}\nrun `ldmflow run embed_text --force` to recompute it") from err
+    refs = [text[c].tolist() for c in ("shard", "shard_sha256", "shard_index")]
+    try:
+        embeddings = gather_tensors(store, *refs, ["hidden", "mask"])
+    except (CorruptShard, ObjectNotFound) as err:  # never train on it: the cache stage recomputes it
+        raise CorruptShard(f"{err}\nrun `ldmflow run embed_text --force` to recompute it") from err
 
     return TrainingSet(
         items=latents,
         text_index=torch.tensor([row_of[c] for c in latents["caption"]]),
-        hidden=fetch("hidden"),
-        mask=fetch("mask"),
+        hidden=embeddings["hidden"],
+        mask=embeddings["mask"],
         empty_index=row_of[""],
         normalisation=info["normalisation"],
         latent_shapes={b: info["latent_shapes"][b] for b in sorted(set(latents["bucket"]))},
@@ -79,10 +78,10 @@ def load_training_set(
 
 
 def micro_batches(
-    cfg: Config, data: TrainingSet, hidden: torch.Tensor, mask: torch.Tensor, step: int,
-    rows: np.ndarray, cached: dict[str, torch.Tensor], rank: int, processes: int,
+    cfg: Config, data: TrainingSet, step: int, rows: np.ndarray, cached: dict[str, torch.Tensor],
+    rank: int, processes: int,
 ) -> list[MicroBatch]:  # fmt: skip
-    """This process's share of a global batch: micro-batch m of process r holds positions
+    """This process's share of a global batch, on the CPU: micro-batch m of process r holds positions
     [(m * processes + r) * B, + B)."""
     u, b = cfg.unet, cfg.unet.batch_size
     shape = tuple(cached["mean"].shape[1:])
@@ -104,5 +103,6 @@ def micro_batches(
         text_rows = data.text_index[rows[part]].clone()
         text_rows[draws.drop_caption] = data.empty_index
         latents = to_diffusion_space(latents, data.normalisation)  # ~N(0, I) per the VAE's statistics
-        out.append(MicroBatch(latents, hidden[text_rows], mask[text_rows], draws.noise))
+        hidden, mask = data.hidden[text_rows].float(), data.mask[text_rows].long()
+        out.append(MicroBatch(latents, hidden, mask, draws.noise))
     return out

@@ -140,7 +140,7 @@ class UnetTraining:
             with acc.accumulate(self.unet):  # gradients sync (DDP) and the optimiser steps on the last one
                 loss = per_sample_loss(
                     self.unet, self.noise_scheduler, self.objective, mb.latents.to(acc.device),
-                    mb.hidden, mb.mask, mb.draw.to(acc.device),
+                    mb.hidden.to(acc.device), mb.mask.to(acc.device), mb.draw.to(acc.device),
                 ).mean()  # fmt: skip
                 acc.backward(loss)  # divided by the accumulation steps
                 if acc.sync_gradients and self.max_grad_norm:

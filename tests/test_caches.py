@@ -73,7 +73,7 @@ def test_text_cache_has_every_caption_once_plus_empty(tmp_path, object_store):
     data = load_training_set(tmp_path / "latents", tmp_path / "text", object_store)
     n_train = (pd.read_parquet(tmp_path / "ingested" / "manifest.parquet")["split"] == "train").sum()
     assert len(data.items) == n_train and data.latent_shapes == {"16x16": [4, 4, 4]}
-    assert data.hidden.shape == (len(manifest), 8, 384)
+    assert data.hidden.shape == (len(manifest), 8, 384) and data.hidden.dtype == torch.float16  # as stored
     assert data.mask[data.empty_index].sum() == 2  # [CLS] [SEP] only
     assert data.normalisation["scaling_factor"] == 1.5
 
@@ -165,3 +165,33 @@ def test_encoding_waits_for_a_slow_s3_so_few_shards_are_held_in_memory(object_st
     assert stats.shard_misses == 10 and len(stored) == 10
     assert max(waiting) + 1 <= SHARDS_HELD  # without the wait, all 10 would pile up behind the uploads
     assert max(waiting) == SHARDS_HELD - 1  # and uploads still overlap encoding
+
+
+def test_gather_fetches_each_shard_once_and_puts_rows_in_the_asked_order(object_store):
+    from tasks.cache import build_cache, gather_tensors
+    from tasks.storage import ObjectStore
+
+    fetched = []
+
+    class CountingStore(ObjectStore):
+        def get_bytes(self, key):
+            fetched.append(key)
+            return super().get_bytes(key)
+
+    def encode(inputs):
+        return {"x": torch.tensor(inputs, dtype=torch.float16), "y": -torch.tensor(inputs).view(-1, 1)}
+
+    o = object_store
+    store = CountingStore(o.endpoint_url, o.bucket, o.prefix, o.region, o.access_key, o.secret_key)
+    keys = [f"item-{i}" for i in range(12)]
+    refs = build_cache(store, "gather", keys, list(range(12)), 5, encode, "gather").refs
+    order = [7, 0, 11, 3, 3, 9, 1]  # across all three shards, one row twice
+    columns = [
+        [refs[i].shard for i in order],
+        [refs[i].sha256 for i in order],
+        [refs[i].index for i in order],
+    ]
+    got = gather_tensors(store, *columns, ["x", "y"])
+    assert got["x"].dtype == torch.float16 and got["x"].tolist() == order
+    assert got["y"].shape == (7, 1) and got["y"].view(-1).tolist() == [-i for i in order]
+    assert sorted(fetched) == sorted({r.shard for r in refs})  # each shard once, for both tensors
