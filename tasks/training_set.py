@@ -1,6 +1,7 @@
 """What the U-Net trains on, read from the caches: the training samples (their latents stay in their
-shards and stream, tasks/loader.py), every caption's token embeddings (small: held in memory), the
-held-out samples; and how one global batch becomes this process's micro-batches.
+shards and stream, tasks/loader.py), every distinct caption's token embeddings (held in CPU memory as
+stored, float16: a micro-batch takes only its rows to the device), the held-out samples; and how one
+global batch becomes this process's micro-batches.
 """
 
 from __future__ import annotations
