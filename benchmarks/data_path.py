@@ -178,9 +178,7 @@ def main() -> None:
                 text = data.text_index[rows]
                 draws = draw_samples(cfg.seed, 0, range(b), u.num_train_timesteps, (c, h, h), 0.0)
                 latents = to_diffusion_space(latents, data.normalisation)
-                training.step(
-                    [MicroBatch(latents, data.hidden[text].float(), data.mask[text].long(), draws.noise)]
-                )
+                training.step([MicroBatch(latents, *data.text(text), draws.noise)])
 
             def from_ram() -> None:
                 rows = plan[next(step_no) % len(plan)]

@@ -39,6 +39,11 @@ class TrainingSet:
     held_out: pd.DataFrame  # the other split's rows (validation), those whose caption has an embedding
     text_row: dict[str, int]  # caption -> row of `hidden` / `mask`
 
+    def text(self, rows: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token embeddings (float32) and attention masks (int64) of caption rows `rows`, as the U-Net
+        takes them; the stored float16 table stays as it is."""
+        return self.hidden[rows].float(), self.mask[rows].long()
+
 
 def load_training_set(
     latents_dir: Path, text_dir: Path, store: ObjectStore, split: str = "train"
@@ -104,6 +109,5 @@ def micro_batches(
         text_rows = data.text_index[rows[part]].clone()
         text_rows[draws.drop_caption] = data.empty_index
         latents = to_diffusion_space(latents, data.normalisation)  # ~N(0, I) per the VAE's statistics
-        hidden, mask = data.hidden[text_rows].float(), data.mask[text_rows].long()
-        out.append(MicroBatch(latents, hidden, mask, draws.noise))
+        out.append(MicroBatch(latents, *data.text(text_rows), draws.noise))
     return out

@@ -70,7 +70,6 @@ class Validation:
         seed: int,
     ) -> Validation:
         val_items, text_row, normalisation = data.held_out, data.text_row, data.normalisation
-        hidden, mask, empty_index = data.hidden, data.mask, data.empty_index  # float16 and ints, CPU
         items = val_items.head(v.samples)
         held_out = []
         for _, rows in items.groupby("bucket", sort=True):
@@ -83,9 +82,10 @@ class Validation:
                     for i in rows.index
                 ]
             )
-            held_out.append(HeldOut(latents, hidden[text].float(), mask[text].long(), noise))
+            held_out.append(HeldOut(latents, *data.text(text), noise))
         prompts = sorted(set(val_items["caption"]) - {""})[: v.prompts]
-        rows = torch.tensor([text_row[p] for p in prompts], dtype=torch.long)
+        prompt_hidden, prompt_mask = data.text(torch.tensor([text_row[p] for p in prompts], dtype=torch.long))
+        empty_hidden, empty_mask = data.text(slice(data.empty_index, data.empty_index + 1))
         vae = AutoencoderKL.from_pretrained(vae_dir).eval() if vae_dir is not None and prompts else None
         return cls(
             config=v,
@@ -94,10 +94,10 @@ class Validation:
                 {min(num_train_timesteps - 1, round(f * num_train_timesteps)) for f in v.timesteps}
             ),
             prompts=prompts,
-            prompt_hidden=hidden[rows].float(),
-            prompt_mask=mask[rows].long(),
-            empty_hidden=hidden[empty_index : empty_index + 1].float(),
-            empty_mask=mask[empty_index : empty_index + 1].long(),
+            prompt_hidden=prompt_hidden,
+            prompt_mask=prompt_mask,
+            empty_hidden=empty_hidden,
+            empty_mask=empty_mask,
             normalisation=normalisation,
             vae=vae,
             seed=seed,
