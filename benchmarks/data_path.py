@@ -84,26 +84,27 @@ def main() -> None:
 
     from models.device import pick_device
     from models.images import to_model_space
-    from models.latents import set_normalisation, to_diffusion_space
+    from models.latents import posterior_fp16, set_normalisation, to_diffusion_space
+    from models.sample_draws import draw_samples
     from models.text_encoder import encode_captions, load_text_encoder
     from models.vae import build_vae
-    from tasks import s3server
-    from tasks.cache import ShardResult, encode_shard, gather
-    from tasks.cache_latents import posterior_fp16, run_cache_latents
-    from tasks.config import load_config
+    from tasks.cache_latents import run_cache_latents
+    from tasks.common import embedded_s3
+    from tasks.common.config import load_config
+    from tasks.common.content_cache import ShardResult, encode_shard, gather
+    from tasks.common.ingested import read_ingested
+    from tasks.common.storage import ObjectStore
     from tasks.embed_text import run_embed_text
-    from tasks.ingest import read_ingested, run_ingest
-    from tasks.loader import LatentStream, plan_epoch
-    from tasks.sample_draws import draw_samples
-    from tasks.storage import ObjectStore
-    from tasks.training_set import load_training_set
-    from tasks.unet_training import MicroBatch, UnetTraining, make_accelerator
+    from tasks.ingest.stage import run_ingest
+    from tasks.train_unet.data import load_training_set
+    from tasks.train_unet.latent_stream import LatentStream, plan_epoch
+    from tasks.train_unet.trainer import MicroBatch, UnetTraining, make_accelerator
 
     torch.manual_seed(0)
     device = pick_device()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        endpoint = s3server.start(tmp / "s3", s3server.find_free_s3_port())
+        endpoint = embedded_s3.start(tmp / "s3", embedded_s3.find_free_s3_port())
         try:
             server_pid = int((tmp / "s3" / "server.pid").read_text())
             if args.server_core is not None:  # inside the try: a bad core still stops the server
@@ -161,8 +162,8 @@ def main() -> None:
 
             # the three ways to feed the same U-Net training step
             data = load_training_set(tmp / "cache1" / "latents", tmp / "text", store)
-            (c, h, _), = data.latent_shapes.values()  # fmt: skip
-            training = UnetTraining.build(u, make_accelerator(u), h, c, data.hidden.shape[-1])
+            (shape,) = data.latent_shapes.values()
+            training = UnetTraining.build(u, make_accelerator(u), tuple(shape), data.hidden.shape[-1])
             items = data.items
             refs = [list(items[c]) for c in ("shard", "shard_sha256", "shard_index")]
             in_ram = gather(store, *refs, "mean").float()
@@ -176,7 +177,7 @@ def main() -> None:
 
             def train(latents: torch.Tensor, rows) -> None:
                 text = data.text_index[rows]
-                draws = draw_samples(cfg.seed, 0, range(b), u.num_train_timesteps, (c, h, h), 0.0)
+                draws = draw_samples(cfg.seed, 0, range(b), u.num_train_timesteps, tuple(shape), 0.0)
                 latents = to_diffusion_space(latents, data.normalisation)
                 training.step([MicroBatch(latents, *data.text(text), draws.noise)])
 
@@ -207,7 +208,7 @@ def main() -> None:
             text = pd.read_parquet(tmp / "text" / "manifest.parquet")
             text_bytes = sum(store.head(s)["size"] for s in set(text["shard"]))
         finally:
-            s3server.stop(tmp / "s3")
+            embedded_s3.stop(tmp / "s3")
 
     where_server = "on the same cores" if args.server_core is None else f"alone on core {args.server_core}"
     print(

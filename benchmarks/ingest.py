@@ -65,8 +65,8 @@ def main() -> None:
     args = ap.parse_args()
     # imported here, not at the top: decode workers are spawned and import this script again
     sys.path.insert(0, str(ROOT))
-    from tasks.config import load_config
-    from tasks.ingest import run_ingest
+    from tasks.common.config import load_config
+    from tasks.ingest.stage import run_ingest
 
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "photos"

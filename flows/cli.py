@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from tasks.config import ConfigError, load_config
-from tasks.paths import ProjectPaths
-from tasks.stages import ORDER
+from tasks.common.config import ConfigError, load_config
+from tasks.common.paths import ProjectPaths
+from tasks.graph import ORDER
 
 
 def _add_params_args(p: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def _add_params_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.runtime import prepare
-    from tasks import s3server
+    from tasks.common import embedded_s3
 
     paths = ProjectPaths.at(".")
     cfg = load_config(args.params, args.overrides)  # fail fast, before Prefect's server starts
@@ -36,10 +36,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import pipeline
 
     # The embedded S3 server: started for this run unless one is already up, and then stopped again.
-    start_s3 = cfg.storage.endpoint_url is None and s3server.status(paths.s3_state) is None
+    start_s3 = cfg.storage.endpoint_url is None and embedded_s3.status(paths.s3_state) is None
     if start_s3:
         print(f"starting the embedded S3 server ({paths.s3_state})")
-        s3server.ensure_running(paths.s3_state)
+        embedded_s3.ensure_running(paths.s3_state)
     try:
         outcome = pipeline(
             stages=args.stages or None,
@@ -50,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     finally:
         if start_s3:
-            s3server.stop(paths.s3_state)
+            embedded_s3.stop(paths.s3_state)
     width = max(len(s) for s in outcome)
     for stage, state in outcome.items():
         print(f"  {stage:<{width}}  {state}")
@@ -63,13 +63,31 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_stage(args: argparse.Namespace) -> int:
     """What dvc.yaml's cmds call: one stage, no Prefect (DVC owns the graph here)."""
     from flows.runtime import prepare
-    from tasks.stages import run_stage
+    from tasks.common.stage_run import run_stage
 
     paths = ProjectPaths.at(".")
     cfg = load_config(args.params, args.overrides)
     prepare(paths)
     result = run_stage(args.name, cfg, paths)
     print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_dvc_yaml(args: argparse.Namespace) -> int:
+    """Write dvc.yaml from the stage declaration (tasks/graph.py), or with --check say whether it differs."""
+    from tasks.graph import dvc_yaml
+
+    path, text = Path("dvc.yaml"), dvc_yaml()
+    current = path.read_text() if path.is_file() else None
+    if args.check:
+        if current != text:
+            print(f"{path} differs from tasks/graph.py's declaration: run `ldmflow dvc-yaml`", file=sys.stderr)
+            return 1
+        print(f"{path} is what tasks/graph.py declares")
+        return 0
+    if current != text:
+        path.write_text(text)
+    print(f"wrote {path}" if current != text else f"{path} was up to date")
     return 0
 
 
@@ -86,8 +104,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import pandas as pd
     from PIL import Image
 
-    from models.pipeline import make_grid
-    from tasks.tracking import connect
+    from models.images import make_grid
+    from tasks.common.tracking import connect
 
     connect(cfg, paths)
     uri = args.model or f"models:/{cfg.tracking.registered_model}@champion"
@@ -107,17 +125,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_s3(args: argparse.Namespace) -> int:
-    from tasks import s3server
+    from tasks.common import embedded_s3
 
     state = ProjectPaths.at(".").s3_state
     if args.action == "start":
-        ep = s3server.ensure_running(state, s3_port=args.port)
+        ep = embedded_s3.ensure_running(state, s3_port=args.port)
         print(f"S3 server running at {ep.endpoint_url} (credentials in {state / 'credentials.json'})")
     elif args.action == "stop":
-        s3server.stop(state)
+        embedded_s3.stop(state)
         print("S3 server stopped")
     else:
-        ep = s3server.status(state)
+        ep = embedded_s3.status(state)
         print(f"S3 server running at {ep.endpoint_url}" if ep else "S3 server not running")
         return 0 if ep else 1
     return 0
@@ -167,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     stage.add_argument("name", choices=ORDER)
     _add_params_args(stage)
     stage.set_defaults(func=cmd_stage)
+
+    graph = sub.add_parser("dvc-yaml", help="write dvc.yaml from the stage declaration in tasks/graph.py")
+    graph.add_argument("--check", action="store_true", help="only check: exit 1 when dvc.yaml differs")
+    graph.set_defaults(func=cmd_dvc_yaml)
 
     gen = sub.add_parser("generate", help="sample images from a registered model into a PNG grid")
     gen.add_argument("prompt")

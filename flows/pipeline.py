@@ -8,11 +8,11 @@ from prefect import flow
 
 from flows import dvc_state
 from flows.runners import task_runner
-from flows.stages import STAGE_FLOWS
-from tasks import tracking
-from tasks.config import load_config
-from tasks.paths import ProjectPaths
-from tasks.stages import ORDER, with_upstream
+from flows.stage_flows import STAGE_FLOWS
+from tasks.common import tracking
+from tasks.common.config import load_config
+from tasks.common.paths import ProjectPaths
+from tasks.graph import ORDER, with_upstream
 
 DEFAULT_PARAMS = "params.yaml"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from tasks.paths import ProjectPaths
+from tasks.common.paths import ProjectPaths
 
 
 def prepare(paths: ProjectPaths) -> None:

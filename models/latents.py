@@ -1,4 +1,5 @@
-"""Latent normalisation: VAE latents <-> the ~N(0, I) space the diffusion model works in.
+"""Latents: what a latent cache stores of an image (the posterior mean and std, `posterior_fp16`), and
+their normalisation: VAE latents <-> the ~N(0, I) space the diffusion model works in.
 
 The statistics live in the VAE's own config, with diffusers' AutoencoderKL fields and convention:
 - per channel (`latents_mean`, `latents_std` set):  z_n = (z - mean_c) * scaling_factor / std_c
@@ -69,3 +70,15 @@ def from_diffusion_space(z: torch.Tensor, vae_config: Any) -> torch.Tensor:
     """Normalised latents -> VAE latents, ready for `vae.decode`."""
     mean, std = _stats(vae_config, z)
     return z * std / vae_config["scaling_factor"] + mean
+
+
+@torch.no_grad()
+def posterior_fp16(vae: AutoencoderKL, pixels: torch.Tensor, flip: bool) -> dict[str, torch.Tensor]:
+    """What a latent shard holds for these pixels: posterior `mean` and `std` in float16 on the CPU, and
+    with `flip` those of the mirrored images too."""
+    variants = {"": pixels, "_flip": pixels.flip(-1)} if flip else {"": pixels}
+    out = {}
+    for suffix, x in variants.items():
+        posterior = vae.encode(x).latent_dist
+        out[f"mean{suffix}"], out[f"std{suffix}"] = posterior.mean.half().cpu(), posterior.std.half().cpu()
+    return out

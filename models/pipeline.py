@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from PIL import Image
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from models.device import autocast, pick_device
-from models.diffusion import sample_latents
 from models.images import to_uint8
 from models.latents import from_diffusion_space
+from models.sampling import sample_latents
 from models.text_encoder import encode_captions, load_text_encoder
-from models.unet import check_cross_attention_dim
+from models.unet import check_cross_attention_dim, default_latent_size
 
 
 def save_sampling_config(path: str | Path, scheduler_config: dict[str, Any], max_length: int) -> None:
@@ -107,8 +105,7 @@ class LatentDiffusionPipeline:
         uncond_hidden, uncond_mask = encode_captions(self.tokenizer, self.text_encoder, [""], self.max_length)
 
         # 2. reverse diffusion in latent space; CPU noise so a seed gives the same start on any device
-        size = self.unet.config.sample_size
-        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        h, w = default_latent_size(self.unet)
         shape = (hidden.shape[0], self.unet.config.in_channels, h, w)
         generator = torch.Generator().manual_seed(seed)
         with autocast(self.device):
@@ -129,20 +126,3 @@ class LatentDiffusionPipeline:
         latents = from_diffusion_space(latents.float(), self.vae.config)
         images = self.vae.decode(latents.to(self.vae.dtype)).sample  # [N, 3, H, W] in ~[-1, 1]
         return to_uint8(images)
-
-
-def make_grid(images: np.ndarray, ncols: int | None = None, pad: int = 2) -> Image.Image:
-    """Tile uint8 images [N, H, W, 3] into one picture, ncols per row (default: about square)."""
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
-        raise ValueError(f"make_grid needs uint8 images [N, H, W, 3] with N > 0, got shape {images.shape}")
-    n, h, w, _ = images.shape
-    ncols = ncols or math.ceil(math.sqrt(n))
-    ncols = min(ncols, n)
-    nrows = math.ceil(n / ncols)
-    grid = np.zeros((nrows * (h + pad) + pad, ncols * (w + pad) + pad, 3), dtype=np.uint8)
-    for i, img in enumerate(images.astype(np.uint8)):
-        r, c = divmod(i, ncols)
-        y, x = pad + r * (h + pad), pad + c * (w + pad)
-        grid[y : y + h, x : x + w] = img
-    return Image.fromarray(grid)

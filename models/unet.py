@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from diffusers import UNet2DConditionModel
 
@@ -15,7 +16,7 @@ def _norm_groups(widths: list[int]) -> int:
 
 def build_unet(
     *,
-    sample_size: int,
+    sample_size: int | tuple[int, int],
     in_channels: int,
     block_out_channels: list[int],
     layers_per_block: int,
@@ -23,7 +24,8 @@ def build_unet(
     cross_attention_dim: int,
     pooled_text_embedding: bool = False,
 ) -> UNet2DConditionModel:
-    """A conditional U-Net on latents [B, in_channels, sample_size, sample_size].
+    """A conditional U-Net on latents [B, in_channels, h, w]; `sample_size` (h and w, or (h, w)) is the
+    size it samples by default.
 
     Each level has ResNet blocks plus a transformer block (self-attention, then cross-attention whose
     queries are image features and keys/values the text tokens [B, L, cross_attention_dim]).
@@ -36,7 +38,7 @@ def build_unet(
     if bad:
         raise ValueError(f"attention_head_dim={attention_head_dim} must divide every block width, not {bad}")
     n = len(block_out_channels)
-    if sample_size % 2 ** (n - 1):
+    if any(side % 2 ** (n - 1) for side in _sides(sample_size)):
         raise ValueError(f"sample_size={sample_size} must be divisible by 2^{n - 1} for {n} U-Net levels")
     # diffusers' `attention_head_dim` argument is really the number of heads per level (a known naming
     # issue, diffusers #2011), so pass heads = width / head_dim to get heads of the requested width.
@@ -58,6 +60,15 @@ def build_unet(
     )
 
 
+def _sides(sample_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    return (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
+
+
+def default_latent_size(unet: UNet2DConditionModel) -> tuple[int, int]:
+    """(h, w) of the latents the U-Net samples by default (diffusers' `sample_size`: one int or (h, w))."""
+    return _sides(unet.config.sample_size)
+
+
 def _pooling_heads(width: int) -> int:
     """Heads of the text pooling: diffusers' default 64 if it divides the width, else the largest divisor."""
     return max(h for h in (64, 32, 16, 8, 4, 2, 1) if width % h == 0)
@@ -70,4 +81,25 @@ def check_cross_attention_dim(unet: UNet2DConditionModel, hidden_size: int) -> N
         raise ValueError(
             f"U-Net cross_attention_dim is {expected} but the text encoder's hidden size is {hidden_size}; "
             "train the U-Net with this encoder or use the encoder it was trained with"
+        )
+
+
+def load_pretrained_unet(source: str) -> UNet2DConditionModel:
+    """A diffusers U-Net from a local dir (the U-Net's own, or a pipeline's with `unet/`), or a hub id."""
+    path = Path(source)
+    if path.is_dir():
+        subfolder = "unet" if (path / "unet" / "config.json").is_file() else None
+        if subfolder is None and not (path / "config.json").is_file():
+            raise FileNotFoundError(f"unet.pretrained={source}: no config.json there or in unet/")
+        return UNet2DConditionModel.from_pretrained(path, subfolder=subfolder)
+    return UNet2DConditionModel.from_pretrained(source, subfolder="unet")
+
+
+def check_unet_fits(unet: UNet2DConditionModel, latent_channels: int, text_hidden_size: int) -> None:
+    """A pretrained U-Net must take this VAE's latents and this text encoder's tokens."""
+    check_cross_attention_dim(unet, text_hidden_size)
+    if unet.config.in_channels != latent_channels:
+        raise ValueError(
+            f"U-Net in_channels is {unet.config.in_channels} but the VAE's latents have {latent_channels} "
+            "channels; fine-tune a U-Net made for this VAE"
         )

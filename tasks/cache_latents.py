@@ -21,7 +21,9 @@ from diffusers import AutoencoderKL
 from models.device import pick_device
 from models.fingerprint import module_fingerprint
 from models.images import to_model_space
-from tasks.cache import (
+from models.latents import posterior_fp16
+from tasks.common.config import Config
+from tasks.common.content_cache import (
     CacheStats,
     ModelInProcess,
     ShardMap,
@@ -30,12 +32,12 @@ from tasks.cache import (
     ref_columns,
     store_shards_here,
 )
-from tasks.config import Config
-from tasks.ingest import MANIFEST as INGEST_MANIFEST
-from tasks.ingest import ImageShards
-from tasks.keys import content_keys
-from tasks.storage import ObjectStore
-from tasks.tracking import Run
+from tasks.common.ingested import MANIFEST as INGEST_MANIFEST
+from tasks.common.ingested import ImageShards
+from tasks.common.keys import content_keys
+from tasks.common.paths import ProjectPaths
+from tasks.common.storage import ObjectStore, object_store_from_config
+from tasks.common.tracking import Run
 
 MANIFEST = "manifest.parquet"
 NORMALISATION_KEYS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std")
@@ -75,17 +77,6 @@ class LatentEncoder:
             pixels = to_model_space(images[start : start + self.batch_size]).to(device)  # [n, 3, H, W]
             parts.append(posterior_fp16(vae, pixels, self.flip))
         return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
-
-
-def posterior_fp16(vae: AutoencoderKL, pixels: torch.Tensor, flip: bool) -> dict[str, torch.Tensor]:
-    """What a latent shard holds for these pixels: posterior `mean` and `std` in float16 on the CPU, and
-    with `flip` those of the mirrored images too."""
-    variants = {"": pixels, "_flip": pixels.flip(-1)} if flip else {"": pixels}
-    out = {}
-    for suffix, x in variants.items():
-        posterior = vae.encode(x).latent_dist
-        out[f"mean{suffix}"], out[f"std{suffix}"] = posterior.mean.half().cpu(), posterior.std.half().cpu()
-    return out
 
 
 def run_cache_latents(
@@ -144,3 +135,8 @@ def run_cache_latents(
     if tracker:
         tracker.log_metrics({k: v for k, v in stats.summary().items()})
     return info
+
+
+def main(cfg: Config, paths: ProjectPaths, tracker: Run, map_shards: ShardMap = store_shards_here) -> dict:
+    store = object_store_from_config(cfg.storage, paths.s3_state)
+    return run_cache_latents(cfg, paths.ingested, paths.vae, paths.latents, store, tracker, map_shards)

@@ -17,11 +17,19 @@ import torch
 from models.device import pick_device
 from models.fingerprint import module_fingerprint
 from models.text_encoder import encode_captions, load_text_encoder, tokenizer_settings
-from tasks.cache import ModelInProcess, ShardMap, build_cache, previous_refs, ref_columns, store_shards_here
-from tasks.config import Config
-from tasks.keys import content_keys
-from tasks.storage import ObjectStore
-from tasks.tracking import Run
+from tasks.common.config import Config
+from tasks.common.content_cache import (
+    ModelInProcess,
+    ShardMap,
+    build_cache,
+    previous_refs,
+    ref_columns,
+    store_shards_here,
+)
+from tasks.common.keys import content_keys
+from tasks.common.paths import ProjectPaths
+from tasks.common.storage import ObjectStore, object_store_from_config
+from tasks.common.tracking import Run
 
 MANIFEST = "manifest.parquet"
 INFO = "cache.json"
@@ -99,3 +107,8 @@ def run_embed_text(
     if tracker:
         tracker.log_metrics({**stats.summary(), "captions_truncated": truncated})
     return info
+
+
+def main(cfg: Config, paths: ProjectPaths, tracker: Run, map_shards: ShardMap = store_shards_here) -> dict:
+    store = object_store_from_config(cfg.storage, paths.s3_state)
+    return run_embed_text(cfg, paths.ingested, paths.text, store, tracker, map_shards)

@@ -21,14 +21,16 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from models import pyfunc
 from models.device import pick_device
 from models.fingerprint import module_fingerprint
-from models.pipeline import LatentDiffusionPipeline, make_grid, save_sampling_config
+from models.images import make_grid
+from models.pipeline import LatentDiffusionPipeline, save_sampling_config
 from models.probe import predict_attributes, train_probe
 from models.pyfunc import TextToImageModel, signature
 from models.text_encoder import load_text_encoder
-from tasks import tracking
-from tasks.config import Config
-from tasks.ingest import read_ingested
-from tasks.tracking import Run
+from tasks.common import tracking
+from tasks.common.config import Config
+from tasks.common.ingested import read_ingested
+from tasks.common.paths import ProjectPaths
+from tasks.common.tracking import Run
 
 METRICS = "metrics.json"
 SAMPLES = "samples.png"
@@ -166,3 +168,7 @@ def register(cfg: Config, pipe: LatentDiffusionPipeline, tracker: Run, promote: 
             code_paths=[str(Path(pyfunc.__file__).parent)],  # the `models` package travels with the model
             promote=promote,
         )
+
+
+def main(cfg: Config, paths: ProjectPaths, tracker: Run) -> dict:
+    return run_evaluate(cfg, paths.ingested, paths.vae, paths.unet, paths.text, paths.eval, tracker)

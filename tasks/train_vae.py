@@ -15,14 +15,14 @@ import numpy as np
 import torch
 
 from models.device import autocast, pick_device
-from models.images import to_model_space, to_uint8
+from models.images import make_grid, to_model_space, to_uint8
 from models.latents import set_normalisation
-from models.pipeline import make_grid
 from models.vae import build_vae, psnr, vae_loss
-from tasks.config import Config
-from tasks.ingest import read_buckets
-from tasks.progress import progress
-from tasks.tracking import Run
+from tasks.common.config import Config
+from tasks.common.ingested import read_buckets
+from tasks.common.paths import ProjectPaths
+from tasks.common.progress import progress
+from tasks.common.tracking import Run
 
 METRICS = "metrics.json"
 
@@ -109,3 +109,7 @@ def run_train_vae(cfg: Config, ingested: Path, out: Path, tracker: Run | None = 
         pairs = np.concatenate([to_uint8(val[largest][:16]), to_uint8(recon[largest][:16])])
         tracker.log_image(make_grid(pairs, ncols=16), "reconstructions.png")
     return metrics
+
+
+def main(cfg: Config, paths: ProjectPaths, tracker: Run) -> dict:
+    return run_train_vae(cfg, paths.ingested, paths.vae, tracker)

@@ -9,9 +9,23 @@ from pathlib import Path
 
 import yaml
 
-from tasks.s3server import S3Endpoint
+from tasks.common.embedded_s3 import S3Endpoint
 
 BIN = Path(sys.executable).parent  # the venv's ldmflow, dvc, torchrun
+
+# The whole pipeline in seconds: 96 synthetic images of 16x16, a few steps of each model.
+TINY = {
+    "seed": 0,
+    "data": {"resolution": 16, "shard_size": 32, "synthetic": {"count": 96, "colors": ["red", "blue"],
+             "shapes": ["circle", "square"], "sizes": ["large"], "positions": ["center"]}},
+    "vae": {"block_out_channels": [8, 16, 16], "norm_num_groups": 4, "steps": 4, "batch_size": 8,
+            "log_every": 2},
+    "latents": {"shard_size": 32},
+    "text": {"max_length": 12, "shard_size": 8},
+    "unet": {"block_out_channels": [16, 32], "attention_head_dim": 4, "steps": 4, "batch_size": 8,
+             "warmup_steps": 1, "num_train_timesteps": 50, "log_every": 2},
+    "eval": {"prompts_per_class": 1, "inference_steps": 3, "probe_steps": 3, "gate_prompt_adherence": 0.0},
+}  # fmt: skip
 
 
 def write_params(root: Path, base: dict, s3_server: S3Endpoint, bucket: str) -> dict:

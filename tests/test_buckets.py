@@ -13,11 +13,12 @@ import pytest
 from PIL import Image
 
 from tasks.cache_latents import run_cache_latents
-from tasks.config import config_from_dict
+from tasks.common.config import config_from_dict
+from tasks.common.ingested import read_buckets, read_ingested
 from tasks.embed_text import run_embed_text
-from tasks.ingest import read_buckets, read_ingested, run_ingest
-from tasks.preprocess import aspect_buckets, nearest_bucket
-from tasks.train_unet import run_train_unet
+from tasks.ingest.preprocess import aspect_buckets, nearest_bucket
+from tasks.ingest.stage import run_ingest
+from tasks.train_unet.loop import run_train_unet
 from tasks.train_vae import run_train_vae
 
 

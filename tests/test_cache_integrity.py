@@ -14,13 +14,13 @@ import pytest
 from PIL import Image
 from test_caches import save_tiny_vae
 
-from tasks.cache import gather
 from tasks.cache_latents import run_cache_latents
-from tasks.config import config_from_dict
+from tasks.common.cache_shards import CorruptShard
+from tasks.common.config import config_from_dict
+from tasks.common.content_cache import gather
 from tasks.embed_text import run_embed_text
-from tasks.ingest import run_ingest
-from tasks.loader import LatentStream
-from tasks.shards import CorruptShard
+from tasks.ingest.stage import run_ingest
+from tasks.train_unet.latent_stream import LatentStream
 
 
 def synthetic_cfg(store, count, shard_size=10):
@@ -122,9 +122,9 @@ KILL_AFTER_PUTS = textwrap.dedent(
     """
     import json, os, signal, sys
     from pathlib import Path
-    from tasks import storage
+    from tasks.common import storage
     from tasks.cache_latents import run_cache_latents
-    from tasks.config import config_from_dict
+    from tasks.common.config import config_from_dict
 
     put, done = storage.ObjectStore.put_bytes, []
     def put_then_maybe_die(self, *args, **kwargs):

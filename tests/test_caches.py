@@ -8,10 +8,10 @@ import torch
 
 from models.vae import build_vae
 from tasks.cache_latents import run_cache_latents
-from tasks.config import config_from_dict
+from tasks.common.config import config_from_dict
 from tasks.embed_text import run_embed_text
-from tasks.ingest import run_ingest
-from tasks.training_set import load_training_set
+from tasks.ingest.stage import run_ingest
+from tasks.train_unet.data import load_training_set
 
 
 def tiny_cfg(store, count=24):
@@ -80,9 +80,9 @@ def test_text_cache_has_every_caption_once_plus_empty(tmp_path, object_store):
 
 def test_flip_caches_each_images_mirror_and_training_uses_it(tmp_path, object_store):
     from models.images import to_model_space
-    from tasks.cache import read_shard
-    from tasks.ingest import read_ingested
-    from tasks.train_unet import run_train_unet
+    from tasks.common.content_cache import read_shard
+    from tasks.common.ingested import read_ingested
+    from tasks.train_unet.loop import run_train_unet
 
     raw = {
         "data": {"resolution": 16, "shard_size": 16, "synthetic": {"count": 24}},
@@ -141,8 +141,8 @@ def test_a_shard_encoded_in_small_batches_equals_one_batch(tmp_path, object_stor
 
 
 def test_encoding_waits_for_a_slow_s3_so_few_shards_are_held_in_memory(object_store):
-    from tasks.cache import SHARDS_HELD, build_cache
-    from tasks.storage import ObjectStore
+    from tasks.common.content_cache import SHARDS_HELD, build_cache
+    from tasks.common.storage import ObjectStore
 
     made, stored, waiting = [], [], []
 
@@ -168,8 +168,8 @@ def test_encoding_waits_for_a_slow_s3_so_few_shards_are_held_in_memory(object_st
 
 
 def test_gather_fetches_each_shard_once_and_puts_rows_in_the_asked_order(object_store):
-    from tasks.cache import build_cache, gather_tensors
-    from tasks.storage import ObjectStore
+    from tasks.common.content_cache import build_cache, gather_tensors
+    from tasks.common.storage import ObjectStore
 
     fetched = []
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from tasks.config import Config, ConfigError, load_config
+from tasks.common.config import Config, ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

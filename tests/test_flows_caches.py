@@ -9,10 +9,10 @@ import pandas as pd
 from test_caches import save_tiny_vae
 
 from flows.runners import task_runner
-from flows.stages import STAGE_FLOWS
-from tasks.config import config_from_dict
-from tasks.ingest import run_ingest
-from tasks.paths import ProjectPaths
+from flows.stage_flows import STAGE_FLOWS
+from tasks.common.config import config_from_dict
+from tasks.common.paths import ProjectPaths
+from tasks.ingest.stage import run_ingest
 
 
 def test_dask_workers_store_the_same_latent_cache_as_threads(

@@ -6,13 +6,13 @@ import json
 
 from PIL import Image
 
-from tasks.config import config_from_dict
+from tasks.common.config import config_from_dict
 
 
 def test_ingest_flow_publishes_the_report_and_the_rejected_items(tmp_path, monkeypatch, prefect_server):
     from prefect.artifacts import Artifact
 
-    from flows.stages import STAGE_FLOWS
+    from flows.stage_flows import STAGE_FLOWS
 
     src = tmp_path / "src"
     src.mkdir()

@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tasks import synthetic
-from tasks.config import config_from_dict
-from tasks.ingest import ImageShards, read_ingested, run_ingest, split_for
-from tasks.preprocess import crop_box
+from tasks.common.config import config_from_dict
+from tasks.common.ingested import ImageShards, read_ingested
+from tasks.ingest import synthetic
+from tasks.ingest.preprocess import crop_box
+from tasks.ingest.stage import run_ingest, split_for
 
 
 def synth_cfg(count=40, **data):
@@ -199,8 +200,8 @@ def test_a_failed_ingest_leaves_the_previous_output_intact(tmp_path):
 def test_ingest_stage_logs_counts_by_reason_and_the_reject_table(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from tasks.paths import ProjectPaths
-    from tasks.stages import run_stage
+    from tasks.common.paths import ProjectPaths
+    from tasks.common.stage_run import run_stage
 
     make_wide_images(tmp_path / "src", n=3)
     (tmp_path / "src" / "bad.png").write_bytes(b"")

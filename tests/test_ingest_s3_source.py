@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from user_data import write_every_convention
 
-from tasks.config import config_from_dict
-from tasks.ingest import read_ingested, run_ingest
+from tasks.common.config import config_from_dict
+from tasks.common.ingested import read_ingested
+from tasks.ingest.stage import run_ingest
 
 
 def upload_tree(store, local: Path, prefix: str) -> None:

@@ -16,24 +16,12 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
-from projects import BIN, cli_env, write_params
+from projects import BIN, TINY, cli_env, write_params
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
 STAGES = ["ingest", "train_vae", "cache_latents", "embed_text", "train_unet", "evaluate"]
 
-TINY = {
-    "seed": 0,
-    "data": {"resolution": 16, "shard_size": 32, "synthetic": {"count": 96, "colors": ["red", "blue"],
-             "shapes": ["circle", "square"], "sizes": ["large"], "positions": ["center"]}},
-    "vae": {"block_out_channels": [8, 16, 16], "norm_num_groups": 4, "steps": 4, "batch_size": 8,
-            "log_every": 2},
-    "latents": {"shard_size": 32},
-    "text": {"max_length": 12, "shard_size": 8},
-    "unet": {"block_out_channels": [16, 32], "attention_head_dim": 4, "steps": 4, "batch_size": 8,
-             "warmup_steps": 1, "num_train_timesteps": 50, "log_every": 2},
-    "eval": {"prompts_per_class": 1, "inference_steps": 3, "probe_steps": 3, "gate_prompt_adherence": 0.0},
-}  # fmt: skip
 
 
 def ldmflow(project: Path, env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -64,12 +52,13 @@ def project(tmp_path_factory, s3_server):
     root = tmp_path_factory.mktemp("project")
     bucket = f"e2e-{os.getpid()}"
     write_params(root, TINY, s3_server, bucket)
-    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    for f in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(REPO / f, root / f)
     for d in ("tasks", "models"):  # dvc.yaml lists stage code as deps
         shutil.copytree(REPO / d, root / d, ignore=shutil.ignore_patterns("__pycache__"))
     env = cli_env(s3_server, PREFECT_HOME=str(root / ".prefect"))
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    dvc(root, env, "init", "-q")
+    dvc(root, env, "init", "-q")  # keeps the .dvcignore copied above
     return root, env, bucket
 
 
@@ -121,6 +110,19 @@ def test_nothing_changed_means_nothing_runs(project):
     dag = dvc(root, env, "dag")
     for stage in STAGES:
         assert stage in dag
+
+
+def test_editing_the_sampler_makes_the_stages_that_sample_stale(project):
+    root, env, _ = project
+    sampler = root / "models" / "sampling.py"
+    original = sampler.read_text()
+    try:
+        sampler.write_text(original + "\n# an edit\n")
+        stale = set(re.findall(r"^(\w+):$", dvc(root, env, "status"), re.MULTILINE))
+    finally:
+        sampler.write_text(original)
+    assert stale == {"train_unet", "evaluate"}  # train_unet samples its validation grid
+    assert "Data and pipelines are up to date" in dvc(root, env, "status")
 
 
 def test_unet_params_rerun_only_unet_and_evaluate(project):

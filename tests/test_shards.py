@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tasks.keys import content_key, content_keys, sha256_hex
-from tasks.shards import CorruptShard, pack_shard, unpack_shard
+from tasks.common.cache_shards import CorruptShard, pack_shard, unpack_shard
+from tasks.common.keys import content_key, content_keys, sha256_hex
 
 
 def sample_tensors() -> dict[str, torch.Tensor]:

@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 from user_data import make_dataset, png_bytes, write_every_convention, write_tar
 
-from tasks.config import config_from_dict
-from tasks.decode import DecodeError, DecodeLimits, decode_image
-from tasks.ingest import read_ingested, run_ingest
+from tasks.common.config import config_from_dict
+from tasks.common.ingested import read_ingested
+from tasks.ingest.decode import DecodeError, DecodeLimits, decode_image
+from tasks.ingest.stage import run_ingest
 
 LIMITS = DecodeLimits(background=(255, 255, 255), max_pixels=10_000, min_size=8)
 

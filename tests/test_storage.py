@@ -13,9 +13,9 @@ from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tasks import s3server
-from tasks.config import StorageConfig
-from tasks.storage import ObjectNotFound, ObjectStore, object_store_from_config
+from tasks.common import embedded_s3
+from tasks.common.config import StorageConfig
+from tasks.common.storage import ObjectNotFound, ObjectStore, object_store_from_config
 
 
 def test_round_trip_put_get_exists_list_delete(object_store: ObjectStore):
@@ -112,13 +112,13 @@ def test_credentials_file_is_private_and_ensure_running_reuses_the_server(s3_ser
     }
     pid = (s3_state_dir / "server.pid").read_text().strip()
 
-    assert s3server.status(s3_state_dir) == s3_server
+    assert embedded_s3.status(s3_state_dir) == s3_server
     assert (
-        s3server.ensure_running(s3_state_dir, s3_port=9) == s3_server
+        embedded_s3.ensure_running(s3_state_dir, s3_port=9) == s3_server
     )  # running: port ignored, no new process
     assert (s3_state_dir / "server.pid").read_text().strip() == pid
-    with pytest.raises(s3server.S3ServerError, match="already runs"):
-        s3server.start(s3_state_dir)
+    with pytest.raises(embedded_s3.S3ServerError, match="already runs"):
+        embedded_s3.start(s3_state_dir)
 
 
 def test_embedded_config_uses_the_running_server(s3_server, s3_state_dir):
@@ -130,16 +130,16 @@ def test_embedded_config_uses_the_running_server(s3_server, s3_state_dir):
 
 def test_busy_port_is_named(tmp_path, s3_server):
     port = int(s3_server.endpoint_url.rsplit(":", 1)[1])
-    with pytest.raises(s3server.S3ServerError, match=f"ports already in use: s3 {port},"):
-        s3server.start(tmp_path / "other", s3_port=port)
+    with pytest.raises(embedded_s3.S3ServerError, match=f"ports already in use: s3 {port},"):
+        embedded_s3.start(tmp_path / "other", s3_port=port)
     assert not (tmp_path / "other" / "server.pid").exists()
 
 
 def test_restart_keeps_data_and_keys_and_tolerates_a_stale_pid(tmp_path):
     state = tmp_path / "s3"
-    port = s3server.find_free_s3_port()
+    port = embedded_s3.find_free_s3_port()
     t0 = time.monotonic()
-    first = s3server.start(state, s3_port=port)
+    first = embedded_s3.start(state, s3_port=port)
     started_s = time.monotonic() - t0
     store = ObjectStore(
         first.endpoint_url, "restart-test", "", first.region, first.access_key, first.secret_key
@@ -147,21 +147,21 @@ def test_restart_keeps_data_and_keys_and_tolerates_a_stale_pid(tmp_path):
     store.ensure_bucket()
     store.put_bytes("kept", b"survives a restart", metadata={"sha256": "x"})
     try:
-        assert s3server.stop(state) is True
-        assert s3server.status(state) is None and not (state / "server.pid").exists()
-        assert s3server.stop(state) is False  # nothing running: a no-op
+        assert embedded_s3.stop(state) is True
+        assert embedded_s3.status(state) is None and not (state / "server.pid").exists()
+        assert embedded_s3.stop(state) is False  # nothing running: a no-op
 
         dead = subprocess.Popen(["true"])
         dead.wait()
         (state / "server.pid").write_text(f"{dead.pid}\n")  # stale pid file of a finished process
-        assert s3server.status(state) is None
+        assert embedded_s3.status(state) is None
 
-        second = s3server.ensure_running(state, s3_port=port)
+        second = embedded_s3.ensure_running(state, s3_port=port)
         assert second == first  # same keys, same endpoint
         assert store.get_bytes("kept") == b"survives a restart"
         assert store.head("kept")["metadata"] == {"sha256": "x"}
         assert stat.S_IMODE((state / "credentials.json").stat().st_mode) == 0o600
     finally:
-        s3server.stop(state)
-    assert s3server.status(state) is None
+        embedded_s3.stop(state)
+    assert embedded_s3.status(state) is None
     assert started_s < 30, f"server took {started_s:.1f}s to start"

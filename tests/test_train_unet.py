@@ -19,11 +19,11 @@ from safetensors.torch import load_file
 from test_caches import save_tiny_vae
 
 from tasks.cache_latents import run_cache_latents
-from tasks.config import config_from_dict
+from tasks.common.config import config_from_dict
+from tasks.common.paths import ProjectPaths
+from tasks.common.storage import ObjectStore
 from tasks.embed_text import run_embed_text
-from tasks.ingest import run_ingest
-from tasks.paths import ProjectPaths
-from tasks.storage import ObjectStore
+from tasks.ingest.stage import run_ingest
 
 pytestmark = pytest.mark.e2e
 
@@ -151,15 +151,15 @@ def relative_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) ->
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_training_lowers_the_validation_loss(project, prediction_type, tmp_path):
-    from tasks.config import load_config
-    from tasks.train_unet import run_train_unet
+    from tasks.common.config import load_config
+    from tasks.train_unet.loop import run_train_unet
 
     root, _, store = project
     paths = ProjectPaths.at(root)
     cfg = load_config(root / "params.yaml", [f"unet.prediction_type={prediction_type}", "unet.steps=60",
                       "unet.resume=none", "unet.validation.every=30", "unet.log_samples=false"])  # fmt: skip
     metrics = run_train_unet(
-        cfg, paths.latents, paths.text, tmp_path / "unet", store, shard_cache=tmp_path / "s"
+        cfg, paths.latents, paths.text, tmp_path / "unet", store, local_shards=tmp_path / "s"
     )
     assert metrics["val_loss"] < 0.9 * metrics["val_loss_start"], (
         metrics

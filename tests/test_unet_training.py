@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from models.unet import build_unet
-from tasks.config import UnetConfig
-from tasks.unet_training import UnetTraining, make_accelerator
+from tasks.common.config import UnetConfig
+from tasks.train_unet.trainer import UnetTraining, make_accelerator
 
 SMALL = {"block_out_channels": [16, 32], "attention_head_dim": 4}
 
@@ -25,9 +25,7 @@ def test_fine_tuning_starts_from_the_pretrained_weights(tmp_path, layout):
     where = tmp_path / "model"
     pretrained = save_unet(where / "unet" if layout == "pipeline dir" else where, cross_attention_dim=24)
     u = UnetConfig(**SMALL, pretrained=str(where))
-    training = UnetTraining.build(
-        u, make_accelerator(u), sample_size=8, in_channels=4, cross_attention_dim=24
-    )
+    training = UnetTraining.build(u, make_accelerator(u), latent_shape=(4, 8, 8), cross_attention_dim=24)
     for name, weight in pretrained.state_dict().items():
         assert torch.equal(training.model.state_dict()[name], weight), name
 
@@ -36,14 +34,14 @@ def test_a_pretrained_unet_must_fit_the_text_encoder_and_the_vae(tmp_path):
     save_unet(tmp_path / "wide", cross_attention_dim=32)
     u = UnetConfig(**SMALL, pretrained=str(tmp_path / "wide"))
     with pytest.raises(ValueError, match=r"cross_attention_dim is 32 .* hidden size is 24"):
-        UnetTraining.build(u, make_accelerator(u), sample_size=8, in_channels=4, cross_attention_dim=24)
+        UnetTraining.build(u, make_accelerator(u), latent_shape=(4, 8, 8), cross_attention_dim=24)
     save_unet(tmp_path / "rgb", cross_attention_dim=24, in_channels=3)
     u = UnetConfig(**SMALL, pretrained=str(tmp_path / "rgb"))
     with pytest.raises(ValueError, match="in_channels is 3 but the VAE's latents have 4"):
-        UnetTraining.build(u, make_accelerator(u), sample_size=8, in_channels=4, cross_attention_dim=24)
+        UnetTraining.build(u, make_accelerator(u), latent_shape=(4, 8, 8), cross_attention_dim=24)
     u = UnetConfig(**SMALL, pretrained=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        UnetTraining.build(u, make_accelerator(u), sample_size=8, in_channels=4, cross_attention_dim=24)
+        UnetTraining.build(u, make_accelerator(u), latent_shape=(4, 8, 8), cross_attention_dim=24)
 
 
 def test_mixed_precision_needs_a_gpu_and_auto_is_fp32_on_cpu():
@@ -57,7 +55,7 @@ def test_mixed_precision_needs_a_gpu_and_auto_is_fp32_on_cpu():
 def test_gradient_accumulation_gives_the_step_of_the_whole_batch():
     """2 micro-batches of 4 with accumulation 2 move the weights as 1 batch of 8 does."""
     from models.objectives import NoiseDraw
-    from tasks.unet_training import MicroBatch
+    from tasks.train_unet.trainer import MicroBatch
 
     torch.manual_seed(0)
     z, h, mask = torch.randn(8, 4, 8, 8), torch.randn(8, 5, 24), torch.ones(8, 5, dtype=torch.long)
@@ -75,9 +73,7 @@ def test_gradient_accumulation_gives_the_step_of_the_whole_batch():
         u = UnetConfig(
             **SMALL, gradient_accumulation=accumulation, warmup_steps=0, pooled_text_embedding=False
         )
-        training = UnetTraining.build(
-            u, make_accelerator(u), sample_size=8, in_channels=4, cross_attention_dim=24
-        )
+        training = UnetTraining.build(u, make_accelerator(u), latent_shape=(4, 8, 8), cross_attention_dim=24)
         training.step(parts)
         weights.append(torch.cat([p.detach().flatten() for p in training.model.parameters()]))
     assert (weights[0] - weights[1]).norm() / weights[0].norm() < 1e-5

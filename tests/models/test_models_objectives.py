@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models.diffusion import make_train_scheduler
+from models.noise_schedule import make_train_scheduler
 from models.objectives import NoiseDraw, Objective, min_snr_weights, per_sample_loss
 
 

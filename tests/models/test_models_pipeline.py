@@ -8,8 +8,9 @@ import torch
 from diffusers import AutoencoderKL
 from PIL import Image
 
-from models.diffusion import make_train_scheduler
-from models.pipeline import LatentDiffusionPipeline, make_grid, save_sampling_config
+from models.images import make_grid
+from models.noise_schedule import make_train_scheduler
+from models.pipeline import LatentDiffusionPipeline, save_sampling_config
 from models.pyfunc import PYFUNC_PARAMS_SCHEMA, TextToImageModel, signature
 
 

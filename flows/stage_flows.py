@@ -8,18 +8,19 @@ from prefect import flow, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.cache import ShardJob, ShardResult, store_shard
-from tasks.config import Config
-from tasks.ingest import REJECTS, read_rejects
-from tasks.paths import ProjectPaths
-from tasks.progress import progress
-from tasks.stages import ORDER, SHARDED, run_stage
+from tasks.common.config import Config
+from tasks.common.content_cache import ShardJob, ShardResult, store_shard
+from tasks.common.ingested import REJECTS, read_rejects
+from tasks.common.paths import ProjectPaths
+from tasks.common.progress import progress
+from tasks.common.stage_run import run_stage
+from tasks.graph import ORDER, SHARDED
 
 # train_unet reads the caches from object storage: one retry. The sharded stages retry each shard instead.
 RETRIES = {"train_unet": 1}
 
 
-# No task timeout: it cannot interrupt a worker thread. Each S3 call has its own (tasks/storage.py).
+# No task timeout: it cannot interrupt a worker thread. Each S3 call has its own (tasks/common/storage.py).
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 15])
 def shard_task(job: ShardJob) -> ShardResult:
     """Compute and store one cache shard (retried: its S3 calls can fail, and a stored shard is skipped)."""
@@ -42,7 +43,7 @@ def store_shards_with_prefect(jobs: list[ShardJob], desc: str) -> list[ShardResu
 
 @task(cache_policy=NO_CACHE)  # DVC, not Prefect's cache, decides whether a stage is up to date
 def stage_task(name: str, cfg: Config, root: str, parent_run_id: str | None) -> dict:
-    """Run one stage's work (see tasks/stages.py)."""
+    """Run one stage's work (see tasks/graph.py)."""
     return run_stage(name, cfg, ProjectPaths.at(root), parent_run_id)
 
 

@@ -1,4 +1,5 @@
-"""The cache shard format: one safetensors blob (many samples per object), checksummed (keys: tasks/keys.py).
+"""The cache shard format: one safetensors blob (many samples per object), checksummed (keys:
+tasks/common/keys.py).
 
 A shard's sha256 is recorded where it is referenced (S3 metadata, manifests) and verified on read, so a
 damaged shard raises `CorruptShard` (to be recomputed) instead of being trained on.
@@ -13,7 +14,7 @@ import torch
 from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
-from tasks.keys import sha256_hex
+from tasks.common.keys import sha256_hex
 
 
 class CorruptShard(ValueError):

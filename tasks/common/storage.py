@@ -237,7 +237,7 @@ def object_store_from_config(storage_cfg: Any, state_dir: Path) -> ObjectStore:
     credentials used); any other endpoint uses boto3's default credential chain.
     """
     if storage_cfg.endpoint_url is None:
-        from tasks.s3server import ensure_running
+        from tasks.common.embedded_s3 import ensure_running
 
         ep = ensure_running(state_dir)
         store = ObjectStore(

@@ -1,5 +1,5 @@
 """What the U-Net trains on, read from the caches: the training samples (their latents stay in their
-shards and stream, tasks/loader.py), every distinct caption's token embeddings (held in CPU memory as
+shards and stream, latent_stream.py), every distinct caption's token embeddings (held in CPU memory as
 stored, float16: a micro-batch takes only its rows to the device), the held-out samples; and how one
 global batch becomes this process's micro-batches.
 """
@@ -15,13 +15,13 @@ import pandas as pd
 import torch
 
 from models.latents import to_diffusion_space
-from tasks.cache import gather_tensors
-from tasks.config import Config
-from tasks.keys import content_key
-from tasks.sample_draws import draw_samples
-from tasks.shards import CorruptShard
-from tasks.storage import ObjectNotFound, ObjectStore
-from tasks.unet_training import MicroBatch
+from models.sample_draws import draw_samples
+from tasks.common.cache_shards import CorruptShard
+from tasks.common.config import Config
+from tasks.common.content_cache import gather_tensors
+from tasks.common.keys import content_key
+from tasks.common.storage import ObjectNotFound, ObjectStore
+from tasks.train_unet.trainer import MicroBatch
 
 
 @dataclass

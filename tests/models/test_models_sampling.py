@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from models.diffusion import make_train_scheduler, sample_latents
+from models.noise_schedule import make_train_scheduler
+from models.sampling import sample_latents
 from models.unet import build_unet, check_cross_attention_dim
 
 

@@ -1,4 +1,6 @@
-"""Training checkpoints in object storage: `<prefix>/step-00000500/` holds the checkpoint's files and,
+"""Training checkpoints in object storage, and what a run saves and resumes through them.
+
+`<prefix>/step-00000500/` holds the checkpoint's files and,
 written last, `checkpoint.json` (each file's sha256, plus what the trainer saved about itself). A
 checkpoint without `checkpoint.json` is incomplete (the writer was killed) and never resumed from.
 
@@ -13,8 +15,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.keys import file_sha256
-from tasks.storage import ObjectStore
+import torch
+from accelerate.utils import gather_object
+
+from tasks.common.config import Config
+from tasks.common.keys import content_key, file_sha256
+from tasks.common.storage import ObjectStore
+from tasks.train_unet.data import TrainingSet
+from tasks.train_unet.trainer import UnetTraining, rng_state, set_rng_state
 
 MARKER = "checkpoint.json"
 STEP_DIR = re.compile(r"step-(\d+)/")
@@ -83,3 +91,50 @@ class Checkpoints:
             if file_sha256(folder / name) != sha:
                 raise CorruptCheckpoint(f"{self.store.uri(f'{where}/{name}')}: checksum mismatch")
         return marker
+
+
+# What a training run saves into its checkpoints and resumes from them.
+RUN_CONTROL = {"checkpoint_every", "checkpoints_total_limit", "resume", "log_every", "log_samples",
+               "prefetch_shards", "shard_cache_mb", "batch_size", "gradient_accumulation",
+               "validation"}  # fmt: skip
+
+
+def run_identity(cfg: Config, data: TrainingSet, global_batch: int) -> str:
+    """What a checkpoint must match to be resumed from: everything that decides the weights step by step.
+    The split of the global batch over processes and micro-batches does not (models/sample_draws.py)."""
+    unet = {k: v for k, v in cfg.unet.model_dump(mode="json").items() if k not in RUN_CONTROL}
+    return content_key({"seed": cfg.seed, "unet": unet, "global_batch": global_batch}, data.identity)
+
+
+@dataclass
+class Position:
+    step: int = 0  # optimisation steps done
+    epoch: int = 0  # where the next batch comes from in the data plan
+    batch: int = 0
+
+
+def save_checkpoint(
+    training: UnetTraining, checkpoints: Checkpoints, position: Position, folder: Path, info: dict
+) -> None:
+    acc = training.accelerator
+    rngs = gather_object([rng_state()])  # one per process
+    if acc.is_main_process:
+        files = training.save_state(folder)
+        torch.save(rngs, folder / "rng.pt")
+        files["rng.pt"] = folder / "rng.pt"
+        where = checkpoints.save(
+            position.step, files, {**info, "epoch": position.epoch, "batch": position.batch}
+        )
+        print(f"train_unet: checkpoint at step {position.step}: {where}")
+    acc.wait_for_everyone()
+
+
+def resume(training: UnetTraining, checkpoints: Checkpoints, step: int, folder: Path) -> Position:
+    acc = training.accelerator
+    marker = checkpoints.load(step, folder)
+    training.load_state(folder)
+    rngs = torch.load(folder / "rng.pt", weights_only=False)
+    if len(rngs) == acc.num_processes:
+        set_rng_state(rngs[acc.process_index])
+    print(f"train_unet: resumed from step {step} ({checkpoints.store.uri(checkpoints.prefix)})")
+    return Position(marker["step"], marker["epoch"], marker["batch"])

@@ -27,10 +27,10 @@ import pandas as pd
 import torch
 
 from models.fingerprint import module_fingerprint
-from tasks.keys import content_key, sha256_hex
-from tasks.progress import progress
-from tasks.shards import CorruptShard, pack_shard, unpack_shard
-from tasks.storage import ObjectNotFound, ObjectStore
+from tasks.common.cache_shards import CorruptShard, pack_shard, unpack_shard
+from tasks.common.keys import content_key, sha256_hex
+from tasks.common.progress import progress
+from tasks.common.storage import ObjectNotFound, ObjectStore
 
 REF_COLUMNS = ["shard", "shard_index", "shard_sha256", "shard_etag"]
 M = TypeVar("M")

@@ -16,16 +16,18 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from PIL import Image
 
-from models.diffusion import sample_latents
-from models.images import to_uint8
+from models.images import make_grid, to_uint8
 from models.latents import from_diffusion_space, to_diffusion_space
 from models.objectives import prediction_target
-from models.pipeline import make_grid
-from tasks.cache import gather
-from tasks.config import ValidationConfig
-from tasks.sample_draws import keyed_generator
-from tasks.storage import ObjectStore
-from tasks.training_set import TrainingSet
+from models.sample_draws import keyed_generator
+from models.sampling import sample_latents
+from models.unet import default_latent_size
+from tasks.common.config import ValidationConfig
+from tasks.common.content_cache import gather
+from tasks.common.storage import ObjectStore
+from tasks.common.tracking import Run
+from tasks.train_unet.data import TrainingSet
+from tasks.train_unet.trainer import UnetTraining
 
 BATCH = 64
 
@@ -103,6 +105,18 @@ class Validation:
             seed=seed,
         )
 
+    def report(self, training: UnetTraining, step: int, grid: bool, tracker: Run | None) -> dict[str, float]:
+        """The held-out loss (online weights) and, with `grid`, the prompts drawn with the EMA weights;
+        both logged to `tracker`."""
+        found = self.loss(training.model, training.noise_scheduler)
+        if tracker:
+            tracker.log_metrics(found, step=step)
+            if grid and self.vae is not None:
+                with training.ema_weights():
+                    image = self.grid(training.model, dict(training.noise_scheduler.config))
+                tracker.log_image(image, f"validation/step-{step:07d}.png")
+        return found
+
     @torch.no_grad()
     def loss(self, model: UNet2DConditionModel, scheduler: DDPMScheduler) -> dict[str, float]:
         """Mean squared error of the prediction target at each fixed timestep (`val_loss_t<t>`), and their
@@ -126,7 +140,7 @@ class Validation:
         was_training = model.training
         model.eval()
         n = v.images_per_prompt
-        size = model.config.sample_size
+        h, w = default_latent_size(model)
         latents = sample_latents(
             model,
             scheduler_config,
@@ -134,7 +148,7 @@ class Validation:
             self.prompt_mask.repeat_interleave(n, 0),
             self.empty_hidden,
             self.empty_mask,
-            shape=(len(self.prompts) * n, model.config.in_channels, size, size),
+            shape=(len(self.prompts) * n, model.config.in_channels, h, w),
             num_inference_steps=v.inference_steps,
             guidance_scale=v.guidance_scale,
             generator=torch.Generator().manual_seed(self.seed),

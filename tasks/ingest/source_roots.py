@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from tasks.storage import ObjectStore
+from tasks.common.storage import ObjectStore
 
 
 class OutsideRoot(LookupError):

@@ -19,7 +19,7 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from tasks.source_roots import FileRef, MissingFile, OutsideRoot, Root, open_root
+from tasks.ingest.source_roots import FileRef, MissingFile, OutsideRoot, Root, open_root
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 SOURCES = ("imagefolder", "sidecar", "parquet", "webdataset")

@@ -9,11 +9,11 @@ import pytest
 import torch
 from test_caches import save_tiny_vae
 
-from tasks.cache import gather
 from tasks.cache_latents import run_cache_latents
-from tasks.config import config_from_dict
-from tasks.ingest import run_ingest
-from tasks.loader import LatentStream, plan_epoch
+from tasks.common.config import config_from_dict
+from tasks.common.content_cache import gather
+from tasks.ingest.stage import run_ingest
+from tasks.train_unet.latent_stream import LatentStream, plan_epoch
 
 
 def table(shards=6, per_shard=10, buckets=("32x32",)):

@@ -16,11 +16,11 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from tasks.decode import DecodeError, DecodeLimits, decode_rgb
-from tasks.keys import content_key, sha256_hex
-from tasks.source_roots import read_ref
-from tasks.sources import Reject, SourceItem
-from tasks.storage import ObjectNotFound, StorageError
+from tasks.common.keys import content_key, sha256_hex
+from tasks.common.storage import ObjectNotFound, StorageError
+from tasks.ingest.decode import DecodeError, DecodeLimits, decode_rgb
+from tasks.ingest.source_roots import read_ref
+from tasks.ingest.sources import Reject, SourceItem
 
 # Part of every input key: bump it when a code change alters what the same input and params produce.
 PREPROCESS_VERSION = 1

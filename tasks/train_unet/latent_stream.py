@@ -27,9 +27,9 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
-from tasks.keys import sha256_hex
-from tasks.shards import CorruptShard
-from tasks.storage import ObjectStore
+from tasks.common.cache_shards import CorruptShard
+from tasks.common.keys import sha256_hex
+from tasks.common.storage import ObjectStore
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from tasks.config import Config
-from tasks.paths import ProjectPaths
+from tasks.common.config import Config
+from tasks.common.paths import ProjectPaths
 
 PARENT_RUN_ENV = "LDMFLOW_PARENT_RUN_ID"
 CHAMPION = "champion"

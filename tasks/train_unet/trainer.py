@@ -2,13 +2,15 @@
 `torchrun` (DDP; gloo on CPU, NCCL on GPUs), bf16 autocast on CUDA, gradient accumulation.
 
 `UnetTraining.step` takes this process's micro-batches of one global batch. The loss of each sample is
-a mean over its own draws (tasks/sample_draws.py) and the global loss a mean over samples, so the
+a mean over its own draws (models/sample_draws.py) and the global loss a mean over samples, so the
 weights after a step do not depend on how the global batch was split over processes and micro-batches.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +24,11 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 
-from models.diffusion import make_train_scheduler
+from models.noise_schedule import make_train_scheduler
 from models.objectives import NoiseDraw, Objective, per_sample_loss
-from models.unet import build_unet, check_cross_attention_dim
-from tasks.config import UnetConfig
-from tasks.launch import launched_distributed
+from models.unet import build_unet, check_unet_fits, load_pretrained_unet
+from tasks.common.config import UnetConfig
+from tasks.common.launch import launched_distributed
 
 
 def make_accelerator(u: UnetConfig) -> Accelerator:
@@ -43,27 +45,6 @@ def make_accelerator(u: UnetConfig) -> Accelerator:
     return Accelerator(
         mixed_precision=precision, gradient_accumulation_steps=u.gradient_accumulation, cpu=not cuda
     )
-
-
-def load_pretrained_unet(source: str) -> UNet2DConditionModel:
-    """A diffusers U-Net from a local dir (the U-Net's own, or a pipeline's with `unet/`), or a hub id."""
-    path = Path(source)
-    if path.is_dir():
-        subfolder = "unet" if (path / "unet" / "config.json").is_file() else None
-        if subfolder is None and not (path / "config.json").is_file():
-            raise FileNotFoundError(f"unet.pretrained={source}: no config.json there or in unet/")
-        return UNet2DConditionModel.from_pretrained(path, subfolder=subfolder)
-    return UNet2DConditionModel.from_pretrained(source, subfolder="unet")
-
-
-def check_unet_fits(unet: UNet2DConditionModel, latent_channels: int, text_hidden_size: int) -> None:
-    """A pretrained U-Net must take this VAE's latents and this text encoder's tokens."""
-    check_cross_attention_dim(unet, text_hidden_size)
-    if unet.config.in_channels != latent_channels:
-        raise ValueError(
-            f"U-Net in_channels is {unet.config.in_channels} but the VAE's latents have {latent_channels} "
-            "channels; fine-tune a U-Net made for this VAE"
-        )
 
 
 @dataclass(frozen=True)
@@ -91,15 +72,17 @@ class UnetTraining:
         cls,
         u: UnetConfig,
         accelerator: Accelerator,
-        sample_size: int,
-        in_channels: int,
+        latent_shape: tuple[int, ...],
         cross_attention_dim: int,
     ) -> UnetTraining:
+        """The U-Net (pretrained, or built from params to sample latents of `latent_shape` (C, h, w) by
+        default), its EMA, optimiser, LR schedule and noise schedule, prepared by the accelerator."""
+        in_channels, h, w = latent_shape
         if u.pretrained:
             model = load_pretrained_unet(u.pretrained)
         else:
             model = build_unet(
-                sample_size=sample_size,
+                sample_size=h if h == w else (h, w),
                 in_channels=in_channels,
                 block_out_channels=u.block_out_channels,
                 layers_per_block=u.layers_per_block,
@@ -152,6 +135,24 @@ class UnetTraining:
         if self.ema is not None:
             self.ema.step(self.model.parameters())
         return acc.reduce(torch.stack(losses).mean(), "mean").item()
+
+    @contextmanager
+    def ema_weights(self) -> Iterator[None]:
+        """The model holds the EMA weights inside the block, its own again after it."""
+        self.ema.store(self.model.parameters())
+        self.ema.copy_to(self.model.parameters())
+        try:
+            yield
+        finally:
+            self.ema.restore(self.model.parameters())
+
+    def save_model(self, out: Path) -> None:
+        """The EMA weights as a diffusers model dir, and the noise schedule they were trained with under
+        `scheduler/` (main process)."""
+        self.ema.copy_to(self.model.parameters())
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.to("cpu").save_pretrained(out, safe_serialization=True)
+        self.noise_scheduler.save_pretrained(out / "scheduler")
 
     # ------------------------------------------------------------------------------ checkpoint state
     def save_state(self, folder: Path) -> dict[str, Path]:

@@ -1,0 +1,167 @@
+"""The six stages, declared once: what each reads, the code it runs, what it writes.
+
+This declaration is the pipeline's one graph. `dvc.yaml` is generated from it (`ldmflow dvc-yaml`; a test
+fails when the committed file differs), the Prefect pipeline runs its stages in this order, and
+`ldmflow stage NAME` runs a stage by its `entry`. A stage's `code` names folders where it can, so a new
+module cannot be forgotten: its own file or folder, what every stage shares (`tasks/common`), and the
+files of `models/` it uses (a test runs each stage and checks that every project module it imports lies
+under one of these, and that every params section it reads is among its `params`).
+
+Torch-free and MLflow-free: the CLI imports it to list the stages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SHARED = "tasks/common"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    upstream: tuple[str, ...]  # stages whose outputs this one reads
+    params: tuple[str, ...]  # params.yaml sections (or top-level keys) the stage's code reads
+    code: tuple[str, ...]  # folders and files of the stage's code (SHARED is added to every stage)
+    outs: tuple[str, ...]  # what it writes, relative to the project root
+    entry: str  # the module whose `main(cfg, paths, tracker, ...)` runs it
+
+    @property
+    def deps(self) -> tuple[str, ...]:
+        """Upstream outputs, then code: the DVC deps."""
+        inputs = tuple(out for name in self.upstream for out in STAGES[name].outs)
+        return (*inputs, SHARED, *self.code)
+
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage(
+            "ingest",
+            upstream=(),
+            params=("seed", "data"),
+            code=("tasks/ingest",),
+            outs=("data/ingested",),
+            entry="tasks.ingest.stage",
+        ),
+        Stage(
+            "train_vae",
+            upstream=("ingest",),
+            params=("seed", "vae"),
+            code=(
+                "tasks/train_vae.py",
+                "models/vae.py",
+                "models/latents.py",
+                "models/images.py",
+                "models/device.py",
+            ),
+            outs=("artifacts/vae",),
+            entry="tasks.train_vae",
+        ),  # fmt: skip
+        Stage(
+            "cache_latents",
+            upstream=("ingest", "train_vae"),
+            params=("latents", "storage"),
+            code=(
+                "tasks/cache_latents.py",
+                "models/latents.py",
+                "models/images.py",
+                "models/device.py",
+                "models/fingerprint.py",
+            ),
+            outs=("artifacts/latents",),
+            entry="tasks.cache_latents",
+        ),  # fmt: skip
+        Stage(
+            "embed_text",
+            upstream=("ingest",),
+            params=("text", "storage"),
+            code=(
+                "tasks/embed_text.py",
+                "models/text_encoder.py",
+                "models/device.py",
+                "models/fingerprint.py",
+            ),
+            outs=("artifacts/text",),
+            entry="tasks.embed_text",
+        ),  # fmt: skip
+        Stage(
+            "train_unet",
+            upstream=("cache_latents", "embed_text", "train_vae"),
+            params=("seed", "unet", "storage"),
+            code=(
+                "tasks/train_unet",
+                "models/unet.py",
+                "models/noise_schedule.py",
+                "models/objectives.py",
+                "models/sample_draws.py",
+                "models/sampling.py",
+                "models/latents.py",
+                "models/images.py",
+                "models/device.py",
+                "models/fingerprint.py",
+            ),
+            outs=("artifacts/unet",),
+            entry="tasks.train_unet.loop",
+        ),  # fmt: skip
+        Stage(
+            "evaluate",
+            upstream=("ingest", "train_vae", "embed_text", "train_unet"),
+            params=("seed", "eval", "tracking"),
+            code=(
+                "tasks/evaluate.py",
+                "models/pipeline.py",
+                "models/pyfunc.py",
+                "models/probe.py",
+                "models/sampling.py",
+                "models/text_encoder.py",
+                "models/unet.py",
+                "models/latents.py",
+                "models/images.py",
+                "models/device.py",
+                "models/fingerprint.py",
+            ),
+            outs=("artifacts/eval",),
+            entry="tasks.evaluate",
+        ),  # fmt: skip
+    )
+}
+ORDER = list(STAGES)
+METRICS = ("artifacts/eval/metrics.json", "artifacts/vae/metrics.json", "artifacts/unet/metrics.json")
+SHARDED = ("cache_latents", "embed_text")  # stages whose work is many shard jobs (common/content_cache.py)
+DISTRIBUTED = ("train_unet",)  # stages that train with DDP under torchrun / accelerate launch
+
+
+def with_upstream(names: list[str]) -> list[str]:
+    """The named stages and everything they depend on, in pipeline order (what `dvc repro NAME` considers)."""
+    unknown = [n for n in names if n not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; stages are: {', '.join(ORDER)}")
+    needed: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name not in needed:
+            needed.add(name)
+            todo.extend(STAGES[name].upstream)
+    return [n for n in ORDER if n in needed]
+
+
+DVC_YAML_HEADER = """\
+# Generated from tasks/graph.py by `ldmflow dvc-yaml`: edit the declaration there, not this file
+# (a test fails when the two differ). Each cmd runs the same stage code `ldmflow run` drives through
+# Prefect; `params` name what a stage reads, so `dvc repro` re-runs exactly what an edit touches.
+"""
+
+
+def dvc_yaml() -> str:
+    """The text of `dvc.yaml` for this declaration."""
+    import yaml
+
+    stages = {
+        s.name: {"cmd": f"ldmflow stage {s.name}", "deps": list(s.deps), "params": list(s.params),
+                 "outs": list(s.outs)}
+        for s in STAGES.values()
+    }  # fmt: skip
+    body = yaml.safe_dump({"stages": stages, "metrics": list(METRICS)}, sort_keys=False, width=110)
+    return DVC_YAML_HEADER + body

@@ -1,0 +1,1 @@
+"""The train_unet stage: loop.py is the loop; the parts it calls sit beside it."""

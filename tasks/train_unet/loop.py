@@ -1,0 +1,129 @@
+"""train_unet stage: a text-conditioned diffusers U-Net trained on the S3 latent and text caches.
+
+The loop below; its parts beside it: setup.py (accelerator, data, model, resume), data.py (the caches,
+and how a global batch becomes this process's micro-batches), latent_stream.py (latent shards streamed
+from object storage), trainer.py (the U-Net, its optimisation step, saving), checkpoints.py, validation.py
+and reporting.py. Writes `artifacts/unet/` (the EMA weights as a diffusers model dir, the training noise
+scheduler under `scheduler/`) and `artifacts/unet/metrics.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from models.device import PeakMemory
+from tasks.common.config import Config
+from tasks.common.paths import ProjectPaths
+from tasks.common.progress import progress
+from tasks.common.storage import ObjectStore, object_store_from_config
+from tasks.common.tracking import Run
+from tasks.train_unet.checkpoints import Position, save_checkpoint
+from tasks.train_unet.data import micro_batches
+from tasks.train_unet.latent_stream import LatentStream
+from tasks.train_unet.reporting import SamplesLog, Speed
+from tasks.train_unet.setup import set_up
+
+METRICS = "metrics.json"
+SAMPLES_LOG = "samples.jsonl"  # unet.log_samples: each step's loss and sample ids
+
+
+def run_train_unet(
+    cfg: Config,
+    latents_dir: Path,
+    text_dir: Path,
+    out: Path,
+    store: ObjectStore,
+    tracker: Run | None = None,
+    local_shards: Path | None = None,
+    vae_dir: Path | None = None,
+) -> dict:
+    """Train the U-Net on the caches; latent shards stream through `local_shards` (a local folder).
+    `vae_dir` decodes the validation grid (none without it).
+
+    Under torchrun / `accelerate launch` every process runs this; only the main one logs and writes.
+    """
+    u, local_shards = cfg.unet, local_shards or out.parent / ".shard-cache"
+    # 1. setup: the data, the model and its optimiser, this run's checkpoint if any, validation
+    run = set_up(cfg, latents_dir, text_dir, store, local_shards, vae_dir, tracker)
+    acc, data, training, validation, position = (
+        run.accelerator,
+        run.data,
+        run.training,
+        run.validation,
+        run.position,
+    )
+    main, rank, processes = acc.is_main_process, acc.process_index, acc.num_processes
+    tracker = tracker if main else None
+    params = sum(p.numel() for p in training.model.parameters())
+    if tracker:
+        tracker.log_metrics({"unet_parameters": params, "train_samples": len(data.items),
+                             "global_batch": run.global_batch, "processes": processes,
+                             "resumed_from_step": position.step})  # fmt: skip
+    val_start = validation.report(training, position.step, False, tracker) if validation else {}
+
+    # 2. the loop: global batches streamed from the latent shards, epoch after epoch
+    stream = LatentStream(store, data.items, run.global_batch, cfg.seed, local_shards,
+                          max_bytes=u.shard_cache_mb * 2**20, window=u.shuffle_window,
+                          prefetch=u.prefetch_shards)  # fmt: skip
+    batches = stream.batches(position.epoch, position.batch)
+    samples_log = SamplesLog(out / SAMPLES_LOG, position.step) if main and u.log_samples else None
+    sample_ids = data.items["sample_id"].to_numpy()
+    memory, speed, loss = PeakMemory(acc.device), Speed(run.global_batch, u.steps), float("nan")
+    memory.reset()
+    memory_start = memory.current_mb()
+    bar = progress(range(position.step, u.steps), desc="train_unet", unit="step", disable=not main)
+    for step in bar:
+        batch, cached = next(batches)  # one latent shape per batch
+        loss = training.step(micro_batches(cfg, data, step, batch.rows, cached, rank, processes))
+        position, speed.steps = Position(step + 1, batch.epoch, batch.index + 1), speed.steps + 1
+        if samples_log:
+            samples_log.write(step, batch.epoch, loss, sample_ids[batch.rows].tolist())
+        if u.checkpoint_every and position.step % u.checkpoint_every == 0 and position.step < u.steps:
+            save_checkpoint(training, run.checkpoints, position, run.local / "save",
+                            {"global_batch": run.global_batch})  # fmt: skip
+        every = u.validation.every
+        if validation and every and position.step % every == 0 and position.step < u.steps:
+            validation.report(training, position.step, True, tracker)
+        if step % u.log_every == 0 or step == u.steps - 1:
+            now = speed.now(position.step)
+            bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{now['samples_per_second']:.0f}")
+            if tracker:
+                lr = training.lr_schedule.get_last_lr()[0]
+                tracker.log_metrics({"train_loss": loss, "lr": lr, **now}, step=step)
+    seconds, memory_peak = speed.seconds, memory.peak_mb()
+    if samples_log:
+        samples_log.close()
+    val_end = validation.report(training, u.steps, True, tracker) if validation else {}
+
+    # 3. save the EMA weights as the model, plus the noise schedule it was trained with
+    metrics = {
+        "val_loss_start": val_start.get("val_loss"),  # at the first step this run made (0 unless resumed)
+        "val_loss": val_end.get("val_loss"),
+        "final_train_loss": loss,
+        "steps": u.steps,
+        "resumed_from_step": u.steps - speed.steps,
+        "train_seconds": round(seconds, 2),
+        "steps_per_second": round(speed.steps / seconds, 3) if speed.steps else None,
+        "global_batch": run.global_batch,
+        "processes": processes,
+        "parameters": params,
+        # CUDA: allocated memory; CPU: the process's resident set (validation included)
+        "memory_at_start_mb": round(memory_start, 1) if memory_start else None,
+        "peak_memory_mb": round(memory_peak, 1) if memory_peak else None,
+    }
+    if main:
+        training.save_model(out)
+        (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+        if tracker and speed.steps:
+            summary = ("train_seconds", "steps_per_second", "peak_memory_mb")
+            tracker.log_metrics({k: metrics[k] for k in summary if metrics[k] is not None})
+    acc.wait_for_everyone()
+    return metrics
+
+
+def main(cfg: Config, paths: ProjectPaths, tracker: Run | None) -> dict:
+    store = object_store_from_config(cfg.storage, paths.s3_state)
+    return run_train_unet(
+        cfg, paths.latents, paths.text, paths.unet, store, tracker, paths.shard_cache, paths.vae
+    )
