@@ -81,7 +81,8 @@ def cmd_dvc_yaml(args: argparse.Namespace) -> int:
     current = path.read_text() if path.is_file() else None
     if args.check:
         if current != text:
-            print(f"{path} differs from tasks/graph.py's declaration: run `ldmflow dvc-yaml`", file=sys.stderr)
+            print(f"{path} differs from the declaration in tasks/graph.py: run `ldmflow dvc-yaml`",
+                  file=sys.stderr)  # fmt: skip
             return 1
         print(f"{path} is what tasks/graph.py declares")
         return 0

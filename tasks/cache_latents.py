@@ -46,8 +46,13 @@ INFO = "cache.json"
 MANIFEST_INPUTS = ["sample_id", "split", "caption", "bucket", "sha256", "shard", "index", "height", "width"]
 
 
+# What a latent shard stores of an image (posterior mean and std in float16, and the mirror's with flip):
+# part of every key, so a change to it is bumped here and never reuses an old shard.
+LATENT_FORMAT = 2
+
+
 def latent_keys(pixel_sha256: list[str], vae_fingerprint: str, preprocessing: dict) -> list[str]:
-    return content_keys(pixel_sha256, vae_fingerprint, preprocessing)
+    return content_keys(pixel_sha256, vae_fingerprint, {"format": LATENT_FORMAT, **preprocessing})
 
 
 def load_vae(vae_dir: str) -> AutoencoderKL:
@@ -139,4 +144,7 @@ def run_cache_latents(
 
 def main(cfg: Config, paths: ProjectPaths, tracker: Run, map_shards: ShardMap = store_shards_here) -> dict:
     store = object_store_from_config(cfg.storage, paths.s3_state)
-    return run_cache_latents(cfg, paths.ingested, paths.vae, paths.latents, store, tracker, map_shards)
+    try:
+        return run_cache_latents(cfg, paths.ingested, paths.vae, paths.latents, store, tracker, map_shards)
+    finally:
+        VAES.release()  # the next stages need the device's memory

@@ -36,8 +36,13 @@ INFO = "cache.json"
 EMPTY_CAPTION = ""
 
 
+# What a text shard stores of a caption (per-token hidden states in float16 and the attention mask):
+# part of every key, so a change to it is bumped here and never reuses an old shard.
+TEXT_FORMAT = 2
+
+
 def text_keys(captions: list[str], encoder_fingerprint: str, settings: dict) -> list[str]:
-    return content_keys(captions, encoder_fingerprint, settings)
+    return content_keys(captions, encoder_fingerprint, {"format": TEXT_FORMAT, **settings})
 
 
 ENCODERS = ModelInProcess(lambda spec: load_text_encoder(spec, pick_device()), weights=lambda pair: pair[1])
@@ -111,4 +116,7 @@ def run_embed_text(
 
 def main(cfg: Config, paths: ProjectPaths, tracker: Run, map_shards: ShardMap = store_shards_here) -> dict:
     store = object_store_from_config(cfg.storage, paths.s3_state)
-    return run_embed_text(cfg, paths.ingested, paths.text, store, tracker, map_shards)
+    try:
+        return run_embed_text(cfg, paths.ingested, paths.text, store, tracker, map_shards)
+    finally:
+        ENCODERS.release()  # the next stages need the device's memory

@@ -10,6 +10,7 @@ from test_caches import save_tiny_vae
 
 from flows.runners import task_runner
 from flows.stage_flows import STAGE_FLOWS
+from tasks.cache_latents import VAES
 from tasks.common.config import config_from_dict
 from tasks.common.paths import ProjectPaths
 from tasks.ingest.stage import run_ingest
@@ -38,6 +39,7 @@ def test_dask_workers_store_the_same_latent_cache_as_threads(
         threads_cfg, str(paths.root)
     )
     by_threads = pd.read_parquet(paths.latents / "manifest.parquet")
+    assert VAES._held is None  # the stage let its VAE go: the next stages need the device's memory
     for key in object_store.list_keys("cache/"):  # start again from nothing: every shard computed anew
         object_store.delete(key)
     shutil.rmtree(paths.latents)

@@ -23,7 +23,6 @@ pytestmark = pytest.mark.e2e
 STAGES = ["ingest", "train_vae", "cache_latents", "embed_text", "train_unet", "evaluate"]
 
 
-
 def ldmflow(project: Path, env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [str(BIN / "ldmflow"), *args], cwd=project, env=env, capture_output=True, text=True, timeout=900

@@ -129,6 +129,8 @@ def test_two_process_ddp_matches_one_process_with_the_doubled_batch(project):
     two_log = steps_log(root)
     metrics = json.loads((root / "artifacts/unet/metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["global_batch"] == 8
+    # each process streams through a shard folder of its own (one's eviction never hits the other's reads)
+    assert {"rank0", "rank1"} <= {p.name for p in (root / ".ldmflow" / "shards").iterdir()}
 
     assert [r["samples"] for r in one_log] == [r["samples"] for r in two_log]
     for a, b in zip(one_log, two_log, strict=True):

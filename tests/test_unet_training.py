@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.unet import build_unet
+from models.unet import build_unet, default_latent_size
 from tasks.common.config import UnetConfig
+from tasks.train_unet.setup import check_latents_fit, default_latent_shape
 from tasks.train_unet.trainer import UnetTraining, make_accelerator
 
 SMALL = {"block_out_channels": [16, 32], "attention_head_dim": 4}
@@ -42,6 +43,25 @@ def test_a_pretrained_unet_must_fit_the_text_encoder_and_the_vae(tmp_path):
     u = UnetConfig(**SMALL, pretrained=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no config.json"):
         UnetTraining.build(u, make_accelerator(u), latent_shape=(4, 8, 8), cross_attention_dim=24)
+
+
+def test_the_pretrained_unets_own_downsampling_decides_which_latents_fit(tmp_path):
+    pretrained = build_unet(sample_size=8, in_channels=4, block_out_channels=[8, 16, 16], layers_per_block=1,
+                            attention_head_dim=4, cross_attention_dim=24)  # fmt: skip
+    pretrained.save_pretrained(tmp_path / "three-levels")  # downsamples by 4; params' widths by 2
+    u = UnetConfig(**SMALL, pretrained=str(tmp_path / "three-levels"))
+    training = UnetTraining.build(u, make_accelerator(u), latent_shape=(4, 8, 8), cross_attention_dim=24)
+    check_latents_fit(training.model, [(4, 8, 8)])
+    with pytest.raises(ValueError, match="latents of 6x6 do not divide by the U-Net's downsampling 4"):
+        check_latents_fit(training.model, [(4, 8, 8), (4, 6, 6)])
+
+
+def test_without_a_square_bucket_the_model_samples_the_largest_buckets_shape():
+    assert default_latent_shape([(4, 6, 10), (4, 8, 8), (4, 10, 6)]) == (4, 8, 8)
+    assert default_latent_shape([(4, 6, 10), (4, 4, 6)]) == (4, 6, 10)
+    u = UnetConfig(**SMALL)
+    training = UnetTraining.build(u, make_accelerator(u), latent_shape=(4, 6, 10), cross_attention_dim=24)
+    assert default_latent_size(training.model) == (6, 10)  # not 6x6, a shape it never trained on
 
 
 def test_mixed_precision_needs_a_gpu_and_auto_is_fp32_on_cpu():

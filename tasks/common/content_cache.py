@@ -149,6 +149,14 @@ class ModelInProcess(Generic[M]):
                 self._held = (source, fingerprint, model)
             return self._held[2]
 
+    def release(self) -> None:
+        """Let the model go (a stage's end: `ldmflow run` runs every stage in one process, and the next
+        stage needs the GPU memory)."""
+        with self._lock:
+            self._held = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
 
 @dataclass(frozen=True)
 class ShardJob:

@@ -63,7 +63,8 @@ def run_train_unet(
     val_start = validation.report(training, position.step, False, tracker) if validation else {}
 
     # 2. the loop: global batches streamed from the latent shards, epoch after epoch
-    stream = LatentStream(store, data.items, run.global_batch, cfg.seed, local_shards,
+    # each process keeps its own copies: one's eviction must never delete a file another is reading
+    stream = LatentStream(store, data.items, run.global_batch, cfg.seed, local_shards / f"rank{rank}",
                           max_bytes=u.shard_cache_mb * 2**20, window=u.shuffle_window,
                           prefetch=u.prefetch_shards)  # fmt: skip
     batches = stream.batches(position.epoch, position.batch)
