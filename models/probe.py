@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -64,8 +66,16 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x + noise_std.to(x.device) * torch.randn(x.shape, generator=gen).to(x.device)
 
 
+class Images(Protocol):
+    """uint8 images [N, H, W, 3]: an array, or anything that indexes like one and reads on demand."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, which: slice | np.ndarray) -> np.ndarray: ...
+
+
 def train_probe(
-    images: np.ndarray,
+    images: Images,
     color_idx: np.ndarray,
     shape_idx: np.ndarray,
     *,
@@ -74,7 +84,8 @@ def train_probe(
     seed: int = 0,
     device: torch.device | str | None = None,
 ) -> AttributeProbe:
-    """Fit the probe on labelled uint8 images [N, H, W, 3] with Adam (cross-entropy on both heads)."""
+    """Fit the probe on labelled uint8 images [N, H, W, 3] with Adam (cross-entropy on both heads); only a
+    batch of them is in model space at a time."""
     if not (len(images) == len(color_idx) == len(shape_idx)) or len(images) == 0:
         raise ValueError(
             f"train_probe needs equal, non-zero counts: {len(images)} images, "
@@ -83,15 +94,14 @@ def train_probe(
     device = device if isinstance(device, torch.device) else pick_device(device)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    x_all = to_model_space(images)  # [N, 3, H, W] in [-1, 1], CPU
     c_all = torch.as_tensor(np.asarray(color_idx), dtype=torch.long)
     s_all = torch.as_tensor(np.asarray(shape_idx), dtype=torch.long)
     probe = AttributeProbe(int(c_all.max()) + 1, int(s_all.max()) + 1).to(device)
     opt = torch.optim.Adam(probe.parameters(), lr=2e-3)
     probe.train()
     for _ in range(steps):
-        idx = torch.randint(len(x_all), (batch_size,), generator=gen)
-        x = _augment(x_all[idx].to(device), gen)
+        idx = torch.randint(len(images), (batch_size,), generator=gen)
+        x = _augment(to_model_space(images[idx.numpy()]).to(device), gen)  # [B, 3, H, W] in [-1, 1]
         color_logits, shape_logits = probe(x)
         loss = F.cross_entropy(color_logits, c_all[idx].to(device)) + F.cross_entropy(
             shape_logits, s_all[idx].to(device)
@@ -104,7 +114,7 @@ def train_probe(
 
 @torch.no_grad()
 def predict_attributes(
-    probe: AttributeProbe, images: np.ndarray, batch_size: int = 256
+    probe: AttributeProbe, images: Images, batch_size: int = 256
 ) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images [N, H, W, 3] -> (colour indices [N], shape indices [N])."""
     probe.eval()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
+from torchmetrics.functional.image import peak_signal_noise_ratio
 
 
 def build_vae(
@@ -69,5 +68,4 @@ def psnr(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
     a_t, b_t = torch.as_tensor(a).double(), torch.as_tensor(b).double()
     if a_t.shape != b_t.shape:
         raise ValueError(f"psnr needs equal shapes, got {tuple(a_t.shape)} and {tuple(b_t.shape)}")
-    mse = torch.mean((a_t - b_t) ** 2).item()
-    return math.inf if mse == 0 else 10.0 * math.log10(4.0 / mse)
+    return float(peak_signal_noise_ratio(a_t, b_t, data_range=2.0))

@@ -28,7 +28,7 @@ from models.pyfunc import TextToImageModel, signature
 from models.text_encoder import load_text_encoder
 from tasks.common import tracking
 from tasks.common.config import Config
-from tasks.common.ingested import read_ingested
+from tasks.common.ingested import ingested_images
 from tasks.common.paths import ProjectPaths
 from tasks.common.tracking import Run
 
@@ -70,8 +70,8 @@ def prompt_adherence(
 ) -> tuple[dict[str, float], np.ndarray]:
     """Train the probe on real images, generate for held-out captions, score; also return the samples."""
     e = cfg.eval
-    train, train_images = read_ingested(ingested, "train")
-    val, val_images = read_ingested(ingested, "val")
+    train, train_images = ingested_images(ingested, "train")  # images read a batch at a time
+    val, val_images = ingested_images(ingested, "val")
     colors, shapes = sorted(train["color"].dropna().unique()), sorted(train["shape"].dropna().unique())
     c_idx = {c: i for i, c in enumerate(colors)}
     s_idx = {s: i for i, s in enumerate(shapes)}

@@ -1,5 +1,7 @@
 """train_vae stage: fit a diffusers AutoencoderKL on the ingested train split.
 
+Images are read from the ingested shards a batch at a time, so memory does not grow with the data.
+
 Writes `artifacts/vae/` (the diffusers model dir, whose config holds the latent statistics estimated
 on the train split: per-channel `latents_mean`/`latents_std`, or SD's global `scaling_factor` = 1/std;
 see models/latents.py) and `artifacts/vae/metrics.json` (validation PSNR among others).
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,7 @@ from models.images import make_grid, to_model_space, to_uint8
 from models.latents import set_normalisation
 from models.vae import build_vae, psnr, vae_loss
 from tasks.common.config import Config
-from tasks.common.ingested import read_buckets
+from tasks.common.ingested import StoredImages, image_groups
 from tasks.common.paths import ProjectPaths
 from tasks.common.progress import progress
 from tasks.common.tracking import Run
@@ -27,18 +30,20 @@ from tasks.common.tracking import Run
 METRICS = "metrics.json"
 
 
-def batches(x: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    return [x[i : i + batch_size] for i in range(0, len(x), batch_size)]
+def batches(images: StoredImages, limit: int, batch_size: int) -> Iterator[torch.Tensor]:
+    """The first `limit` images in model space, `batch_size` at a time."""
+    for start in range(0, min(len(images), limit), batch_size):
+        yield to_model_space(images[start : min(start + batch_size, limit)])
 
 
-def sample_batch(groups: list[torch.Tensor], batch_size: int, gen: torch.Generator) -> torch.Tensor:
-    """A random batch (with replacement) from one group of equal-sized images; a group is picked with
-    probability proportional to its size, so every image is equally likely across steps."""
+def sample_batch(groups: list[StoredImages], batch_size: int, gen: torch.Generator) -> torch.Tensor:
+    """A random batch (with replacement) from one group of equal-sized images, in model space; a group is
+    picked with probability proportional to its size, so every image is equally likely across steps."""
     group = groups[0]
     if len(groups) > 1:
         sizes = torch.tensor([len(g) for g in groups], dtype=torch.float)
         group = groups[int(torch.multinomial(sizes, 1, generator=gen))]
-    return group[torch.randint(len(group), (batch_size,), generator=gen)]
+    return to_model_space(group[torch.randint(len(group), (batch_size,), generator=gen).numpy()])
 
 
 def run_train_vae(cfg: Config, ingested: Path, out: Path, tracker: Run | None = None) -> dict:
@@ -46,12 +51,12 @@ def run_train_vae(cfg: Config, ingested: Path, out: Path, tracker: Run | None = 
     v = cfg.vae
     torch.manual_seed(cfg.seed)
     device = pick_device()
-    # one group per image size: a single one, or one per aspect-ratio bucket
-    train = [to_model_space(images) for _, images in read_buckets(ingested, "train")]
+    # one group per image size: a single one, or one per aspect-ratio bucket; read a batch at a time
+    train = [images for _, images in image_groups(ingested, "train")]
     try:
-        val = [to_model_space(images[:512]) for _, images in read_buckets(ingested, "val")]
+        val = [to_model_space(images[:512]) for _, images in image_groups(ingested, "val")]
     except ValueError:  # no val split (val_fraction 0): report on a train subset rather than nothing
-        val = [group[:256] for group in train]
+        val = [to_model_space(group[:256]) for group in train]
 
     # 1. model and optimiser
     vae = build_vae(
@@ -87,9 +92,9 @@ def run_train_vae(cfg: Config, ingested: Path, out: Path, tracker: Run | None = 
     # 3. latent statistics of the train split into the model's own config, then validation
     vae.eval()
     with torch.no_grad():
-        stats_batches = (b.to(device) for group in train for b in batches(group[:2048], 256))
+        stats_batches = (b.to(device) for group in train for b in batches(group, 2048, 256))
         norm = set_normalisation(vae, stats_batches, v.latent_norm)
-        recon = [torch.cat([vae(b.to(device)).sample.float().cpu() for b in batches(g, 256)]) for g in val]
+        recon = [torch.cat([vae(b.to(device)).sample.float().cpu() for b in g.split(256)]) for g in val]
     metrics = {
         "val_psnr": psnr(torch.cat([r.flatten() for r in recon]), torch.cat([g.flatten() for g in val])),
         **{k: v for k, v in norm.items() if v is not None},

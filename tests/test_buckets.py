@@ -86,7 +86,7 @@ def test_ingest_puts_each_image_in_its_nearest_bucket(tmp_path):
     assert [images.shape for _, images in groups] == [(8, 24, 40, 3), (8, 32, 32, 3), (8, 40, 24, 3)]
     for rows, images in groups:  # rows keep their manifest index: the images line up with them
         assert list(rows["sha256"]) == [hashlib.sha256(image.tobytes()).hexdigest() for image in images]
-    with pytest.raises(ValueError, match="several sizes.*read_buckets"):
+    with pytest.raises(ValueError, match="several sizes.*image_groups"):
         read_ingested(tmp_path / "out")
 
 

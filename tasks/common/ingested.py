@@ -11,12 +11,13 @@
 from __future__ import annotations
 
 import json
-import struct
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from safetensors import safe_open
 from safetensors.numpy import save_file
 
 MANIFEST = "manifest.parquet"
@@ -35,50 +36,35 @@ class ImageShards:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._layout: dict[str, tuple[int, tuple[int, ...]]] = {}  # shard -> (byte offset, shape) of `images`
 
     def image(self, shard: str, index: int) -> np.ndarray:
         return self.images([(shard, index)])[0]
 
     def images(self, refs: list[tuple[str, int]]) -> np.ndarray:
-        """uint8 [N, H, W, 3] for (shard, index) refs of images of one size. Each image is read straight into
-        the result: a cache shard's images come from all over the ingested shards."""
+        """uint8 [N, H, W, 3] for (shard, index) refs of images of one size. Each shard is opened once
+        (safetensors' lazy `safe_open`) and only the asked images are read: a cache shard's images come
+        from all over the ingested shards."""
         if not refs:
             raise ValueError(f"{self.path}: no images asked for")
         out: np.ndarray | None = None
-        files: dict[str, Any] = {}
-        try:
+        with ExitStack() as opened:
+            stored: dict[str, Any] = {}  # shard -> its lazily read `images` tensor
             for pos, (shard, index) in enumerate(refs):
-                offset, shape = self._images_layout(shard)
+                if shard not in stored:
+                    file = opened.enter_context(safe_open(self.path / f"{shard}.safetensors", "numpy"))
+                    stored[shard] = file.get_slice("images")
+                    dtype = stored[shard].get_dtype()
+                    if dtype != "U8":
+                        raise ValueError(f"{self.path / shard}: images are {dtype}, not uint8")
+                shape = tuple(stored[shard].get_shape())  # [N, H, W, 3]
                 if out is None:
                     out = np.empty((len(refs), *shape[1:]), dtype=np.uint8)
                 elif shape[1:] != out.shape[1:]:
                     raise ValueError(f"{self.path / shard}: images of {shape[1:]}, not {out.shape[1:]}")
-                if shard not in files:
-                    files[shard] = open(self.path / f"{shard}.safetensors", "rb", buffering=0)  # noqa: SIM115
                 if not 0 <= int(index) < shape[0]:
                     raise ValueError(f"{self.path / shard}: no image {index} (it holds {shape[0]})")
-                f, size = files[shard], out[pos].nbytes
-                f.seek(offset + int(index) * size)
-                if f.readinto(out[pos]) != size:
-                    raise ValueError(f"{self.path / shard}: image {index} is cut short")
-        finally:
-            for f in files.values():
-                f.close()
+                out[pos] = stored[shard][int(index)]
         return out
-
-    def _images_layout(self, shard: str) -> tuple[int, tuple[int, ...]]:
-        """Where tensor `images` (uint8) starts in the shard file, and its shape (the safetensors layout:
-        8-byte little-endian header size, JSON header with each tensor's dtype, shape and data offsets,
-        then the data)."""
-        if shard not in self._layout:
-            with (self.path / f"{shard}.safetensors").open("rb") as f:
-                (header_size,) = struct.unpack("<Q", f.read(8))
-                info = json.loads(f.read(header_size))["images"]
-            if info["dtype"] != "U8":
-                raise ValueError(f"{self.path / shard}: images are {info['dtype']}, not uint8")
-            self._layout[shard] = (8 + header_size + info["data_offsets"][0], tuple(info["shape"]))
-        return self._layout[shard]
 
 
 class ShardBuffer:
@@ -116,8 +102,27 @@ def read_rejects(path: Path, limit: int | None = None) -> list[dict]:
     return rows
 
 
-def read_buckets(path: Path, split: str | None = None) -> list[tuple[pd.DataFrame, np.ndarray]]:
-    """(manifest rows, uint8 images [N, H, W, 3]) for each image size, optionally of one split.
+class StoredImages:
+    """The images of some manifest rows, read from their shards only when indexed, so a split of any size
+    costs memory only for what a batch takes. Indexes like an array of uint8 images [N, H, W, 3]: an int
+    gives one image, a slice or an array of positions gives [n, H, W, 3]."""
+
+    def __init__(self, path: Path, rows: pd.DataFrame, shards: ImageShards | None = None) -> None:
+        self.refs = list(zip(rows["shard"], rows["index"].astype(int), strict=True))
+        self.shards = shards or ImageShards(path)
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, which: int | slice | np.ndarray) -> np.ndarray:
+        picked = np.arange(len(self.refs))[which]
+        if picked.ndim == 0:
+            return self.shards.image(*self.refs[int(picked)])
+        return self.shards.images([self.refs[i] for i in picked])
+
+
+def image_groups(path: Path, split: str | None = None) -> list[tuple[pd.DataFrame, StoredImages]]:
+    """(manifest rows, their images, read on demand) for each image size, optionally of one split.
 
     One group when aspect-ratio buckets are off. Each group's rows keep their manifest index, so results
     computed per group can be put back in manifest order.
@@ -129,16 +134,27 @@ def read_buckets(path: Path, split: str | None = None) -> list[tuple[pd.DataFram
         raise ValueError(f"{path / MANIFEST}: no samples" + (f" in split {split!r}" if split else ""))
     shards = ImageShards(path)
     return [
-        (rows, shards.images(list(zip(rows["shard"], rows["index"], strict=True))))
+        (rows, StoredImages(path, rows, shards))
         for _, rows in manifest.groupby(["height", "width"], sort=True)
     ]
 
 
-def read_ingested(path: Path, split: str | None = None) -> tuple[pd.DataFrame, np.ndarray]:
-    """The manifest and its images (uint8 [N, H, W, 3]), optionally one split, when all share one size."""
-    groups = read_buckets(path, split)
+def ingested_images(path: Path, split: str | None = None) -> tuple[pd.DataFrame, StoredImages]:
+    """The manifest and its images (read on demand), optionally one split, when all share one size."""
+    groups = image_groups(path, split)
     if len(groups) > 1:
         sizes = ", ".join(rows["bucket"].iloc[0] for rows, _ in groups)
-        raise ValueError(f"{path / MANIFEST}: images come in several sizes ({sizes}); use read_buckets")
+        raise ValueError(f"{path / MANIFEST}: images come in several sizes ({sizes}); use image_groups")
     manifest, images = groups[0]
     return manifest.reset_index(drop=True), images
+
+
+def read_buckets(path: Path, split: str | None = None) -> list[tuple[pd.DataFrame, np.ndarray]]:
+    """`image_groups` with every image read into memory (for small sets: tests, notebooks)."""
+    return [(rows, images[:]) for rows, images in image_groups(path, split)]
+
+
+def read_ingested(path: Path, split: str | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """`ingested_images` with every image read into memory (for small sets: tests, notebooks)."""
+    manifest, images = ingested_images(path, split)
+    return manifest, images[:]
