@@ -17,7 +17,6 @@ import numpy as np
 from PIL import Image
 
 from tasks.common.keys import content_key, sha256_hex
-from tasks.common.storage import ObjectNotFound, StorageError
 from tasks.ingest.decode import DecodeError, DecodeLimits, decode_rgb
 from tasks.ingest.source_roots import read_ref
 from tasks.ingest.sources import Reject, SourceItem
@@ -151,9 +150,9 @@ def prepare(item: SourceItem | Reject) -> Prepared | Reject:
         if not caption and spec.empty_captions == "reject":
             return Reject(item.name, "empty_caption", f"listed at {item.where}")
         raw = read_ref(item.image)
-    except ObjectNotFound as err:
+    except FileNotFoundError as err:
         return Reject(item.name, "missing_file", str(err))
-    except (OSError, StorageError) as err:
+    except OSError as err:
         return Reject(item.name, "unreadable", f"{type(err).__name__}: {err}")
     key = spec.input_key(sha256_hex(raw), item.name)
     if key in _REUSABLE:

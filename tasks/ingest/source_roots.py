@@ -1,9 +1,10 @@
-"""Where a source's files live: a local folder or an S3 prefix, behind one small interface.
+"""Where a source's files live: a local folder or an S3 prefix, through one fsspec filesystem.
 
 The readers in sources.py list, open and point at files only through a root, so every convention reads
-the same from `/data/my_images` and from `s3://bucket/my_images`. A root made from a single file (one
-`.parquet` or `.tar`) lists just that file. File references are small and picklable: decode workers in
-other processes read the bytes themselves.
+the same from `/data/my_images` and from `s3://bucket/my_images` (fsspec's local filesystem, or s3fs).
+A root made from a single file (one `.parquet` or `.tar`) lists just that file. File references are small
+and picklable (an fsspec filesystem pickles as its settings): decode workers in other processes read the
+bytes themselves.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from tasks.common.storage import ObjectStore
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 
 class OutsideRoot(LookupError):
@@ -29,149 +31,115 @@ class MissingFile(LookupError):
 
 
 @dataclass(frozen=True)
-class LocalFile:
-    path: Path
+class FileRef:
+    """One file of a source: read by whichever process decodes it."""
+
+    fs: fsspec.AbstractFileSystem = field(compare=False)
+    path: str
 
     def read(self) -> bytes:
-        return self.path.read_bytes()
-
-
-@dataclass(frozen=True)
-class S3Object:
-    store: ObjectStore = field(compare=False)
-    key: str
-
-    def read(self) -> bytes:
-        return self.store.get_bytes(self.key)
-
-
-FileRef = LocalFile | S3Object
+        return self.fs.cat_file(self.path)
 
 
 @dataclass
-class LocalRoot:
-    path: Path  # resolved folder
-    only: str | None = None  # set when the source is one file inside `path`
+class Root:
+    fs: fsspec.AbstractFileSystem
+    base: str  # the root folder in `fs`: an absolute local path, or bucket/prefix
+    only: str | None = None  # set when the source is one file inside `base`
+    _names: set[str] | None = None  # every file name below the root, listed once
+
+    @property
+    def local(self) -> bool:
+        return isinstance(self.fs, LocalFileSystem)
+
+    def _path(self, name: str) -> str:
+        return posixpath.join(self.base, name) if name else self.base
 
     def describe(self, name: str = "") -> str:
-        return str(self.path / name) if name else str(self.path)
-
-    def files(self, suffixes: tuple[str, ...]) -> list[str]:
-        """Names (relative, '/'-separated) of the files below the root with one of `suffixes`, sorted."""
-        if self.only is not None:
-            return [self.only]
-        found = (p for p in self.path.rglob("*") if p.suffix.lower() in suffixes and not p.is_dir())
-        return sorted(p.relative_to(self.path).as_posix() for p in found)
-
-    def exists(self, name: str) -> bool:
-        return (self.path / name).is_file()
-
-    def locate(self, name: str) -> LocalFile:
-        candidate = self.path / name
-        if Path(name).is_absolute() or not candidate.resolve().is_relative_to(self.path):
-            raise OutsideRoot(name)
-        if not candidate.is_file():
-            raise MissingFile(name)
-        return LocalFile(candidate.resolve())
-
-    def read_text(self, name: str) -> str:
-        return (self.path / name).read_text(encoding="utf-8")
-
-    @contextmanager
-    def open(self, name: str) -> Iterator[BinaryIO]:
-        with open(self.path / name, "rb") as f:
-            yield f
-
-    @contextmanager
-    def local_path(self, name: str) -> Iterator[Path]:
-        yield self.path / name
-
-
-@dataclass
-class S3Root:
-    store: ObjectStore  # its prefix is the root
-    only: str | None = None
-    _listing: set[str] | None = None
-
-    def describe(self, name: str = "") -> str:
-        return self.store.uri(self.store.key(name))
+        return self._path(name) if self.local else f"s3://{self._path(name)}"
 
     def names(self) -> set[str]:
-        """Every name below the root (listed once)."""
-        if self._listing is None:
-            base = self.store.key("")
-            cut = len(base) + 1 if base else 0
-            self._listing = {k[cut:] for k in self.store.list_keys(f"{base}/" if base else "")}
-        return self._listing
+        """Names (relative, '/'-separated) of every file below the root."""
+        if self._names is None:
+            cut = len(self.base.rstrip("/")) + 1
+            self._names = {p[cut:] for p in self.fs.find(self.base)}
+        return self._names
 
     def files(self, suffixes: tuple[str, ...]) -> list[str]:
+        """Names of the files below the root with one of `suffixes`, sorted."""
         if self.only is not None:
             return [self.only]
         return sorted(n for n in self.names() if posixpath.splitext(n)[1].lower() in suffixes)
 
     def exists(self, name: str) -> bool:
+        if self.local:  # a local folder is walked only when a convention lists it
+            return self.fs.isfile(self._path(name))
         return name in self.names()
 
-    def locate(self, name: str) -> S3Object:
+    def locate(self, name: str) -> FileRef:
         normal = posixpath.normpath(name)
-        if name.startswith("/") or normal == ".." or normal.startswith("../"):
+        if name.startswith("/") or Path(name).is_absolute() or normal == ".." or normal.startswith("../"):
             raise OutsideRoot(name)
-        if normal not in self.names():
+        if self.local and not Path(self._path(normal)).resolve().is_relative_to(Path(self.base).resolve()):
+            raise OutsideRoot(name)  # a symlink that points out of the folder
+        if not self.exists(normal):
             raise MissingFile(name)
-        return S3Object(self.store, self.store.key(normal))
+        return FileRef(self.fs, self._path(normal))
 
     def read_text(self, name: str) -> str:
-        return self.store.get_bytes(self.store.key(name)).decode("utf-8")
+        return self.fs.cat_file(self._path(name)).decode("utf-8")
 
     @contextmanager
     def open(self, name: str) -> Iterator[BinaryIO]:
-        body = self.store.open_stream(self.store.key(name))
-        try:
-            yield body
-        finally:
-            body.close()
+        with self.fs.open(self._path(name), "rb") as f:
+            yield f
 
     @contextmanager
     def local_path(self, name: str) -> Iterator[Path]:
-        """The object downloaded to a temporary file (removed afterwards)."""
+        """A local file with the file's bytes: the file itself, or a temporary download (removed after)."""
+        if self.local:
+            yield Path(self._path(name))
+            return
         fd, tmp = tempfile.mkstemp(suffix=posixpath.splitext(name)[1])
         os.close(fd)
         try:
-            self.store.download(self.store.key(name), Path(tmp))
+            self.fs.get_file(self._path(name), tmp)
             yield Path(tmp)
         finally:
             os.unlink(tmp)
 
 
-Root = LocalRoot | S3Root
-
-
 def open_root(path: str, endpoint_url: str | None = None) -> Root:
     """The root for `data.path`: a local folder or file, or `s3://bucket/prefix` (or one object there).
 
-    S3 credentials come from boto3's default chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws,
-    an instance role); `endpoint_url` None means AWS S3 itself (or AWS_ENDPOINT_URL when set).
+    S3 credentials come from the usual AWS chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws, an
+    instance role); `endpoint_url` None means AWS S3 itself (or AWS_ENDPOINT_URL when set).
     """
     if path.startswith("s3://"):
         bucket, _, prefix = path.removeprefix("s3://").partition("/")
         if not bucket:
             raise ValueError(f"data.path: {path!r} names no bucket (expected s3://bucket/prefix)")
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-        prefix = prefix.strip("/")
-        whole = ObjectStore(endpoint_url, bucket, "", region)
-        if prefix and whole.exists(prefix):  # one object: its folder is the root
-            folder, _, name = prefix.rpartition("/")
-            return S3Root(ObjectStore(endpoint_url, bucket, folder, region), only=name)
-        root = S3Root(ObjectStore(endpoint_url, bucket, prefix, region))
+        endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+        # a filesystem of its own: fsspec's shared instances would keep another run's listings
+        fs = fsspec.filesystem(
+            "s3", endpoint_url=endpoint, client_kwargs={"region_name": region}, skip_instance_cache=True
+        )
+        base = posixpath.join(bucket, prefix.strip("/")) if prefix.strip("/") else bucket
+        if prefix.strip("/") and fs.isfile(base):  # one object: its folder is the root
+            folder, _, name = base.rpartition("/")
+            return Root(fs, folder, only=name)
+        root = Root(fs, base)
         if not root.names():
             raise FileNotFoundError(f"data.path: no objects under {path}")
         return root
     local = Path(path).resolve()
+    fs = fsspec.filesystem("file")
     if local.is_file():
-        return LocalRoot(local.parent, only=local.name)
+        return Root(fs, local.parent.as_posix(), only=local.name)
     if not local.is_dir():
         raise FileNotFoundError(f"data.path: {local} does not exist")
-    return LocalRoot(local)
+    return Root(fs, local.as_posix())
 
 
 def read_ref(ref: FileRef | bytes) -> bytes:
