@@ -161,9 +161,9 @@ def main() -> None:
             run_embed_text(cfg, tmp / "ingested", tmp / "text", store)
 
             # the three ways to feed the same U-Net training step
-            data = load_training_set(tmp / "cache1" / "latents", tmp / "text", store)
+            data = load_training_set(tmp / "cache1" / "latents", tmp / "text", store, tmp / "text-local")
             (shape,) = data.latent_shapes.values()
-            training = UnetTraining.build(u, make_accelerator(u), tuple(shape), data.hidden.shape[-1])
+            training = UnetTraining.build(u, make_accelerator(u), tuple(shape), data.captions.hidden_size)
             items = data.items
             refs = [list(items[c]) for c in ("shard", "shard_sha256", "shard_index")]
             in_ram = gather(store, *refs, "mean").float()

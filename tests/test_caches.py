@@ -9,6 +9,7 @@ import torch
 from models.vae import build_vae
 from tasks.cache_latents import run_cache_latents
 from tasks.common.config import config_from_dict
+from tasks.common.content_cache import gather
 from tasks.embed_text import run_embed_text
 from tasks.ingest.stage import run_ingest
 from tasks.train_unet.data import load_training_set
@@ -70,11 +71,16 @@ def test_text_cache_has_every_caption_once_plus_empty(tmp_path, object_store):
 
     save_tiny_vae(tmp_path / "vae", seed=0)
     run_cache_latents(cfg, tmp_path / "ingested", tmp_path / "vae", tmp_path / "latents", object_store)
-    data = load_training_set(tmp_path / "latents", tmp_path / "text", object_store)
+    data = load_training_set(tmp_path / "latents", tmp_path / "text", object_store, tmp_path / "local")
     n_train = (pd.read_parquet(tmp_path / "ingested" / "manifest.parquet")["split"] == "train").sum()
     assert len(data.items) == n_train and data.latent_shapes == {"16x16": [4, 4, 4]}
-    assert data.hidden.shape == (len(manifest), 8, 384) and data.hidden.dtype == torch.float16  # as stored
-    assert data.mask[data.empty_index].sum() == 2  # [CLS] [SEP] only
+    hidden, mask = data.text(torch.arange(len(manifest)))  # read from local copies of the shards
+    refs = [manifest[c].tolist() for c in ("shard", "shard_sha256", "shard_index")]
+    stored = gather(object_store, *refs, "hidden")
+    assert stored.dtype == torch.float16 and torch.equal(hidden, stored.float())  # float16 as stored
+    assert hidden.shape == (len(manifest), 8, 384) and mask.dtype == torch.long
+    assert mask[data.empty_index].sum() == 2  # [CLS] [SEP] only
+    assert len(list((tmp_path / "local").glob("*.safetensors"))) == manifest["shard"].nunique()
     assert data.normalisation["scaling_factor"] == 1.5
 
 

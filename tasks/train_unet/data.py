@@ -1,6 +1,6 @@
 """What the U-Net trains on, read from the caches: the training samples (their latents stay in their
-shards and stream, latent_stream.py), every distinct caption's token embeddings (held in CPU memory as
-stored, float16: a micro-batch takes only its rows to the device), the held-out samples; and how one
+shards and stream, latent_stream.py), every distinct caption's token embeddings (their shards copied to
+local disk, a micro-batch's rows read from there: captions.py), the held-out samples; and how one
 global batch becomes this process's micro-batches.
 """
 
@@ -16,11 +16,10 @@ import torch
 
 from models.latents import to_diffusion_space
 from models.sample_draws import draw_samples
-from tasks.common.cache_shards import CorruptShard
 from tasks.common.config import Config
-from tasks.common.content_cache import gather_tensors
 from tasks.common.keys import content_key
-from tasks.common.storage import ObjectNotFound, ObjectStore
+from tasks.common.storage import ObjectStore
+from tasks.train_unet.captions import CaptionTable
 from tasks.train_unet.trainer import MicroBatch
 
 
@@ -29,25 +28,26 @@ class TrainingSet:
     """What the U-Net trains on: latent samples (streamed from their shards) and every caption's tokens."""
 
     items: pd.DataFrame  # one row per training sample: where its latents are, its bucket and caption
-    text_index: torch.Tensor  # [N] row of each sample's caption in `hidden`
-    hidden: torch.Tensor  # [T, L, D] token embeddings of every distinct caption (float16, CPU)
-    mask: torch.Tensor  # [T, L] attention masks
+    text_index: torch.Tensor  # [N] row of each sample's caption in `captions`
+    captions: CaptionTable  # token embeddings and masks of every distinct caption, read a batch at a time
     empty_index: int  # row of the empty caption (classifier-free guidance)
     normalisation: dict  # the VAE's latent statistics (models/latents.py)
     latent_shapes: dict[str, list[int]]  # bucket -> [C, h, w]
     identity: str  # hashes the samples, their latent keys and the caption keys: what was trained on
     held_out: pd.DataFrame  # the other split's rows (validation), those whose caption has an embedding
-    text_row: dict[str, int]  # caption -> row of `hidden` / `mask`
+    text_row: dict[str, int]  # caption -> row of `captions`
 
     def text(self, rows: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings (float32) and attention masks (int64) of caption rows `rows`, as the U-Net
-        takes them; the stored float16 table stays as it is."""
-        return self.hidden[rows].float(), self.mask[rows].long()
+        takes them (stored as float16, on local disk)."""
+        return self.captions.rows(rows)
 
 
 def load_training_set(
-    latents_dir: Path, text_dir: Path, store: ObjectStore, split: str = "train"
+    latents_dir: Path, text_dir: Path, store: ObjectStore, text_folder: Path, split: str = "train"
 ) -> TrainingSet:
+    """The training samples of `split` and the caption embeddings, whose shards are copied into
+    `text_folder` (a local folder)."""
     everything = pd.read_parquet(latents_dir / "manifest.parquet")
     latents = everything[everything["split"] == split].reset_index(drop=True)
     if latents.empty:
@@ -61,17 +61,10 @@ def load_training_set(
             f"{text_dir / 'manifest.parquet'}: no embedding for captions {(missing or [''])[:3]}"
         )
 
-    refs = [text[c].tolist() for c in ("shard", "shard_sha256", "shard_index")]
-    try:
-        embeddings = gather_tensors(store, *refs, ["hidden", "mask"])
-    except (CorruptShard, ObjectNotFound) as err:  # never train on it: the cache stage recomputes it
-        raise CorruptShard(f"{err}\nrun `ldmflow run embed_text --force` to recompute it") from err
-
     return TrainingSet(
         items=latents,
         text_index=torch.tensor([row_of[c] for c in latents["caption"]]),
-        hidden=embeddings["hidden"],
-        mask=embeddings["mask"],
+        captions=CaptionTable(store, text, text_folder),
         empty_index=row_of[""],
         normalisation=info["normalisation"],
         latent_shapes={b: info["latent_shapes"][b] for b in sorted(set(latents["bucket"]))},

@@ -62,8 +62,9 @@ def plan_epoch(items: pd.DataFrame, batch_size: int, seed: int, epoch: int, wind
 class ShardFolder:
     """Shards copied from object storage into a local folder of at most `max_bytes` (LRU eviction)."""
 
-    def __init__(self, store: ObjectStore, folder: Path, max_bytes: int) -> None:
+    def __init__(self, store: ObjectStore, folder: Path, max_bytes: int, heal: str = "cache_latents") -> None:
         self.store, self.folder, self.max_bytes = store, folder, max_bytes
+        self.heal = heal  # the stage that recomputes a corrupt shard
         folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
 
@@ -77,7 +78,7 @@ class ShardFolder:
         if sha256_hex(data) != sha256:
             raise CorruptShard(
                 f"{self.store.uri(shard)}: checksum mismatch: not trained on; "
-                "run `ldmflow run cache_latents --force` to recompute it"
+                f"run `ldmflow run {self.heal} --force` to recompute it"
             )
         fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".part")
         with os.fdopen(fd, "wb") as f:

@@ -60,11 +60,11 @@ def set_up(
     torch.manual_seed(cfg.seed)
 
     # 1. data: the training samples (streamed later), the caption embeddings, the held-out samples
-    data = load_training_set(latents_dir, text_dir, store)
+    data = load_training_set(latents_dir, text_dir, store, local_shards / "text")
     shapes = [tuple(shape) for shape in data.latent_shapes.values()]  # (C, h, w) of each bucket
 
     # 2. model, EMA, noise schedule, optimiser
-    training = UnetTraining.build(u, acc, default_latent_shape(shapes), data.hidden.shape[-1])
+    training = UnetTraining.build(u, acc, default_latent_shape(shapes), data.captions.hidden_size)
     check_latents_fit(training.model, shapes)
     global_batch = u.batch_size * acc.num_processes * u.gradient_accumulation
 
