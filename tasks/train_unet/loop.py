@@ -46,13 +46,8 @@ def run_train_unet(
     u, local_shards = cfg.unet, local_shards or out.parent / ".shard-cache"
     # 1. setup: the data, the model and its optimiser, this run's checkpoint if any, validation
     run = set_up(cfg, latents_dir, text_dir, store, local_shards, vae_dir, tracker)
-    acc, data, training, validation, position = (
-        run.accelerator,
-        run.data,
-        run.training,
-        run.validation,
-        run.position,
-    )
+    acc, data, training, validation = run.accelerator, run.data, run.training, run.validation
+    position = run.position
     main, rank, processes = acc.is_main_process, acc.process_index, acc.num_processes
     tracker = tracker if main else None
     params = sum(p.numel() for p in training.model.parameters())
@@ -77,7 +72,8 @@ def run_train_unet(
     for step in bar:
         batch, cached = next(batches)  # one latent shape per batch
         loss = training.step(micro_batches(cfg, data, step, batch.rows, cached, rank, processes))
-        position, speed.steps = Position(step + 1, batch.epoch, batch.index + 1), speed.steps + 1
+        position = Position(step + 1, batch.epoch, batch.index + 1)
+        speed.tick()
         if samples_log:
             samples_log.write(step, batch.epoch, loss, sample_ids[batch.rows].tolist())
         if u.checkpoint_every and position.step % u.checkpoint_every == 0 and position.step < u.steps:

@@ -20,6 +20,10 @@ class Speed:
     def seconds(self) -> float:
         return time.perf_counter() - self.start
 
+    def tick(self) -> None:
+        """One more step done."""
+        self.steps += 1
+
     def now(self, steps_done: int) -> dict[str, float]:
         per_second = self.steps / self.seconds
         return {
