@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
 from prefect import flow, task
@@ -11,13 +13,17 @@ from prefect.cache_policies import NO_CACHE
 from tasks.common.config import Config
 from tasks.common.content_cache import ShardJob, ShardResult, store_shard
 from tasks.common.ingested import REJECTS, read_rejects
+from tasks.common.parallel import available_cores
 from tasks.common.paths import ProjectPaths
 from tasks.common.progress import progress
 from tasks.common.stage_run import run_stage
-from tasks.graph import ORDER, SHARDED
+from tasks.graph import ORDER
+from tasks.ingest.preprocess import DecodeJob, Prepared, decode_chunk
+from tasks.ingest.sources import Reject
 
 # train_unet reads the caches from object storage: one retry. The sharded stages retry each shard instead.
 RETRIES = {"train_unet": 1}
+JOBS_AHEAD = 2 * available_cores()  # ingest's decode jobs submitted ahead of the next result (32 items each)
 
 
 # No task timeout: it cannot interrupt a worker thread. Each S3 call has its own (tasks/common/storage.py).
@@ -39,6 +45,33 @@ def store_shards_with_prefect(jobs: list[ShardJob], desc: str) -> list[ShardResu
         results.append(future.result())
         update_progress_artifact(artifact, 100.0 * done / len(jobs))
     return results
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+def decode_task(job: DecodeJob) -> list[Prepared | Reject]:
+    """Read and decode one chunk of the source's items (retried: reads from S3 can fail)."""
+    return decode_chunk(job)
+
+
+def decode_with_prefect(jobs: Iterator[DecodeJob]) -> Iterator[list[Prepared | Reject]]:
+    """The ingest's decode jobs as Prefect tasks on the flow's task runner (threads, local processes, a
+    Dask cluster), a few ahead of the one whose results come back next: in order, so the output is the
+    same whatever runs them, and memory holds a few jobs however large the source."""
+    pending: deque = deque()
+    for job in jobs:
+        pending.append(decode_task.submit(job))
+        if len(pending) >= JOBS_AHEAD:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+# Stages whose many jobs are mapped over the flow's task runner, and the option that maps them.
+MAPPED = {
+    "ingest": {"map_decode": decode_with_prefect},
+    "cache_latents": {"map_shards": store_shards_with_prefect},
+    "embed_text": {"map_shards": store_shards_with_prefect},
+}
 
 
 @task(cache_policy=NO_CACHE)  # DVC, not Prefect's cache, decides whether a stage is up to date
@@ -67,10 +100,13 @@ def publish_ingest_report(report: dict, ingested: Path) -> None:
 def make_stage_flow(name: str):
     @flow(name=name, log_prints=True)
     def stage_flow(cfg: Config, root: str = ".", parent_run_id: str | None = None) -> dict:
-        if name in SHARDED:
-            return run_stage(name, cfg, ProjectPaths.at(root), parent_run_id, store_shards_with_prefect)
-        task_ = stage_task.with_options(name=name, retries=RETRIES.get(name, 0), retry_delay_seconds=[2, 10])
-        result = task_(name, cfg, root, parent_run_id)
+        if name in MAPPED:
+            result = run_stage(name, cfg, ProjectPaths.at(root), parent_run_id, **MAPPED[name])
+        else:
+            retried = stage_task.with_options(
+                name=name, retries=RETRIES.get(name, 0), retry_delay_seconds=[2, 10]
+            )
+            result = retried(name, cfg, root, parent_run_id)
         if name == "ingest":
             publish_ingest_report(result, ProjectPaths.at(root).ingested)
         return result

@@ -128,7 +128,6 @@ STAGES: dict[str, Stage] = {
 }
 ORDER = list(STAGES)
 METRICS = ("artifacts/eval/metrics.json", "artifacts/vae/metrics.json", "artifacts/unet/metrics.json")
-SHARDED = ("cache_latents", "embed_text")  # stages whose work is many shard jobs (common/content_cache.py)
 DISTRIBUTED = ("train_unet",)  # stages that train with DDP under torchrun / accelerate launch
 
 

@@ -7,15 +7,11 @@ The Prefect flows (`flows/`) and DVC's stage commands (`ldmflow stage NAME`) bot
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
 
 from tasks.common import launch
 from tasks.common.config import Config
 from tasks.common.paths import ProjectPaths
 from tasks.graph import DISTRIBUTED, STAGES
-
-if TYPE_CHECKING:  # MLflow and torch take seconds to import: the CLI imports this
-    from tasks.common.content_cache import ShardMap
 
 
 def run_stage(
@@ -23,18 +19,18 @@ def run_stage(
     cfg: Config,
     paths: ProjectPaths,
     parent_run_id: str | None = None,
-    map_shards: ShardMap | None = None,
+    **options,
 ) -> dict:
     """Run one stage inside its own MLflow run (nested under the pipeline run when there is one).
 
-    `map_shards` runs a sharded stage's shard jobs (default: one after another, here); Prefect flows pass
-    one that maps them as tasks over the configured task runner.
+    `options` go to the stage's `main`: Prefect flows pass the maps that run a stage's many jobs as tasks
+    on the configured task runner (`map_shards` for the caches, `map_decode` for ingest); without them the
+    jobs run here.
     """
     from tasks.common.tracking import stage_run
 
     stage = STAGES[name]
     main = importlib.import_module(stage.entry).main
-    options = {"map_shards": map_shards} if map_shards is not None else {}
     if launch.launched_distributed():  # torchrun / accelerate launch: every process runs this
         if name not in DISTRIBUTED:
             raise ValueError(f"only {', '.join(DISTRIBUTED)} runs on several processes, not {name}")

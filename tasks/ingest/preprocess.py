@@ -122,14 +122,19 @@ def resize_crop(img: Image.Image, spec: Preprocessing, sample_id: str) -> tuple[
     return np.asarray(out, dtype=np.uint8), offset
 
 
-# The worker's settings, set once per process by `init_worker` (the reusable set can be large).
-_SPEC: Preprocessing | None = None
-_REUSABLE: frozenset[str] = frozenset()
+@dataclass(frozen=True)
+class DecodeJob:
+    """A chunk of items to prepare: a unit of work for any task runner (picklable: a file is a reference
+    its worker reads; parquet cells and tar members travel as bytes)."""
+
+    spec: Preprocessing
+    items: list[SourceItem | Reject]
+    reusable: frozenset[str]  # input keys an earlier ingest made from these items' names: not decoded again
 
 
-def init_worker(spec: Preprocessing, reusable: frozenset[str]) -> None:
-    global _SPEC, _REUSABLE
-    _SPEC, _REUSABLE = spec, reusable
+def decode_chunk(job: DecodeJob) -> list[Prepared | Reject]:
+    """`prepare` every item of the job, in order."""
+    return [prepare(item, job.spec, job.reusable) for item in job.items]
 
 
 def _caption(item: SourceItem) -> str:
@@ -139,10 +144,8 @@ def _caption(item: SourceItem) -> str:
     return (text or "").strip()
 
 
-def prepare(item: SourceItem | Reject) -> Prepared | Reject:
-    """Everything ingest does to one item that does not need the others (runs in a worker process)."""
-    spec = _SPEC
-    assert spec is not None, "init_worker was not called"
+def prepare(item: SourceItem | Reject, spec: Preprocessing, reusable: frozenset[str]) -> Prepared | Reject:
+    """Everything ingest does to one item that does not need the others (runs on a worker)."""
     if isinstance(item, Reject):
         return item
     try:
@@ -155,7 +158,7 @@ def prepare(item: SourceItem | Reject) -> Prepared | Reject:
     except OSError as err:
         return Reject(item.name, "unreadable", f"{type(err).__name__}: {err}")
     key = spec.input_key(sha256_hex(raw), item.name)
-    if key in _REUSABLE:
+    if key in reusable:
         return Prepared(item.name, item.where, caption, key)
     try:
         # decoding at >= 2x the target keeps the resize's anti-aliasing as good as from full size

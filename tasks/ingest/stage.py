@@ -13,8 +13,9 @@ import hashlib
 import json
 import shutil
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,8 +37,8 @@ from tasks.common.paths import ProjectPaths
 from tasks.common.progress import progress
 from tasks.ingest import sources, synthetic
 from tasks.ingest.decode import DecodeLimits
-from tasks.ingest.preprocess import Prepared, Preprocessing, aspect_buckets, init_worker, prepare
-from tasks.ingest.sources import Reject
+from tasks.ingest.preprocess import DecodeJob, Prepared, Preprocessing, aspect_buckets, decode_chunk
+from tasks.ingest.sources import Reject, SourceItem
 
 if TYPE_CHECKING:  # MLflow takes seconds to import
     from tasks.common.tracking import Run
@@ -91,7 +92,8 @@ class PreviousIngest:
     """What an earlier ingest into the same folder made, by input key; images are read lazily."""
 
     def __init__(self, out: Path) -> None:
-        self.rows: dict[str, dict] = {}
+        self.rows: dict[str, dict] = {}  # input key -> its manifest row
+        self.key_of: dict[str, str] = {}  # sample id -> its input key
         self.shards = ImageShards(out)
         try:
             manifest = pd.read_parquet(out / MANIFEST)
@@ -101,9 +103,7 @@ class PreviousIngest:
             return
         records = manifest.to_dict("records")
         self.rows = {r["input_key"]: r for r in records if isinstance(r["input_key"], str)}
-
-    def keys(self) -> frozenset[str]:
-        return frozenset(self.rows)
+        self.key_of = {r["sample_id"]: key for key, r in self.rows.items()}
 
     def complete(self, item: Prepared) -> Prepared:
         """`item` (reused: no image) with the image and facts the earlier ingest stored for its input."""
@@ -124,16 +124,34 @@ def preprocessing(cfg: Config) -> Preprocessing:
     return Preprocessing(d.resolution, d.crop, cfg.seed, limits, d.empty_captions, buckets)
 
 
+# Runs decode jobs, in order, wherever it likes: here, on local processes, on a Prefect task runner.
+DecodeMap = Callable[[Iterator[DecodeJob]], Iterator[list[Prepared | Reject]]]
+ITEMS_PER_JOB = 32
+
+
+def decode_on_processes(workers: int) -> DecodeMap:
+    """Decode jobs on `workers` spawned local processes (1: in this process), a few jobs ahead."""
+    return lambda jobs: ordered_map(decode_chunk, jobs, workers, chunk_size=1)
+
+
+def decode_jobs(
+    listed: Iterator[SourceItem | Reject], spec: Preprocessing, previous: PreviousIngest
+) -> Iterator[DecodeJob]:
+    """The listed items in jobs of ITEMS_PER_JOB, with the input keys an earlier ingest made from them."""
+    listed = iter(listed)
+    while chunk := list(islice(listed, ITEMS_PER_JOB)):
+        made = (previous.key_of.get(item.name) for item in chunk if isinstance(item, SourceItem))
+        yield DecodeJob(spec, chunk, frozenset(key for key in made if key))
+
+
 def user_candidates(
-    cfg: Config, previous: PreviousIngest, count: DecodeCount
+    cfg: Config, previous: PreviousIngest, count: DecodeCount, map_decode: DecodeMap
 ) -> Iterator[Candidate | Reject]:
-    """Items of a user source, decoded on worker processes (or reused); exact duplicates keep the first."""
+    """Items of a user source, decoded by `map_decode` (or reused); exact duplicates keep the first."""
     d = cfg.data
     listed = sources.items(d.source, d.path, d.image_column, d.caption_column, d.endpoint_url)
-    workers = d.workers or available_cores()
-    prepared = ordered_map(
-        prepare, listed, workers, initializer=init_worker, initargs=(preprocessing(cfg), previous.keys())
-    )
+    done = map_decode(decode_jobs(listed, preprocessing(cfg), previous))
+    prepared = (item for job in done for item in job)
     first_with_pixels: dict[str, str] = {}
     for item in progress(prepared, desc="ingest", unit="item"):
         if isinstance(item, Reject):
@@ -237,10 +255,12 @@ def _replace_dir(new: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def run_ingest(cfg: Config, out: Path) -> dict:
+def run_ingest(cfg: Config, out: Path, map_decode: DecodeMap | None = None) -> dict:
     """The whole stage: read the configured source, write `out`, return the report.
 
-    Inputs already ingested into `out` with the same preprocessing are reused, not decoded again.
+    Inputs already ingested into `out` with the same preprocessing are reused, not decoded again. Items are
+    decoded by `map_decode` (default: on `data.workers` local processes); the output is the same whatever
+    runs them.
     """
     staging = out.with_name(f".{out.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
@@ -250,7 +270,9 @@ def run_ingest(cfg: Config, out: Path) -> dict:
             report = write_ingested(synthetic_candidates(cfg.data, cfg.seed), staging, cfg.data)
         else:
             count = DecodeCount()
-            report = write_ingested(user_candidates(cfg, PreviousIngest(out), count), staging, cfg.data)
+            map_decode = map_decode or decode_on_processes(cfg.data.workers or available_cores())
+            candidates = user_candidates(cfg, PreviousIngest(out), count, map_decode)
+            report = write_ingested(candidates, staging, cfg.data)
             report.update(decoded=count.decoded, reused=count.reused)
         (staging / REPORT).write_text(json.dumps(report, indent=2) + "\n")
     except BaseException:
@@ -260,9 +282,9 @@ def run_ingest(cfg: Config, out: Path) -> dict:
     return report
 
 
-def main(cfg: Config, paths: ProjectPaths, tracker: Run) -> dict:
+def main(cfg: Config, paths: ProjectPaths, tracker: Run, map_decode: DecodeMap | None = None) -> dict:
     """Ingest into the project's `data/ingested/`; the report and the rejects go to the stage's run."""
-    report = run_ingest(cfg, paths.ingested)
+    report = run_ingest(cfg, paths.ingested, map_decode)
     tracker.log_metrics(
         {"total": report["total"], "accepted": report["accepted"], "rejected": report["rejected"]}
         | {f"rejected.{reason}": n for reason, n in report["by_reason"].items()}
