@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from itertools import islice
-from typing import Any, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -34,19 +34,15 @@ def ordered_map(
     fn: Callable[[T], R],
     items: Iterable[T],
     workers: int,
-    initializer: Callable[..., None] | None = None,
-    initargs: tuple[Any, ...] = (),
     chunk_size: int = 16,
 ) -> Iterator[R]:
     """`fn(x)` for each x, in order, on `workers` processes (1: in this process, no pool)."""
     if workers <= 1:
-        if initializer is not None:
-            initializer(*initargs)
         yield from map(fn, items)
         return
     source = iter(items)
     ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=initializer, initargs=initargs)
+    pool = ProcessPoolExecutor(workers, mp_context=ctx)
     pending: deque[Future] = deque()
 
     def submit_next() -> None:

@@ -40,7 +40,8 @@ class CaptionTable:
 
     def rows(self, rows: torch.Tensor | np.ndarray | slice) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings (float32 [B, L, D]) and attention masks (int64 [B, L]) of rows `rows`."""
-        picked = np.arange(len(self))[rows.numpy() if isinstance(rows, torch.Tensor) else rows]
+        # positions as given; a slice is made positions (no table-sized index per micro-batch)
+        picked = np.arange(len(self))[rows] if isinstance(rows, slice) else np.asarray(rows).reshape(-1)
         hidden = torch.empty((len(picked), self.length, self.hidden_size), dtype=torch.float32)
         mask = torch.empty((len(picked), self.length), dtype=torch.long)
         by_file: dict[Path, list[int]] = {}
