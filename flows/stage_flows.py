@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.common.config import Config
 from tasks.common.content_cache import ShardJob, ShardResult, store_shard
 from tasks.common.ingested import REJECTS, read_rejects
-from tasks.common.parallel import available_cores
+from tasks.common.parallel import available_cores, in_order
 from tasks.common.paths import ProjectPaths
 from tasks.common.progress import progress
 from tasks.common.stage_run import run_stage
@@ -54,16 +53,10 @@ def decode_task(job: DecodeJob) -> list[Prepared | Reject]:
 
 
 def decode_with_prefect(jobs: Iterator[DecodeJob]) -> Iterator[list[Prepared | Reject]]:
-    """The ingest's decode jobs as Prefect tasks on the flow's task runner (threads, local processes, a
-    Dask cluster), a few ahead of the one whose results come back next: in order, so the output is the
-    same whatever runs them, and memory holds a few jobs however large the source."""
-    pending: deque = deque()
-    for job in jobs:
-        pending.append(decode_task.submit(job))
-        if len(pending) >= JOBS_AHEAD:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
+    """The ingest's decode jobs as Prefect tasks on the flow's task runner (threads, a Dask cluster), a
+    few ahead of the one whose results come back next: in order, so the output is the same whatever runs
+    them, and memory holds a few jobs however large the source."""
+    return in_order(decode_task.submit, jobs, JOBS_AHEAD)
 
 
 # Stages whose many jobs are mapped over the flow's task runner, and the option that maps them.

@@ -43,7 +43,7 @@ def test_ingest_flow_publishes_the_report_and_the_rejected_items(tmp_path, monke
 def test_ingest_decodes_on_the_flows_task_runner_and_writes_the_same_bytes(
     tmp_path, monkeypatch, prefect_server
 ):
-    """Threads and Dask worker processes (the flow's task runner) write what local processes (`dvc repro`)
+    """Threads and Dask worker processes (the flow's task runner) write what plain threads (`dvc repro`)
     write, and a re-ingest under the flow reuses what the first one decoded."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter
@@ -74,7 +74,7 @@ def test_ingest_decodes_on_the_flows_task_runner_and_writes_the_same_bytes(
             return len(client.read_task_runs(task_run_filter=TaskRunFilter(name={"like_": "decode_task"})))
 
     decode_runs_before = decode_task_runs()
-    local = run_ingest(cfg("threads"), tmp_path / "local")  # no flow: data.workers local processes
+    local = run_ingest(cfg("threads"), tmp_path / "local")  # no flow: data.workers threads
     assert local["accepted"] == 2 * ITEMS_PER_JOB + 7 and local["by_reason"] == {"not_an_image": 1}
     for runner in ("threads", "dask"):
         project = tmp_path / runner

@@ -169,7 +169,7 @@ def test_random_crop_is_recorded_reproducible_and_differs_from_center(tmp_path):
     assert not read_ingested(tmp_path / "r3")[0]["crop_left"].equals(m1["crop_left"])
 
 
-def test_worker_processes_give_the_same_output_as_one(tmp_path):
+def test_decode_threads_give_the_same_output_as_one(tmp_path):
     make_wide_images(tmp_path / "src", n=40)
     (tmp_path / "src" / "bad.png").write_text("<html>not an image</html>")
     (tmp_path / "src" / "bad.txt").write_text("a broken download")

@@ -1,22 +1,24 @@
-"""An ordered map over worker processes with bounded memory: results come back in input order, and only
-a few chunks are ever in flight, so a source of millions of items is never read ahead into memory.
+"""Run jobs a few at a time and take their results back in input order.
 
-Workers are spawned, not forked: stages run inside Prefect's threads, and forking a threaded process
-can deadlock the child.
+A source of millions of items is never read ahead into memory: only `ahead` jobs are submitted beyond the
+one whose result comes back next. The same window serves Prefect's task runners (`task.submit`) and a plain
+thread pool (`ldmflow stage`, where DVC, not Prefect, runs the stage).
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from itertools import islice
-from typing import TypeVar
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, TypeVar
 
 T = TypeVar("T")
-R = TypeVar("R")
+R = TypeVar("R", covariant=True)
+
+
+class Pending(Protocol[R]):
+    def result(self) -> R: ...  # a concurrent.futures.Future or a PrefectFuture
 
 
 def available_cores() -> int:
@@ -26,36 +28,21 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _run_chunk(fn: Callable[[T], R], chunk: list[T]) -> list[R]:
-    return [fn(x) for x in chunk]
+def in_order(submit: Callable[[T], Pending[R]], items: Iterable[T], ahead: int) -> Iterator[R]:
+    """`submit(x).result()` for each x, in order, with at most `ahead` jobs submitted and not yet taken."""
+    pending: deque[Pending[R]] = deque()
+    for item in items:
+        pending.append(submit(item))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
-def ordered_map(
-    fn: Callable[[T], R],
-    items: Iterable[T],
-    workers: int,
-    chunk_size: int = 16,
-) -> Iterator[R]:
-    """`fn(x)` for each x, in order, on `workers` processes (1: in this process, no pool)."""
+def map_on_threads(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+    """`fn(x)` for each x, in order, on `workers` threads (1: in this thread), two jobs per thread ahead."""
     if workers <= 1:
         yield from map(fn, items)
         return
-    source = iter(items)
-    ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=ctx)
-    pending: deque[Future] = deque()
-
-    def submit_next() -> None:
-        chunk = list(islice(source, chunk_size))
-        if chunk:
-            pending.append(pool.submit(_run_chunk, fn, chunk))
-
-    try:
-        for _ in range(4 * workers):
-            submit_next()
-        while pending:
-            done = pending.popleft().result()
-            submit_next()
-            yield from done
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    with ThreadPoolExecutor(workers) as pool:
+        yield from in_order(lambda item: pool.submit(fn, item), items, 2 * workers)

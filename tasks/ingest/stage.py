@@ -1,10 +1,10 @@
 """The ingest stage: turn a source (the synthetic set or user data, see sources.py) into `data/ingested/`,
 in the format of tasks/common/ingested.py (the only thing later stages read).
 
-User items are decoded on `data.workers` processes (preprocess.py); the output is the same whatever
-their number. Inputs an earlier ingest already decoded with the same preprocessing are reused. The new
-output is written beside the old one and swapped in when complete, so a failed ingest leaves the previous
-one intact.
+User items are decoded in jobs (preprocess.py) on the flow's task runner under `ldmflow run`, or on
+`data.workers` threads under `ldmflow stage` (dvc repro); the output is the same whatever runs them.
+Inputs an earlier ingest already decoded with the same preprocessing are reused. The new output is
+written beside the old one and swapped in when complete, so a failed ingest leaves the previous one intact.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from tasks.common.ingested import (
     ShardBuffer,
     read_rejects,
 )
-from tasks.common.parallel import available_cores, ordered_map
+from tasks.common.parallel import available_cores, map_on_threads
 from tasks.common.paths import ProjectPaths
 from tasks.common.progress import progress
 from tasks.ingest import sources, synthetic
@@ -124,14 +124,15 @@ def preprocessing(cfg: Config) -> Preprocessing:
     return Preprocessing(d.resolution, d.crop, cfg.seed, limits, d.empty_captions, buckets)
 
 
-# Runs decode jobs, in order, wherever it likes: here, on local processes, on a Prefect task runner.
+# Runs decode jobs, in order, wherever it likes: here, on threads, on a Prefect task runner.
 DecodeMap = Callable[[Iterator[DecodeJob]], Iterator[list[Prepared | Reject]]]
 ITEMS_PER_JOB = 32
 
 
-def decode_on_processes(workers: int) -> DecodeMap:
-    """Decode jobs on `workers` spawned local processes (1: in this process), a few jobs ahead."""
-    return lambda jobs: ordered_map(decode_chunk, jobs, workers, chunk_size=1)
+def decode_on_threads(workers: int) -> DecodeMap:
+    """Decode jobs on `workers` threads of this process (1: in this thread), a few jobs ahead. Decoding and
+    resizing release the GIL, so threads use every core."""
+    return lambda jobs: map_on_threads(decode_chunk, jobs, workers)
 
 
 def decode_jobs(
@@ -259,7 +260,7 @@ def run_ingest(cfg: Config, out: Path, map_decode: DecodeMap | None = None) -> d
     """The whole stage: read the configured source, write `out`, return the report.
 
     Inputs already ingested into `out` with the same preprocessing are reused, not decoded again. Items are
-    decoded by `map_decode` (default: on `data.workers` local processes); the output is the same whatever
+    decoded by `map_decode` (default: on `data.workers` threads); the output is the same whatever
     runs them.
     """
     staging = out.with_name(f".{out.name}.staging")
@@ -270,7 +271,7 @@ def run_ingest(cfg: Config, out: Path, map_decode: DecodeMap | None = None) -> d
             report = write_ingested(synthetic_candidates(cfg.data, cfg.seed), staging, cfg.data)
         else:
             count = DecodeCount()
-            map_decode = map_decode or decode_on_processes(cfg.data.workers or available_cores())
+            map_decode = map_decode or decode_on_threads(cfg.data.workers or available_cores())
             candidates = user_candidates(cfg, PreviousIngest(out), count, map_decode)
             report = write_ingested(candidates, staging, cfg.data)
             report.update(decoded=count.decoded, reused=count.reused)
