@@ -4,10 +4,19 @@ and a grid of images for looking at them."""
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import numpy as np
 import torch
 from PIL import Image
+
+
+class Images(Protocol):
+    """uint8 images [N, H, W, 3]: an array, or anything that indexes like one and reads on demand."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, which: slice | np.ndarray) -> np.ndarray: ...
 
 
 def to_model_space(images: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -92,8 +92,12 @@ class LatentDiffusionPipeline:
         num_inference_steps: int = 25,
         guidance_scale: float = 4.0,
         seed: int = 0,
+        batch_size: int | None = None,
     ) -> np.ndarray:
-        """uint8 images [len(prompts) * num_images_per_prompt, H, W, 3], prompt-major; fixed by `seed`."""
+        """uint8 images [len(prompts) * num_images_per_prompt, H, W, 3], prompt-major; fixed by `seed`.
+
+        Sampled `batch_size` images at a time (default: all at once). The initial noise of every image is
+        drawn up front, so a seed gives the same images whatever the batch size."""
         if isinstance(prompts, str):
             prompts = [prompts]
         if not prompts or num_images_per_prompt < 1:
@@ -104,10 +108,20 @@ class LatentDiffusionPipeline:
         mask = mask.repeat_interleave(num_images_per_prompt, 0)  # [N, L]
         uncond_hidden, uncond_mask = encode_captions(self.tokenizer, self.text_encoder, [""], self.max_length)
 
-        # 2. reverse diffusion in latent space; CPU noise so a seed gives the same start on any device
+        # 2. the initial noise of every image, on the CPU so a seed gives the same start on any device
         h, w = default_latent_size(self.unet)
-        shape = (hidden.shape[0], self.unet.config.in_channels, h, w)
+        n = hidden.shape[0]
         generator = torch.Generator().manual_seed(seed)
+        noise = torch.randn((n, self.unet.config.in_channels, h, w), generator=generator)
+        step = batch_size or n
+        return np.concatenate([
+            self._sample(hidden[i : i + step], mask[i : i + step], uncond_hidden, uncond_mask,
+                         noise[i : i + step], num_inference_steps, guidance_scale)
+            for i in range(0, n, step)
+        ])  # fmt: skip
+
+    def _sample(self, hidden, mask, uncond_hidden, uncond_mask, noise, num_inference_steps, guidance_scale):
+        """Reverse diffusion in latent space from `noise`, then decode: uint8 [B, H, W, 3]."""
         with autocast(self.device):
             latents = sample_latents(
                 self.unet,
@@ -116,13 +130,12 @@ class LatentDiffusionPipeline:
                 mask,
                 uncond_hidden,
                 uncond_mask,
-                shape=shape,
+                shape=tuple(noise.shape),
                 num_inference_steps=num_inference_steps,
                 guidance_scale=guidance_scale,
-                generator=generator,
+                noise=noise,
             )
-
-        # 3. undo the latent normalisation (statistics in the VAE config) and decode to pixels, in fp32
+        # undo the latent normalisation (statistics in the VAE config) and decode to pixels, in fp32
         latents = from_diffusion_space(latents.float(), self.vae.config)
-        images = self.vae.decode(latents.to(self.vae.dtype)).sample  # [N, 3, H, W] in ~[-1, 1]
+        images = self.vae.decode(latents.to(self.vae.dtype)).sample  # [B, 3, H, W] in ~[-1, 1]
         return to_uint8(images)

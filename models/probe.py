@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.convnet import conv_trunk, imperfect, trunk_features
 from models.device import pick_device
-from models.images import to_model_space
+from models.images import Images, to_model_space
 
 
 class AttributeProbe(nn.Module):
@@ -19,59 +18,14 @@ class AttributeProbe(nn.Module):
     def __init__(self, num_colors: int, num_shapes: int, width: int = 32):
         super().__init__()
 
-        def block(c_in: int, c_out: int) -> nn.Sequential:
-            return nn.Sequential(
-                nn.Conv2d(c_in, c_out, 3, padding=1), nn.GroupNorm(8, c_out), nn.SiLU(),
-                nn.Conv2d(c_out, c_out, 3, padding=1), nn.GroupNorm(8, c_out), nn.SiLU(),
-            )  # fmt: skip
-
-        self.trunk = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1),
-            nn.GroupNorm(8, width),
-            nn.SiLU(),  # one conv at full res
-            nn.MaxPool2d(2),
-            block(width, 2 * width),
-            nn.MaxPool2d(2),
-            block(2 * width, 2 * width),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
-        self.color_head = nn.Linear(2 * width, num_colors)
-        self.shape_head = nn.Linear(2 * width, num_shapes)
+        self.trunk = conv_trunk(width, pooled_side=1)  # global average: colour and shape only
+        self.color_head = nn.Linear(trunk_features(width, 1), num_colors)
+        self.shape_head = nn.Linear(trunk_features(width, 1), num_shapes)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, 3, H, W] in [-1, 1] -> (colour logits [B, num_colors], shape logits [B, num_shapes])."""
-        f = self.trunk(x)  # [B, 2 * width]
+        f = self.trunk(x)  # [B, trunk features]
         return self.color_head(f), self.shape_head(f)
-
-
-def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Blur each image of x [B, C, H, W] with its own sigma [B] (separable 5-tap Gaussian)."""
-    b, c, h, w = x.shape
-    r = torch.arange(-2, 3, device=x.device, dtype=x.dtype)  # [5]
-    k = torch.exp(-(r[None] ** 2) / (2 * sigma[:, None].clamp_min(1e-3) ** 2))  # [B, 5]
-    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # [B*C, 5]
-    y = x.reshape(1, b * c, h, w)
-    y = F.conv2d(F.pad(y, (2, 2, 0, 0), mode="replicate"), k[:, None, None, :], groups=b * c)
-    y = F.conv2d(F.pad(y, (0, 0, 2, 2), mode="replicate"), k[:, None, :, None], groups=b * c)
-    return y.reshape(b, c, h, w)
-
-
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random blur (half the batch, sigma up to 1.5 px) and Gaussian noise, like imperfect samples."""
-    b = x.shape[0]
-    sigma = torch.rand(b, generator=gen) * 1.5 * (torch.rand(b, generator=gen) < 0.5)
-    x = torch.where(sigma.to(x.device)[:, None, None, None] > 0, _gaussian_blur(x, sigma.to(x.device)), x)
-    noise_std = torch.rand(b, 1, 1, 1, generator=gen) * 0.1
-    return x + noise_std.to(x.device) * torch.randn(x.shape, generator=gen).to(x.device)
-
-
-class Images(Protocol):
-    """uint8 images [N, H, W, 3]: an array, or anything that indexes like one and reads on demand."""
-
-    def __len__(self) -> int: ...
-
-    def __getitem__(self, which: slice | np.ndarray) -> np.ndarray: ...
 
 
 def train_probe(
@@ -101,7 +55,7 @@ def train_probe(
     probe.train()
     for _ in range(steps):
         idx = torch.randint(len(images), (batch_size,), generator=gen)
-        x = _augment(to_model_space(images[idx.numpy()]).to(device), gen)  # [B, 3, H, W] in [-1, 1]
+        x = imperfect(to_model_space(images[idx.numpy()]).to(device), gen)  # [B, 3, H, W] in [-1, 1]
         color_logits, shape_logits = probe(x)
         loss = F.cross_entropy(color_logits, c_all[idx].to(device)) + F.cross_entropy(
             shape_logits, s_all[idx].to(device)

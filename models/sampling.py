@@ -21,14 +21,16 @@ def sample_latents(
     shape: tuple[int, ...],
     num_inference_steps: int,
     guidance_scale: float,
-    generator: torch.Generator,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reverse process from x_T ~ N(0, I) with DDIM (eta=0) and classifier-free guidance.
 
     cond_* are [B, L, D] / [B, L]; uncond_* the empty caption's, [B or 1, L, D] / [B or 1, L].
     eps = eps_u + s (eps_c - eps_u)   (Ho & Salimans 2022, eq. 6); s=1 is the plain conditional model,
     s=0 the unconditional one. Returns scaled latents [B, C, h, w] (divide by the VAE scaling factor).
-    The initial noise comes from `generator` (CPU or same-device), so a seed fixes the result.
+    The initial noise x_T is `noise` [B, C, h, w] when given, else drawn from `generator` (CPU or
+    same-device), so a seed fixes the result.
     """
     device = unet.device
     b = shape[0]
@@ -50,8 +52,13 @@ def sample_latents(
         hidden, mask = torch.cat([uncond_hidden, cond_hidden]), torch.cat([uncond_mask, cond_mask])
     dtype = next(unet.parameters()).dtype
 
-    x = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32).to(device)
-    x = x * scheduler.init_noise_sigma
+    if noise is None:
+        if generator is None:
+            raise ValueError("sample_latents needs the initial noise or a generator to draw it from")
+        noise = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
+    elif tuple(noise.shape) != tuple(shape):
+        raise ValueError(f"initial noise has shape {tuple(noise.shape)}, not {tuple(shape)}")
+    x = noise.float().to(device) * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
         model_in = x if hidden.shape[0] == b else torch.cat([x, x])  # [B or 2B, C, h, w]
         model_in = scheduler.scale_model_input(model_in, t)

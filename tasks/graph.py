@@ -107,12 +107,15 @@ STAGES: dict[str, Stage] = {
         Stage(
             "evaluate",
             upstream=("ingest", "train_vae", "embed_text", "train_unet"),
-            params=("seed", "eval", "tracking"),
+            params=("seed", "eval", "storage", "tracking"),
             code=(
-                "tasks/evaluate.py",
+                "tasks/evaluate",
                 "models/pipeline.py",
                 "models/pyfunc.py",
                 "models/probe.py",
+                "models/judge.py",
+                "models/judge_metrics.py",
+                "models/convnet.py",
                 "models/sampling.py",
                 "models/text_encoder.py",
                 "models/unet.py",
@@ -122,7 +125,7 @@ STAGES: dict[str, Stage] = {
                 "models/fingerprint.py",
             ),
             outs=("artifacts/eval",),
-            entry="tasks.evaluate",
+            entry="tasks.evaluate.stage",
         ),  # fmt: skip
     )
 }

@@ -24,7 +24,8 @@ TINY = {
     "text": {"max_length": 12, "shard_size": 8},
     "unet": {"block_out_channels": [16, 32], "attention_head_dim": 4, "steps": 4, "batch_size": 8,
              "warmup_steps": 1, "num_train_timesteps": 50, "log_every": 2},
-    "eval": {"prompts_per_class": 1, "inference_steps": 3, "probe_steps": 3, "gate_prompt_adherence": 0.0},
+    "eval": {"samples": 8, "inference_steps": 3, "probe_steps": 3, "judge": {"steps": 3, "batch_size": 8},
+             "gate": {"floor": 0.0}},
 }  # fmt: skip
 
 

@@ -73,6 +73,10 @@ def test_full_run_registers_a_model(project, s3_server):
     assert 0.0 <= metrics["prompt_adherence"] <= 1.0
     assert metrics["chance_level"] == pytest.approx(0.25)
     assert all(isinstance(v, int | float) for v in metrics.values())
+    judged = ["r_precision_judge", "r_precision_judge_ceiling", "fd_judge", "fd_judge_floor", "kid_judge",
+              "precision_judge", "recall_judge"]  # fmt: skip
+    assert set(judged) <= set(metrics)
+    assert metrics["r_precision_chance"] == pytest.approx(1 / metrics["r_precision_pool"])
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri, registry_uri=uri)  # explicit: other tests in this process set MLflow's globals
@@ -124,14 +128,20 @@ def test_editing_the_sampler_makes_the_stages_that_sample_stale(project):
     assert "Data and pipelines are up to date" in dvc(root, env, "status")
 
 
-def test_unet_params_rerun_only_unet_and_evaluate(project):
+def test_unet_params_rerun_only_unet_and_evaluate_with_the_same_judge(project):
     root, env, _ = project
+    before = json.loads((root / "artifacts/eval/metrics.json").read_text())
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["unet"]["steps"] = 5
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    outcomes = stage_outcomes(ldmflow(root, env, "run").stdout)
+    run = ldmflow(root, env, "run")
+    outcomes = stage_outcomes(run.stdout)
     assert {s for s, state in outcomes.items() if state == "ran"} == {"train_unet", "evaluate"}
     assert "Data and pipelines are up to date" in dvc(root, env, "status")
+    assert "judge: reused" in run.stdout + run.stderr  # not retrained for a new U-Net
+    after = json.loads((root / "artifacts/eval/metrics.json").read_text())
+    for real in ("r_precision_judge_ceiling", "fd_judge_floor", "kid_judge_floor", "precision_judge_real"):
+        assert after[real] == before[real], real  # what the judge says of real images did not move
 
 
 def test_generate_writes_an_image(project):

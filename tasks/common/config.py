@@ -151,12 +151,34 @@ class UnetConfig(Section):
         return self
 
 
+class JudgeConfig(Section):
+    steps: int = Field(800, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(2e-3, gt=0)
+    embed_dim: int = Field(64, ge=2)
+    width: int = Field(32, ge=8, multiple_of=8)
+    pool_size: int = Field(32, ge=2)  # R-precision: each image's caption among this many
+
+
+# What each gated metric's better direction is; the gate's floor is the worst value it accepts.
+GATED_METRICS = {"r_precision_judge": "higher", "fd_judge": "lower", "kid_judge": "lower",
+                 "prompt_adherence": "higher"}  # fmt: skip
+
+
+class GateConfig(Section):
+    metric: Literal["r_precision_judge", "fd_judge", "kid_judge", "prompt_adherence"] = "r_precision_judge"
+    min_delta: float = Field(0.0, ge=0)  # champion moves when the new model is better by more than this
+    floor: float = 0.1  # ...and reaches this (a worst acceptable value: a ceiling for FD and KID)
+
+
 class EvalConfig(Section):
-    prompts_per_class: int = Field(4, ge=1)
+    samples: int = Field(120, ge=2)  # held-out captions sampled, one image each
+    batch_size: int = Field(64, ge=1)
     inference_steps: int = Field(25, ge=1)
     guidance_scale: float = Field(4.0, ge=0)
     probe_steps: int = Field(400, ge=1)
-    gate_prompt_adherence: float = Field(0.5, ge=0, le=1)
+    judge: JudgeConfig = JudgeConfig()
+    gate: GateConfig = GateConfig()
 
 
 class StorageConfig(Section):

@@ -24,7 +24,6 @@ from tasks.common.config import Config
 from tasks.common.paths import ProjectPaths
 
 PARENT_RUN_ENV = "LDMFLOW_PARENT_RUN_ID"
-CHAMPION = "champion"
 
 
 def tracking_uri(cfg: Config, paths: ProjectPaths) -> str:
@@ -136,9 +135,10 @@ def register_text_to_image(
     artifacts: dict[str, str],
     signature: Any,
     code_paths: list[str],
-    promote: bool,
+    alias: str,
+    tags: dict[str, str],
 ) -> str:
-    """Log the pyfunc model in the stage's run, register a version; move `champion` only if `promote`."""
+    """Log the pyfunc model in the stage's run, register a version with `tags`, and point `alias` at it."""
     with mlflow.start_run(run_id=stage.run_id):
         info = mlflow.pyfunc.log_model(
             name="text_to_image",
@@ -149,10 +149,9 @@ def register_text_to_image(
             pip_requirements=_model_requirements(),
         )
     name = cfg.tracking.registered_model
-    version = mlflow.register_model(info.model_uri, name).version
-    if promote:
-        stage.client.set_registered_model_alias(name, CHAMPION, version)
-    stage.set_tags({"ldmflow.registered_version": str(version), "ldmflow.champion": str(promote)})
+    version = mlflow.register_model(info.model_uri, name, tags=tags).version
+    stage.client.set_registered_model_alias(name, alias, version)
+    stage.set_tags({"ldmflow.registered_version": str(version), "ldmflow.alias": alias})
     return str(version)
 
 

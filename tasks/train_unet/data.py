@@ -16,10 +16,10 @@ import torch
 
 from models.latents import to_diffusion_space
 from models.sample_draws import draw_samples
+from tasks.common.captions import CaptionTable
 from tasks.common.config import Config
 from tasks.common.keys import content_key
 from tasks.common.storage import ObjectStore
-from tasks.train_unet.captions import CaptionTable
 from tasks.train_unet.trainer import MicroBatch
 
 

@@ -13,9 +13,6 @@ used shards are evicted), each verified against its checksum on arrival.
 
 from __future__ import annotations
 
-import os
-import tempfile
-import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,8 +24,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
-from tasks.common.cache_shards import CorruptShard
-from tasks.common.keys import sha256_hex
+from tasks.common.shard_folder import ShardFolder
 from tasks.common.storage import ObjectStore
 
 
@@ -57,46 +53,6 @@ def plan_epoch(items: pd.DataFrame, batch_size: int, seed: int, epoch: int, wind
                 batches.append(np.array(waiting))
                 waiting.clear()
     return batches
-
-
-class ShardFolder:
-    """Shards copied from object storage into a local folder of at most `max_bytes` (LRU eviction)."""
-
-    def __init__(self, store: ObjectStore, folder: Path, max_bytes: int, heal: str = "cache_latents") -> None:
-        self.store, self.folder, self.max_bytes = store, folder, max_bytes
-        self.heal = heal  # the stage that recomputes a corrupt shard
-        folder.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-
-    def path(self, shard: str, sha256: str) -> Path:
-        """The local copy of a shard, fetched and verified first if it is not here."""
-        local = self.folder / f"{sha256}.safetensors"  # named by content: a rewritten shard is a new file
-        if local.exists():
-            os.utime(local)  # most recently used
-            return local
-        data = self.store.get_bytes(shard)
-        if sha256_hex(data) != sha256:
-            raise CorruptShard(
-                f"{self.store.uri(shard)}: checksum mismatch: not trained on; "
-                f"run `ldmflow run {self.heal} --force` to recompute it"
-            )
-        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".part")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, local)  # complete or absent, never half a file
-        self._evict(keep=local)
-        return local
-
-    def _evict(self, keep: Path) -> None:
-        with self._lock:
-            files = sorted(self.folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
-            total = sum(p.stat().st_size for p in files)
-            for old in files:
-                if total <= self.max_bytes:
-                    break
-                if old != keep:
-                    total -= old.stat().st_size
-                    old.unlink(missing_ok=True)
 
 
 class LatentStream:

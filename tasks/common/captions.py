@@ -16,8 +16,8 @@ import torch
 from safetensors import safe_open
 
 from tasks.common.cache_shards import CorruptShard
+from tasks.common.shard_folder import ShardFolder
 from tasks.common.storage import ObjectNotFound, ObjectStore
-from tasks.train_unet.latent_stream import ShardFolder
 
 
 class CaptionTable:
@@ -31,12 +31,20 @@ class CaptionTable:
         except ObjectNotFound as err:  # a corrupt one says so itself: never trained on, embed_text heals it
             raise CorruptShard(f"{err}\nrun `ldmflow run embed_text --force` to recompute it") from err
         self.file_of = [files[s] for s in manifest["shard"]]  # row -> local shard file
+        self.row_of = {caption: row for row, caption in enumerate(manifest["caption"])}
         self.index_of = manifest["shard_index"].to_numpy()  # row -> its position in that shard
         with safe_open(self.file_of[0], "pt") as f:
             _, self.length, self.hidden_size = f.get_slice("hidden").get_shape()  # [n, L, D]
 
     def __len__(self) -> int:
         return len(self.file_of)
+
+    def rows_of(self, captions: list[str] | pd.Series) -> np.ndarray:
+        """The table rows of `captions`; a caption the text cache lacks is an error naming it."""
+        missing = [c for c in dict.fromkeys(captions) if c not in self.row_of]
+        if missing:
+            raise ValueError(f"the text cache has no embedding for captions {missing[:3]}: re-run embed_text")
+        return np.array([self.row_of[c] for c in captions], dtype=np.int64)
 
     def rows(self, rows: torch.Tensor | np.ndarray | slice) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings (float32 [B, L, D]) and attention masks (int64 [B, L]) of rows `rows`."""

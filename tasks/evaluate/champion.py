@@ -1,0 +1,79 @@
+"""The registry's gate: alias `champion` moves to a new version only when it beats the current champion on
+`eval.gate.metric` by more than `min_delta` and clears the floor; otherwise the new version is
+`challenger`. A first model becomes champion when it clears the floor.
+
+Numbers compare only when measured alike: by the same judge (its key) with the same evaluation settings.
+A champion measured otherwise (new data, new eval params) is measured again now, by the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from tasks.common.config import GATED_METRICS, GateConfig
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+JUDGE_TAG, SETTINGS_TAG = "ldmflow.judge_key", "ldmflow.eval_settings"
+
+
+def metric_tag(name: str) -> str:
+    return f"metric.{name}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    promote: bool
+    metric: str
+    value: float
+    champion: str | None  # the champion's version before this decision
+    champion_value: float | None  # its value, measured like `value`
+    reason: str
+
+    def __str__(self) -> str:
+        alias = CHAMPION if self.promote else CHALLENGER
+        return f"{alias}: {self.reason}"
+
+
+def _better(metric: str, a: float, b: float, by: float) -> bool:
+    return a > b + by if GATED_METRICS[metric] == "higher" else a < b - by
+
+
+def _clears(metric: str, value: float, floor: float) -> bool:
+    return value >= floor if GATED_METRICS[metric] == "higher" else value <= floor
+
+
+def current_champion(client: MlflowClient, name: str):
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:  # no registered model, or no champion yet
+        return None
+
+
+def decide(
+    gate: GateConfig,
+    value: float,
+    champion,  # the champion's ModelVersion, or None
+    measured_alike: dict[str, str],  # the judge key and settings this value was measured with
+    measure_champion: Callable[[str], float],  # champion version -> its value, measured now
+) -> Verdict:
+    metric = gate.metric
+    if not _clears(metric, value, gate.floor):
+        worst = "at least" if GATED_METRICS[metric] == "higher" else "at most"
+        return Verdict(False, metric, value, champion and champion.version, None,
+                       f"{metric} {value:.4f} misses the floor ({worst} {gate.floor})")  # fmt: skip
+    if champion is None:
+        reason = f"first model to clear the floor ({metric} {value:.4f})"
+        return Verdict(True, metric, value, None, None, reason)
+    tags = champion.tags or {}
+    alike = all(tags.get(k) == v for k, v in measured_alike.items()) and metric_tag(metric) in tags
+    old = float(tags[metric_tag(metric)]) if alike else measure_champion(champion.version)
+    how = "" if alike else " (measured again now: it was judged by another judge or settings)"
+    versus = f"champion v{champion.version}'s {old:.4f}{how}"
+    if _better(metric, value, old, gate.min_delta):
+        return Verdict(True, metric, value, champion.version, old, f"{metric} {value:.4f} beats {versus}")
+    reason = f"{metric} {value:.4f} does not beat {versus} by more than {gate.min_delta}"
+    return Verdict(False, metric, value, champion.version, old, reason)

@@ -1,0 +1,206 @@
+"""evaluate stage: sample the trained model for held-out captions, measure it, register it, and move the
+`champion` alias only when it beats the current champion.
+
+On any data, the samples are scored in the space of a judge trained on the real train split (judge.py,
+scores.py): R-precision with chance and the real-image ceiling, Fréchet distance, KID, precision and
+recall with the real-vs-real floor. Labelled data (the synthetic set) adds prompt adherence from a
+probe (adherence.py). Writes `artifacts/eval/metrics.json` (flat {name: number}) and
+`artifacts/eval/samples.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+
+from models import pyfunc
+from models.device import pick_device
+from models.fingerprint import module_fingerprint
+from models.images import make_grid
+from models.pipeline import LatentDiffusionPipeline, save_sampling_config
+from models.pyfunc import TextToImageModel, signature
+from models.text_encoder import load_text_encoder
+from tasks.common import tracking
+from tasks.common.captions import CaptionTable
+from tasks.common.config import Config
+from tasks.common.keys import content_key
+from tasks.common.paths import ProjectPaths
+from tasks.common.storage import ObjectStore, object_store_from_config
+from tasks.common.tracking import Run
+from tasks.evaluate.adherence import has_labels, prompt_adherence
+from tasks.evaluate.champion import (
+    CHALLENGER,
+    CHAMPION,
+    JUDGE_TAG,
+    SETTINGS_TAG,
+    current_champion,
+    decide,
+    metric_tag,
+)
+from tasks.evaluate.judge import ReadyJudge, ready_judge
+from tasks.evaluate.scores import choose_rows, judge_scores, read_rows
+
+METRICS = "metrics.json"
+SAMPLES = "samples.png"
+
+
+def load_pipeline(vae_dir: Path, unet_dir: Path, text_dir: Path, cfg: Config) -> LatentDiffusionPipeline:
+    """Assemble the sampler from the stage outputs; the encoder must be the one the text cache used."""
+    info = json.loads((text_dir / "cache.json").read_text())
+    tokenizer, encoder = load_text_encoder(info["encoder"])
+    if module_fingerprint(encoder) != info["encoder_fingerprint"]:
+        raise ValueError(
+            f"text encoder {info['encoder']!r} no longer matches the one the U-Net was trained with "
+            f"({text_dir / 'cache.json'}); re-run embed_text and train_unet"
+        )
+    device = pick_device()
+    scheduler_config = dict(json.loads((unet_dir / "scheduler" / "scheduler_config.json").read_text()))
+    return LatentDiffusionPipeline(
+        vae=AutoencoderKL.from_pretrained(vae_dir).to(device).eval(),
+        unet=UNet2DConditionModel.from_pretrained(unet_dir).to(device).eval(),
+        tokenizer=tokenizer,
+        text_encoder=encoder.to(device),
+        scheduler_config=scheduler_config,
+        max_length=int(info["max_length"]),
+        device=device,
+    )
+
+
+class Measurement:
+    """What a model is measured against: held-out captions and their real images, as many real train
+    images for the floor, the judge, and (labelled data) the probe's labels."""
+
+    def __init__(self, cfg: Config, ingested: Path, ready: ReadyJudge) -> None:
+        e = cfg.eval
+        self.cfg, self.ingested, self.ready = cfg, ingested, ready
+        self.prompts = choose_rows(ingested, "val", e.samples, cfg.seed)
+        self.held_out = read_rows(ingested, self.prompts)
+        self.train = read_rows(ingested, choose_rows(ingested, "train", len(self.prompts), cfg.seed))
+        self.labelled = has_labels(ingested)
+        settings = {"eval": e.model_dump(mode="json", exclude={"gate"}), "seed": cfg.seed}
+        settings_key = content_key(settings, list(self.prompts["sample_id"]))
+        self.alike = {JUDGE_TAG: ready.key, SETTINGS_TAG: settings_key}
+
+    def samples(self, pipe: LatentDiffusionPipeline) -> np.ndarray:
+        e = self.cfg.eval
+        return pipe.generate(
+            self.prompts["caption"].tolist(),
+            num_inference_steps=e.inference_steps,
+            guidance_scale=e.guidance_scale,
+            seed=self.cfg.seed,
+            batch_size=e.batch_size,
+        )
+
+    def scores(self, samples: np.ndarray) -> dict[str, float]:
+        captions = self.prompts["caption"].tolist()
+        metrics = judge_scores(self.ready, samples, captions, self.held_out, self.train, self.cfg.seed)
+        if self.labelled:
+            steps = self.cfg.eval.probe_steps
+            metrics |= prompt_adherence(self.ingested, samples, self.prompts, steps, self.cfg.seed)
+        return metrics | {"eval_samples": len(samples)}
+
+
+def report(metrics: dict[str, float]) -> str:
+    m = metrics
+    lines = [
+        f"R-precision (judge) {m['r_precision_judge']:.3f}  (chance {m['r_precision_chance']:.3f}, "
+        f"real images {m['r_precision_judge_ceiling']:.3f}; pool of {m['r_precision_pool']:.0f})",
+        f"FD (judge) {m['fd_judge']:.4f}  KID (judge) {m['kid_judge']:.4f}  "
+        f"(real vs real: {m['fd_judge_floor']:.4f}, {m['kid_judge_floor']:.4f})",
+        f"precision {m['precision_judge']:.3f}  recall {m['recall_judge']:.3f}  "
+        f"(real vs real: {m['precision_judge_real']:.3f}, {m['recall_judge_real']:.3f})",
+    ]
+    if "prompt_adherence" in m:
+        lines.append(
+            f"prompt_adherence {m['prompt_adherence']:.3f} (chance {m['chance_level']:.3f}; colour "
+            f"{m['color_adherence']:.3f}, shape {m['shape_adherence']:.3f}, probe on real held-out images "
+            f"{m['probe_val_accuracy']:.3f})"
+        )
+    return "\n".join(lines)
+
+
+def run_evaluate(
+    cfg: Config, paths: ProjectPaths, captions: CaptionTable, store: ObjectStore, tracker: Run | None = None
+) -> dict:
+    torch.manual_seed(cfg.seed)
+    pipe = load_pipeline(paths.vae, paths.unet, paths.text, cfg)
+    ready = ready_judge(cfg, paths.ingested, paths.text, captions, store)
+    print(f"judge: {'trained and stored' if ready.trained_now else 'reused'} ({store.uri(ready.key)})")
+    measure = Measurement(cfg, paths.ingested, ready)
+    samples = measure.samples(pipe)
+    metrics = measure.scores(samples)
+    print(report(metrics))
+
+    out = paths.eval
+    out.mkdir(parents=True, exist_ok=True)
+    make_grid(samples[:64], ncols=8).save(out / SAMPLES)
+    (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+    if tracker:
+        tracker.log_metrics(metrics)
+        tracker.log_artifact(out / SAMPLES)
+        gate_and_register(cfg, pipe, tracker, measure, metrics)
+    return metrics
+
+
+def gate_and_register(cfg: Config, pipe: LatentDiffusionPipeline, tracker: Run, measure: Measurement,
+                      metrics: dict[str, float]) -> None:  # fmt: skip
+    """Decide champion or challenger against the current champion, then register with that alias."""
+    gate = cfg.eval.gate
+    if gate.metric not in metrics:
+        measured = ", ".join(sorted(metrics))
+        raise ValueError(
+            f"eval.gate.metric {gate.metric!r} is not measured on this data (measured: {measured})"
+        )
+    name = cfg.tracking.registered_model
+
+    def measure_champion(version: str) -> float:
+        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
+        return measure.scores(measure.samples(model.pipe))[gate.metric]
+
+    champion = current_champion(tracker.client, name)
+    verdict = decide(gate, metrics[gate.metric], champion, measure.alike, measure_champion)
+    tags = measure.alike | {metric_tag(k): repr(float(v)) for k, v in metrics.items()}
+    version = register(cfg, pipe, tracker, CHAMPION if verdict.promote else CHALLENGER, tags)
+    tracker.set_tags({"ldmflow.gate": str(verdict)})
+    if verdict.champion_value is not None:
+        tracker.log_metrics({f"champion_{verdict.metric}": verdict.champion_value})
+    print(f"registered {name} version {version} as {verdict}")
+
+
+def register(
+    cfg: Config, pipe: LatentDiffusionPipeline, tracker: Run, alias: str, tags: dict[str, str]
+) -> str:
+    """Save the sampler's parts as artifacts of a pyfunc text-to-image model and register it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        parts = Path(tmp)
+        pipe.vae.save_pretrained(parts / "vae")
+        pipe.unet.save_pretrained(parts / "unet")
+        pipe.text_encoder.save_pretrained(parts / "text_encoder")
+        pipe.tokenizer.save_pretrained(parts / "text_encoder")
+        save_sampling_config(parts / "sampling.json", pipe.scheduler_config, pipe.max_length)
+        artifacts = {name: str(parts / name) for name in ("vae", "unet", "text_encoder", "sampling.json")}
+        artifacts["sampling"] = artifacts.pop("sampling.json")
+        return tracking.register_text_to_image(
+            tracker,
+            cfg,
+            TextToImageModel(),
+            artifacts,
+            signature(),
+            code_paths=[str(Path(pyfunc.__file__).parent)],  # the `models` package travels with the model
+            alias=alias,
+            tags=tags,
+        )
+
+
+def main(cfg: Config, paths: ProjectPaths, tracker: Run) -> dict:
+    store = object_store_from_config(cfg.storage, paths.s3_state)
+    text = pd.read_parquet(paths.text / "manifest.parquet")
+    captions = CaptionTable(store, text, paths.shard_cache / "text")
+    return run_evaluate(cfg, paths, captions, store, tracker)
