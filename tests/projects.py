@@ -4,6 +4,8 @@ S3 server: its params.yaml, and the environment the CLI subprocesses get."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import yaml
 from tasks.common.embedded_s3 import S3Endpoint
 
 BIN = Path(sys.executable).parent  # the venv's ldmflow, dvc, torchrun
+REPO = Path(__file__).resolve().parents[1]
 
 # The whole pipeline in seconds: 96 synthetic images of 16x16, a few steps of each model.
 TINY = {
@@ -51,3 +54,14 @@ def cli_env(s3_server: S3Endpoint, **extra: str) -> dict[str, str]:
         "AWS_DEFAULT_REGION": s3_server.region,
         **extra,
     }
+
+
+def init_project(root: Path, env: dict[str, str]) -> None:
+    """Make `root` a project `ldmflow run` works in: dvc.yaml and the stage code it lists as deps, under
+    git and DVC."""
+    for f in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(REPO / f, root / f)
+    for d in ("tasks", "models"):
+        shutil.copytree(REPO / d, root / d, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=root, env=env, check=True)  # keeps the .dvcignore

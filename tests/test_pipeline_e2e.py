@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,9 +15,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
-from projects import BIN, TINY, cli_env, write_params
+from projects import BIN, TINY, cli_env, init_project, write_params
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
 STAGES = ["ingest", "train_vae", "cache_latents", "embed_text", "train_unet", "evaluate"]
 
@@ -51,13 +49,8 @@ def project(tmp_path_factory, s3_server):
     root = tmp_path_factory.mktemp("project")
     bucket = f"e2e-{os.getpid()}"
     write_params(root, TINY, s3_server, bucket)
-    for f in ("dvc.yaml", ".dvcignore"):
-        shutil.copy(REPO / f, root / f)
-    for d in ("tasks", "models"):  # dvc.yaml lists stage code as deps
-        shutil.copytree(REPO / d, root / d, ignore=shutil.ignore_patterns("__pycache__"))
     env = cli_env(s3_server, PREFECT_HOME=str(root / ".prefect"))
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    dvc(root, env, "init", "-q")  # keeps the .dvcignore copied above
+    init_project(root, env)
     return root, env, bucket
 
 

@@ -74,3 +74,39 @@ def write_every_convention(base: Path, n: int = 6) -> dict[str, tuple[str, dict]
         "pq": ("parquet", {"caption_column": "caption"}),
         "wds": ("webdataset", {}),
     }
+
+
+TONES = {"red": (200, 60, 50), "green": (60, 170, 80), "blue": (50, 90, 200), "golden": (220, 180, 60)}
+
+
+def write_photo_folder(root: Path, n: int, seed: int = 0) -> None:
+    """An unlabelled image folder (`metadata.jsonl`) of photo-like pictures: a lit gradient, a few soft blobs
+    of one tone, sensor noise, in several sizes and aspect ratios; each caption says what is drawn, in
+    free words, and carries no label columns."""
+    from PIL import ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        w, h = [(40, 30), (30, 40), (36, 36), (48, 32)][i % 4]
+        tone, blobs, light = (
+            list(TONES)[rng.integers(len(TONES))],
+            int(rng.integers(1, 4)),
+            bool(rng.integers(2)),
+        )
+        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+        base = (150 if light else 40) + 40 * (x / w)[..., None] * rng.uniform(0.5, 1, 3)
+        img = Image.fromarray(np.clip(base + rng.normal(0, 5, (h, w, 3)), 0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(img)
+        for _ in range(blobs):
+            cx, cy, r = rng.integers(6, w - 6), rng.integers(6, h - 6), int(rng.integers(4, 9))
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=TONES[tone])
+        img = img.filter(ImageFilter.GaussianBlur(0.6))
+        img.save(root / f"photo{i:03d}.jpg", quality=92)
+        count = ["one", "two", "three"][blobs - 1]
+        sky = "a bright" if light else "a dark"
+        rows.append(
+            {"file_name": f"photo{i:03d}.jpg", "text": f"{count} {tone} spots against {sky} backdrop"}
+        )
+    (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
