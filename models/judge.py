@@ -35,6 +35,7 @@ class JudgeShape:
     embed_dim: int = 64
     width: int = 32
     grid: int = 4  # the image encoder pools to grid x grid before its projection
+    resolution: int = 32  # larger images are scaled down to this longer side first: a judge stays cheap
 
 
 class Judge(nn.Module):
@@ -53,6 +54,9 @@ class Judge(nn.Module):
 
     def embed_images(self, x: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] in [-1, 1] -> unit vectors [B, embed_dim]."""
+        longer = max(x.shape[-2:])
+        if longer > self.shape.resolution:
+            x = F.interpolate(x, scale_factor=self.shape.resolution / longer, mode="bilinear", antialias=True)
         return F.normalize(self.image_encoder(x), dim=-1)
 
     def embed_captions(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

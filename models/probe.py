@@ -1,4 +1,5 @@
-"""A small CNN that reads colour and shape off an image, to score whether samples follow their prompt."""
+"""A small CNN that reads labelled attributes (colour, shape, size, position) off an image, to score whether
+samples follow their prompt."""
 
 from __future__ import annotations
 
@@ -13,53 +14,48 @@ from models.images import Images, to_model_space
 
 
 class AttributeProbe(nn.Module):
-    """Conv trunk + global average pooling + two linear heads (colour, shape); any resolution >= 16."""
+    """Conv trunk pooled to a 4 x 4 grid (so it sees where things are, not only what) and one linear head
+    per attribute; any resolution >= 16."""
 
-    def __init__(self, num_colors: int, num_shapes: int, width: int = 32):
+    def __init__(self, classes: dict[str, int], width: int = 32, grid: int = 4) -> None:
         super().__init__()
+        self.trunk = conv_trunk(width, pooled_side=grid)
+        self.heads = nn.ModuleDict(
+            {name: nn.Linear(trunk_features(width, grid), n) for name, n in classes.items()}
+        )
 
-        self.trunk = conv_trunk(width, pooled_side=1)  # global average: colour and shape only
-        self.color_head = nn.Linear(trunk_features(width, 1), num_colors)
-        self.shape_head = nn.Linear(trunk_features(width, 1), num_shapes)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, 3, H, W] in [-1, 1] -> (colour logits [B, num_colors], shape logits [B, num_shapes])."""
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x [B, 3, H, W] in [-1, 1] -> {attribute: logits [B, its classes]}."""
         f = self.trunk(x)  # [B, trunk features]
-        return self.color_head(f), self.shape_head(f)
+        return {name: head(f) for name, head in self.heads.items()}
 
 
 def train_probe(
     images: Images,
-    color_idx: np.ndarray,
-    shape_idx: np.ndarray,
+    labels: dict[str, np.ndarray],
     *,
     steps: int,
     batch_size: int = 64,
     seed: int = 0,
     device: torch.device | str | None = None,
 ) -> AttributeProbe:
-    """Fit the probe on labelled uint8 images [N, H, W, 3] with Adam (cross-entropy on both heads); only a
-    batch of them is in model space at a time."""
-    if not (len(images) == len(color_idx) == len(shape_idx)) or len(images) == 0:
-        raise ValueError(
-            f"train_probe needs equal, non-zero counts: {len(images)} images, "
-            f"{len(color_idx)} colour labels, {len(shape_idx)} shape labels"
-        )
+    """Fit the probe on uint8 images [N, H, W, 3] and, per attribute, class indices [N], with Adam (summed
+    cross-entropy of the heads); only a batch of images is in model space at a time."""
+    counts = {name: len(idx) for name, idx in labels.items()}
+    if not labels or len(images) == 0 or any(n != len(images) for n in counts.values()):
+        raise ValueError(f"train_probe needs labels for each of the {len(images)} images (got {counts})")
     device = device if isinstance(device, torch.device) else pick_device(device)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    c_all = torch.as_tensor(np.asarray(color_idx), dtype=torch.long)
-    s_all = torch.as_tensor(np.asarray(shape_idx), dtype=torch.long)
-    probe = AttributeProbe(int(c_all.max()) + 1, int(s_all.max()) + 1).to(device)
+    targets = {name: torch.as_tensor(np.array(idx), dtype=torch.long) for name, idx in labels.items()}
+    probe = AttributeProbe({name: int(t.max()) + 1 for name, t in targets.items()}).to(device)
     opt = torch.optim.Adam(probe.parameters(), lr=2e-3)
     probe.train()
     for _ in range(steps):
         idx = torch.randint(len(images), (batch_size,), generator=gen)
         x = imperfect(to_model_space(images[idx.numpy()]).to(device), gen)  # [B, 3, H, W] in [-1, 1]
-        color_logits, shape_logits = probe(x)
-        loss = F.cross_entropy(color_logits, c_all[idx].to(device)) + F.cross_entropy(
-            shape_logits, s_all[idx].to(device)
-        )
+        logits = probe(x)
+        loss = sum(F.cross_entropy(logits[name], t[idx].to(device)) for name, t in targets.items())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -67,17 +63,15 @@ def train_probe(
 
 
 @torch.no_grad()
-def predict_attributes(
-    probe: AttributeProbe, images: Images, batch_size: int = 256
-) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images [N, H, W, 3] -> (colour indices [N], shape indices [N])."""
+def predict_attributes(probe: AttributeProbe, images: Images, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """uint8 images [N, H, W, 3] -> {attribute: class indices [N]}."""
     probe.eval()
     device = next(probe.parameters()).device
-    colors, shapes = [], []
+    found: dict[str, list[torch.Tensor]] = {name: [] for name in probe.heads}
     for i in range(0, len(images), batch_size):
-        c, s = probe(to_model_space(images[i : i + batch_size]).to(device))
-        colors.append(c.argmax(1).cpu())
-        shapes.append(s.argmax(1).cpu())
-    if not colors:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    return torch.cat(colors).numpy(), torch.cat(shapes).numpy()
+        for name, logits in probe(to_model_space(images[i : i + batch_size]).to(device)).items():
+            found[name].append(logits.argmax(1).cpu())
+    return {
+        name: torch.cat(parts).numpy() if parts else np.zeros(0, dtype=np.int64)
+        for name, parts in found.items()
+    }

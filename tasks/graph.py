@@ -131,6 +131,9 @@ STAGES: dict[str, Stage] = {
 }
 ORDER = list(STAGES)
 METRICS = ("artifacts/eval/metrics.json", "artifacts/vae/metrics.json", "artifacts/unet/metrics.json")
+PLOTS = {
+    "artifacts/eval/guidance_sweep.json": {"x": "guidance_scale", "y": ["r_precision_judge", "fd_judge"]}
+}
 DISTRIBUTED = ("train_unet",)  # stages that train with DDP under torchrun / accelerate launch
 
 
@@ -165,5 +168,8 @@ def dvc_yaml() -> str:
                  "outs": list(s.outs)}
         for s in STAGES.values()
     }  # fmt: skip
-    body = yaml.safe_dump({"stages": stages, "metrics": list(METRICS)}, sort_keys=False, width=110)
+    plots = [{path: spec} for path, spec in PLOTS.items()]
+    body = yaml.safe_dump(
+        {"stages": stages, "metrics": list(METRICS), "plots": plots}, sort_keys=False, width=110
+    )
     return DVC_YAML_HEADER + body

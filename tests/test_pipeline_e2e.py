@@ -106,6 +106,9 @@ def test_nothing_changed_means_nothing_runs(project):
     dag = dvc(root, env, "dag")
     for stage in STAGES:
         assert stage in dag
+    sweep = json.loads(dvc(root, env, "plots", "show", "--json"))
+    assert "errors" not in sweep and "artifacts/eval/guidance_sweep.json" in sweep["data"]
+    assert '"guidance_scale": 7.0' in json.dumps(sweep)  # the scales are the plot's x
 
 
 def test_editing_the_sampler_makes_the_stages_that_sample_stale(project):

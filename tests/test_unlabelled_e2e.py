@@ -37,6 +37,9 @@ def test_an_unlabelled_folder_gets_a_champion_that_generate_samples(tmp_path, s3
     uri = f"sqlite:///{project / 'mlflow.db'}"
     champion = MlflowClient(uri, registry_uri=uri).get_model_version_by_alias("ldmflow", "champion")
     assert float(champion.tags["metric.r_precision_judge"]) == pytest.approx(metrics["r_precision_judge"])
+    lineage = {k: v for k, v in champion.tags.items() if k.startswith("lineage.")}
+    assert len(lineage["lineage.manifest_sha256"]) == 64 and lineage["lineage.params_hash"]
+    assert {"lineage.dvc_lock.data/ingested", "lineage.dvc_lock.artifacts/unet"} <= set(lineage)
 
     ldmflow(project, env, "generate", "two golden spots against a dark backdrop", "-n", "2", "--out", "g.png")
     with Image.open(project / "g.png") as img:

@@ -152,11 +152,12 @@ class UnetConfig(Section):
 
 
 class JudgeConfig(Section):
-    steps: int = Field(800, ge=1)
-    batch_size: int = Field(128, ge=2)
+    steps: int = Field(500, ge=1)
+    batch_size: int = Field(64, ge=2)
     lr: float = Field(2e-3, gt=0)
     embed_dim: int = Field(64, ge=2)
-    width: int = Field(32, ge=8, multiple_of=8)
+    width: int = Field(16, ge=8, multiple_of=8)
+    resolution: int = Field(32, ge=16)
     pool_size: int = Field(32, ge=2)  # R-precision: each image's caption among this many
 
 
@@ -176,7 +177,9 @@ class EvalConfig(Section):
     batch_size: int = Field(64, ge=1)
     inference_steps: int = Field(25, ge=1)
     guidance_scale: float = Field(4.0, ge=0)
-    probe_steps: int = Field(400, ge=1)
+    probe_steps: int = Field(200, ge=1)
+    guidance_sweep: list[float] = [1.0, 2.0, 4.0, 7.0]  # empty: no sweep
+    sweep_samples: int = Field(48, ge=2)
     judge: JudgeConfig = JudgeConfig()
     gate: GateConfig = GateConfig()
 

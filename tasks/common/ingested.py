@@ -3,8 +3,8 @@
 - `images-<W>x<H>-NNNNN.safetensors`: tensor `images`, uint8 [N, H, W, 3]; a shard holds one image size
   (the square resolution, or one aspect-ratio bucket when `data.buckets.enabled`)
 - `manifest.parquet`: one row per accepted sample (id, sha256 of the pixels, caption, split, shard, index,
-  stored size and bucket, original size, where the crop sits, source item, and `color`/`shape` labels
-  where the source has them)
+  stored size and bucket, original size, where the crop sits, source item, and the LABELS where the
+  source has them: the synthetic set's colour, shape, size and position)
 - `report.json`: {"total", "accepted", "rejected", "by_reason"}; `rejects.jsonl`: each rejected item + reason
 """
 
@@ -27,8 +27,10 @@ REJECTS = "rejects.jsonl"
 MANIFEST_COLUMNS = [
     "sample_id", "sha256", "caption", "split", "shard", "index", "width", "height", "bucket",
     "orig_width", "orig_height",
-    "crop_left", "crop_top", "source_item", "color", "shape", "input_key", "pixels_sha256",
+    "crop_left", "crop_top", "source_item", "color", "shape", "size", "position", "input_key",
+    "pixels_sha256",
 ]  # fmt: skip
+LABELS = ("color", "shape", "size", "position")  # what a caption asks for, where the source knows it
 
 
 class ImageShards:

@@ -81,7 +81,7 @@ def ready_judge(
     manifest = pd.read_parquet(ingested / "manifest.parquet")
     text_info = json.loads((text_dir / "cache.json").read_text())
     key = store.key("judge", f"{judge_key(cfg, manifest, text_info)}.safetensors")
-    shape = JudgeShape(text_dim=int(text_info["hidden_size"]), embed_dim=j.embed_dim, width=j.width)
+    shape = JudgeShape(int(text_info["hidden_size"]), j.embed_dim, j.width, resolution=j.resolution)
     judge = _stored(store, key, shape)  # the key fixes the shape
     trained_now = judge is None
     if judge is None:

@@ -29,6 +29,28 @@ def choose_rows(ingested: Path, split: str, n: int, seed: int) -> pd.DataFrame:
     return rows.sample(n=min(n, len(rows)), random_state=seed).reset_index(drop=True)
 
 
+def caption_matched_rows(ingested: Path, held_out: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, float]:
+    """One train row per held-out row: one with the same caption where the train split has one, else any
+    other train row. The real-vs-real floor compares these with the held-out images, so that it sees the
+    same captions as the samples do. Returns the rows and the fraction that share the caption."""
+    manifest = pd.read_parquet(ingested / MANIFEST)
+    train = manifest[manifest["split"] == "train"].sample(frac=1.0, random_state=seed)  # shuffled
+    if len(train) < len(held_out):
+        raise ValueError(
+            f"{ingested / MANIFEST}: fewer train images ({len(train)}) than held-out ones to match"
+        )
+    by_caption = {caption: list(rows.index) for caption, rows in train.groupby("caption", sort=False)}
+    picked: list[int] = []
+    for caption in held_out["caption"]:
+        same = by_caption.get(caption, [])
+        if same:
+            picked.append(same.pop())
+    matched = len(picked)
+    used = set(picked)
+    picked += [i for i in train.index if i not in used][: len(held_out) - matched]
+    return train.loc[picked].reset_index(drop=True), matched / len(held_out)
+
+
 def read_rows(ingested: Path, rows: pd.DataFrame) -> ImageSet:
     """The images of `rows`, read from their shards, grouped by size."""
     shards = ImageShards(ingested)
@@ -46,7 +68,8 @@ def _embedded(ready: ReadyJudge, images: ImageSet) -> tuple[torch.Tensor, list[s
 def judge_scores(
     ready: ReadyJudge, samples: np.ndarray, prompts: list[str], held_out: ImageSet, train: ImageSet, seed: int
 ) -> dict[str, float]:
-    """Samples (one per prompt, a held-out caption) against the held-out images of those captions."""
+    """Samples (one per prompt, a held-out caption) against the held-out images of those captions; the
+    floor: `train` images (caption-matched, see caption_matched_rows) against the same held-out ones."""
     sample_emb = embed_images(ready.judge, samples)
     real_emb, real_captions = _embedded(ready, held_out)
     train_emb, _ = _embedded(ready, train)
@@ -63,7 +86,7 @@ def judge_scores(
         "r_precision_chance": 1.0 / pool,
         "r_precision_pool": pool,
         "fd_judge": fd,
-        "fd_judge_floor": fd_floor,  # real train images against the held-out ones, as many of each
+        "fd_judge_floor": fd_floor,  # real train images of the same captions against the held-out ones
         "kid_judge": kid,
         "kid_judge_floor": kid_floor,
         "precision_judge": precision,

@@ -34,7 +34,7 @@ from tasks.common.keys import content_key
 from tasks.common.paths import ProjectPaths
 from tasks.common.storage import ObjectStore, object_store_from_config
 from tasks.common.tracking import Run
-from tasks.evaluate.adherence import has_labels, prompt_adherence
+from tasks.evaluate.adherence import labelled, prompt_adherence
 from tasks.evaluate.champion import (
     CHALLENGER,
     CHAMPION,
@@ -45,7 +45,9 @@ from tasks.evaluate.champion import (
     metric_tag,
 )
 from tasks.evaluate.judge import ReadyJudge, ready_judge
-from tasks.evaluate.scores import choose_rows, judge_scores, read_rows
+from tasks.evaluate.lineage import lineage_tags
+from tasks.evaluate.scores import caption_matched_rows, choose_rows, judge_scores, read_rows
+from tasks.evaluate.sweep import guidance_sweep, write_sweep
 
 METRICS = "metrics.json"
 SAMPLES = "samples.png"
@@ -82,8 +84,9 @@ class Measurement:
         self.cfg, self.ingested, self.ready = cfg, ingested, ready
         self.prompts = choose_rows(ingested, "val", e.samples, cfg.seed)
         self.held_out = read_rows(ingested, self.prompts)
-        self.train = read_rows(ingested, choose_rows(ingested, "train", len(self.prompts), cfg.seed))
-        self.labelled = has_labels(ingested)
+        train_rows, self.caption_matched = caption_matched_rows(ingested, self.prompts, cfg.seed)
+        self.train = read_rows(ingested, train_rows)
+        self.attributes = labelled(ingested)
         settings = {"eval": e.model_dump(mode="json", exclude={"gate"}), "seed": cfg.seed}
         settings_key = content_key(settings, list(self.prompts["sample_id"]))
         self.alike = {JUDGE_TAG: ready.key, SETTINGS_TAG: settings_key}
@@ -101,10 +104,10 @@ class Measurement:
     def scores(self, samples: np.ndarray) -> dict[str, float]:
         captions = self.prompts["caption"].tolist()
         metrics = judge_scores(self.ready, samples, captions, self.held_out, self.train, self.cfg.seed)
-        if self.labelled:
-            steps = self.cfg.eval.probe_steps
-            metrics |= prompt_adherence(self.ingested, samples, self.prompts, steps, self.cfg.seed)
-        return metrics | {"eval_samples": len(samples)}
+        if self.attributes:
+            steps, seed = self.cfg.eval.probe_steps, self.cfg.seed
+            metrics |= prompt_adherence(self.ingested, samples, self.prompts, self.attributes, steps, seed)
+        return metrics | {"eval_samples": len(samples), "floor_caption_matched": self.caption_matched}
 
 
 def report(metrics: dict[str, float]) -> str:
@@ -118,9 +121,14 @@ def report(metrics: dict[str, float]) -> str:
         f"(real vs real: {m['precision_judge_real']:.3f}, {m['recall_judge_real']:.3f})",
     ]
     if "prompt_adherence" in m:
+        adherence, chance = m["prompt_adherence"], m["chance_level"]
+        lines.append(f"prompt_adherence (colour and shape) {adherence:.3f} (chance {chance:.3f})")
+    if "caption_adherence" in m:
+        each = [f"{k.removesuffix('_adherence')} {v:.3f}" for k, v in m.items() if k.endswith("_adherence")]
+        each = [e for e in each if not e.startswith(("prompt ", "caption "))]
         lines.append(
-            f"prompt_adherence {m['prompt_adherence']:.3f} (chance {m['chance_level']:.3f}; colour "
-            f"{m['color_adherence']:.3f}, shape {m['shape_adherence']:.3f}, probe on real held-out images "
+            f"caption_adherence (every attribute) {m['caption_adherence']:.3f} (chance "
+            f"{m['caption_chance']:.4f}; {', '.join(each)}; probe on real held-out images "
             f"{m['probe_val_accuracy']:.3f})"
         )
     return "\n".join(lines)
@@ -142,15 +150,17 @@ def run_evaluate(
     out.mkdir(parents=True, exist_ok=True)
     make_grid(samples[:64], ncols=8).save(out / SAMPLES)
     (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+    plots = write_sweep(guidance_sweep(measure, pipe), out) if cfg.eval.guidance_sweep else []
     if tracker:
         tracker.log_metrics(metrics)
-        tracker.log_artifact(out / SAMPLES)
-        gate_and_register(cfg, pipe, tracker, measure, metrics)
+        for path in [out / SAMPLES, *plots]:
+            tracker.log_artifact(path)
+        gate_and_register(cfg, paths, pipe, tracker, measure, metrics)
     return metrics
 
 
-def gate_and_register(cfg: Config, pipe: LatentDiffusionPipeline, tracker: Run, measure: Measurement,
-                      metrics: dict[str, float]) -> None:  # fmt: skip
+def gate_and_register(cfg: Config, paths: ProjectPaths, pipe: LatentDiffusionPipeline, tracker: Run,
+                      measure: Measurement, metrics: dict[str, float]) -> None:  # fmt: skip
     """Decide champion or challenger against the current champion, then register with that alias."""
     gate = cfg.eval.gate
     if gate.metric not in metrics:
@@ -167,6 +177,7 @@ def gate_and_register(cfg: Config, pipe: LatentDiffusionPipeline, tracker: Run, 
     champion = current_champion(tracker.client, name)
     verdict = decide(gate, metrics[gate.metric], champion, measure.alike, measure_champion)
     tags = measure.alike | {metric_tag(k): repr(float(v)) for k, v in metrics.items()}
+    tags |= lineage_tags(cfg, paths.root, paths.ingested)
     version = register(cfg, pipe, tracker, CHAMPION if verdict.promote else CHALLENGER, tags)
     tracker.set_tags({"ldmflow.gate": str(verdict)})
     if verdict.champion_value is not None:

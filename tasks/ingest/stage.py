@@ -24,6 +24,7 @@ import pandas as pd
 
 from tasks.common.config import Config, DataConfig
 from tasks.common.ingested import (
+    LABELS,
     MANIFEST,
     MANIFEST_COLUMNS,
     REJECTS,
@@ -84,7 +85,12 @@ def synthetic_candidates(data: DataConfig, seed: int) -> Iterator[Candidate | Re
             image=sample.image,
             sha256=hashlib.sha256(sample.image.tobytes()).hexdigest(),
             orig_size=(data.resolution, data.resolution),
-            labels={"color": sample.color, "shape": sample.shape},
+            labels={
+                "color": sample.color,
+                "shape": sample.shape,
+                "size": sample.size,
+                "position": sample.position,
+            },
         )
 
 
@@ -222,8 +228,7 @@ def write_ingested(items: Iterator[Candidate | Reject], out: Path, data: DataCon
                 "crop_left": item.crop[0],
                 "crop_top": item.crop[1],
                 "source_item": item.source_item,
-                "color": item.labels.get("color"),
-                "shape": item.labels.get("shape"),
+                **{label: item.labels.get(label) for label in LABELS},
                 "input_key": item.input_key,
                 "pixels_sha256": item.pixels_sha256,
             }

@@ -2,7 +2,8 @@
 
 Each sample is one shape ("a small red circle at the top left") on a dark background, drawn at 4x
 resolution and downsampled for anti-aliased edges. Everything follows from (seed, index), so the set
-is identical on every machine. The colour and shape labels let evaluation check prompt adherence.
+is identical on every machine. The colour, shape, size and position labels let evaluation check prompt
+adherence.
 """
 
 from __future__ import annotations

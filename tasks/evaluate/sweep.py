@@ -1,0 +1,49 @@
+"""Guidance-scale sweep: the judge's metrics of samples at each classifier-free guidance scale, for the
+first `eval.sweep_samples` held-out captions (the same seed, so only the scale changes). Written as
+`guidance_sweep.json` (a DVC plot) and drawn as `guidance_sweep.png` (logged to MLflow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from matplotlib.figure import Figure  # drawn straight to a file: no pyplot, no display
+
+from models.pipeline import LatentDiffusionPipeline
+from tasks.evaluate.scores import caption_matched_rows, judge_scores, read_rows
+
+SWEEP = "guidance_sweep.json"
+SWEEP_PLOT = "guidance_sweep.png"
+SHOWN = ("r_precision_judge", "fd_judge")  # what the picture shows; the json keeps every judge metric
+
+
+def guidance_sweep(measure, pipe: LatentDiffusionPipeline) -> list[dict[str, float]]:
+    """One row of judge metrics per scale in `eval.guidance_sweep`."""
+    e, seed = measure.cfg.eval, measure.cfg.seed
+    prompts = measure.prompts.head(e.sweep_samples)
+    held_out = read_rows(measure.ingested, prompts)
+    train = read_rows(measure.ingested, caption_matched_rows(measure.ingested, prompts, seed)[0])
+    captions = prompts["caption"].tolist()
+    rows = []
+    for scale in e.guidance_sweep:
+        samples = pipe.generate(captions, num_inference_steps=e.inference_steps, guidance_scale=scale,
+                                seed=seed, batch_size=e.batch_size)  # fmt: skip
+        scores = judge_scores(measure.ready, samples, captions, held_out, train, seed)
+        rows.append({"guidance_scale": float(scale)} | {k: v for k, v in scores.items() if "_real" not in k})
+    return rows
+
+
+def write_sweep(rows: list[dict[str, float]], out: Path) -> list[Path]:
+    (out / SWEEP).write_text(json.dumps(rows, indent=2) + "\n")
+    fig = Figure(figsize=(4 * len(SHOWN), 3), dpi=100)
+    axes = fig.subplots(1, len(SHOWN))
+    scales = [r["guidance_scale"] for r in rows]
+    for ax, name in zip(axes, SHOWN, strict=True):
+        ax.plot(scales, [r[name] for r in rows], marker="o")
+        ax.set_xlabel("guidance scale")
+        ax.set_title(name)
+    axes[0].axhline(rows[0]["r_precision_chance"], color="grey", linestyle=":", label="chance")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(out / SWEEP_PLOT)
+    return [out / SWEEP, out / SWEEP_PLOT]
