@@ -47,6 +47,7 @@ def make_project(project: Path, images: int, steps: int, endpoint, bucket: str) 
     params["unet"].update(steps=steps, checkpoint_every=0)
     params["unet"]["validation"]["every"] = 0
     params["eval"]["probe_steps"] = steps
+    params["eval"]["judge"]["steps"] = steps
     params["storage"].update(endpoint_url=endpoint.endpoint_url, bucket=bucket)
     params["tracking"]["uri"] = f"sqlite:///{project / 'mlflow.db'}"
     project.mkdir(parents=True)
@@ -57,7 +58,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=3000, help="N: synthetic images of the small project")
     ap.add_argument("--factor", type=int, default=10, help="the large project has factor x N images")
-    ap.add_argument("--steps", type=int, default=100, help="VAE, U-Net and probe training steps")
+    ap.add_argument("--steps", type=int, default=100, help="VAE, U-Net, probe and judge training steps")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from tasks.common import embedded_s3

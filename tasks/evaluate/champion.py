@@ -72,8 +72,10 @@ def decide(
     alike = all(tags.get(k) == v for k, v in measured_alike.items()) and metric_tag(metric) in tags
     old = float(tags[metric_tag(metric)]) if alike else measure_champion(champion.version)
     how = "" if alike else " (measured again now: it was judged by another judge or settings)"
-    versus = f"champion v{champion.version}'s {old:.4f}{how}"
-    if _better(metric, value, old, gate.min_delta):
-        return Verdict(True, metric, value, champion.version, old, f"{metric} {value:.4f} beats {versus}")
-    reason = f"{metric} {value:.4f} does not beat {versus} by more than {gate.min_delta}"
-    return Verdict(False, metric, value, champion.version, old, reason)
+    versus = f"champion v{champion.version}'s {old:.4f}"
+    promote = _better(metric, value, old, gate.min_delta)
+    verb = "beats" if promote else "does not beat"
+    margin = "" if promote else f" by more than {gate.min_delta}"
+    return Verdict(
+        promote, metric, value, champion.version, old, f"{metric} {value:.4f} {verb} {versus}{margin}{how}"
+    )
