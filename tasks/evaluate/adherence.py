@@ -19,35 +19,33 @@ def labelled(ingested: Path) -> list[str]:
     return [a for a in LABELS if a in manifest and manifest[a].notna().all()]
 
 
-def prompt_adherence(
-    ingested: Path,
-    samples: np.ndarray,
-    prompts: pd.DataFrame,
-    attributes: list[str],
-    probe_steps: int,
-    seed: int,
-) -> dict[str, float]:
-    """Samples [N, H, W, 3] of `prompts` (held-out rows with their labels) scored by a probe:
-    `<attribute>_adherence` for each, `prompt_adherence` for colour and shape together, and
-    `caption_adherence` for every attribute at once; each chance level is a random guess."""
-    train, train_images = ingested_images(ingested, "train")  # images read a batch at a time
-    val, val_images = ingested_images(ingested, "val")
-    classes = {a: {v: i for i, v in enumerate(sorted(train[a].unique()))} for a in attributes}
+class Adherence:
+    """A probe trained once on the real train images (its accuracy on real held-out images says how far to
+    trust it), then `scores` for any samples: `<attribute>_adherence` for each attribute,
+    `prompt_adherence` for colour and shape together and `caption_adherence` for every attribute at once,
+    each beside the chance of a random guess."""
 
-    # the probe on real train images; its accuracy on real held-out images says how far to trust it
-    probe = train_probe(train_images, {a: train[a].map(classes[a]).to_numpy() for a in attributes},
-                        steps=probe_steps, seed=seed)  # fmt: skip
+    def __init__(self, ingested: Path, attributes: list[str], probe_steps: int, seed: int) -> None:
+        train, train_images = ingested_images(ingested, "train")  # images read a batch at a time
+        val, val_images = ingested_images(ingested, "val")
+        self.attributes = attributes
+        self.classes = {a: {v: i for i, v in enumerate(sorted(train[a].unique()))} for a in attributes}
+        labels = {a: train[a].map(self.classes[a]).to_numpy() for a in attributes}
+        self.probe = train_probe(train_images, labels, steps=probe_steps, seed=seed)
+        self.probe_val_accuracy = float(np.mean(np.all(list(self._hits(val_images, val).values()), axis=0)))
 
-    def hits(images, rows: pd.DataFrame) -> dict[str, np.ndarray]:
-        predicted = predict_attributes(probe, images)
-        return {a: predicted[a] == rows[a].map(classes[a]).to_numpy() for a in attributes}
+    def _hits(self, images, rows: pd.DataFrame) -> dict[str, np.ndarray]:
+        predicted = predict_attributes(self.probe, images)
+        return {a: predicted[a] == rows[a].map(self.classes[a]).to_numpy() for a in self.attributes}
 
-    real, made = hits(val_images, val), hits(samples, prompts)
-    metrics = {f"{a}_adherence": float(np.mean(ok)) for a, ok in made.items()}
-    metrics["caption_adherence"] = float(np.mean(np.all(list(made.values()), axis=0)))
-    metrics["caption_chance"] = 1.0 / float(np.prod([len(classes[a]) for a in attributes]))
-    metrics["probe_val_accuracy"] = float(np.mean(np.all(list(real.values()), axis=0)))  # every attribute
-    if {"color", "shape"} <= set(attributes):
-        metrics["prompt_adherence"] = float(np.mean(made["color"] & made["shape"]))
-        metrics["chance_level"] = 1.0 / (len(classes["color"]) * len(classes["shape"]))
-    return metrics
+    def scores(self, samples: np.ndarray, prompts: pd.DataFrame) -> dict[str, float]:
+        """Samples [N, H, W, 3] of `prompts` (held-out rows, with their labels)."""
+        made = self._hits(samples, prompts)
+        metrics = {f"{a}_adherence": float(np.mean(ok)) for a, ok in made.items()}
+        metrics["caption_adherence"] = float(np.mean(np.all(list(made.values()), axis=0)))
+        metrics["caption_chance"] = 1.0 / float(np.prod([len(self.classes[a]) for a in self.attributes]))
+        metrics["probe_val_accuracy"] = self.probe_val_accuracy  # every attribute right, real images
+        if {"color", "shape"} <= set(self.attributes):
+            metrics["prompt_adherence"] = float(np.mean(made["color"] & made["shape"]))
+            metrics["chance_level"] = 1.0 / (len(self.classes["color"]) * len(self.classes["shape"]))
+        return metrics

@@ -60,37 +60,44 @@ def read_rows(ingested: Path, rows: pd.DataFrame) -> ImageSet:
     ]
 
 
-def _embedded(ready: ReadyJudge, images: ImageSet) -> tuple[torch.Tensor, list[str]]:
-    emb = torch.cat([embed_images(ready.judge, batch) for _, batch in images])
-    return emb, [c for rows, _ in images for c in rows["caption"]]
+class RealReference:
+    """The real images samples are measured against, and what the judge says of real ones: held-out
+    images of the prompts' captions, and as many caption-matched train images (see caption_matched_rows).
+    Computed once per set of prompts; `scores` then costs the samples' share only."""
 
+    def __init__(self, ready: ReadyJudge, ingested: Path, prompts: pd.DataFrame, seed: int) -> None:
+        self.ready, self.seed = ready, seed
+        self.held_out = read_rows(ingested, prompts)
+        train_rows, matched = caption_matched_rows(ingested, prompts, seed)
+        train = read_rows(ingested, train_rows)
+        self.real_images = [batch for _, batch in self.held_out]
+        self.real_emb = torch.cat([embed_images(ready.judge, batch) for batch in self.real_images])
+        train_emb = torch.cat([embed_images(ready.judge, batch) for _, batch in train])
+        captions = [c for rows, _ in self.held_out for c in rows["caption"]]
+        ceiling, _ = ready.r_precision(self.real_emb, captions, seed)
+        fd_floor, kid_floor = frechet_and_kid(ready.judge, self.real_images, [b for _, b in train], seed=seed)
+        precision_real, recall_real = precision_recall(self.real_emb, train_emb)
+        self.frame = {
+            "r_precision_judge_ceiling": ceiling,  # real held-out images against their own captions
+            "fd_judge_floor": fd_floor,  # real train images of the same captions against the held-out ones
+            "kid_judge_floor": kid_floor,
+            "precision_judge_real": precision_real,
+            "recall_judge_real": recall_real,
+            "floor_caption_matched": matched,
+        }
 
-def judge_scores(
-    ready: ReadyJudge, samples: np.ndarray, prompts: list[str], held_out: ImageSet, train: ImageSet, seed: int
-) -> dict[str, float]:
-    """Samples (one per prompt, a held-out caption) against the held-out images of those captions; the
-    floor: `train` images (caption-matched, see caption_matched_rows) against the same held-out ones."""
-    sample_emb = embed_images(ready.judge, samples)
-    real_emb, real_captions = _embedded(ready, held_out)
-    train_emb, _ = _embedded(ready, train)
-    r_precision, pool = ready.r_precision(sample_emb, prompts, seed)
-    ceiling, _ = ready.r_precision(real_emb, real_captions, seed)
-    real_images = [batch for _, batch in held_out]
-    fd, kid = frechet_and_kid(ready.judge, real_images, [samples], seed=seed)
-    fd_floor, kid_floor = frechet_and_kid(ready.judge, real_images, [batch for _, batch in train], seed=seed)
-    precision, recall = precision_recall(real_emb, sample_emb)
-    precision_real, recall_real = precision_recall(real_emb, train_emb)
-    return {
-        "r_precision_judge": r_precision,
-        "r_precision_judge_ceiling": ceiling,  # real held-out images against their own captions
-        "r_precision_chance": 1.0 / pool,
-        "r_precision_pool": pool,
-        "fd_judge": fd,
-        "fd_judge_floor": fd_floor,  # real train images of the same captions against the held-out ones
-        "kid_judge": kid,
-        "kid_judge_floor": kid_floor,
-        "precision_judge": precision,
-        "recall_judge": recall,
-        "precision_judge_real": precision_real,
-        "recall_judge_real": recall_real,
-    }
+    def scores(self, samples: np.ndarray, prompts: list[str]) -> dict[str, float]:
+        """Samples, one per prompt (a held-out caption), in the judge's space, framed by the real figures."""
+        sample_emb = embed_images(self.ready.judge, samples)
+        r_precision, pool = self.ready.r_precision(sample_emb, prompts, self.seed)
+        fd, kid = frechet_and_kid(self.ready.judge, self.real_images, [samples], seed=self.seed)
+        precision, recall = precision_recall(self.real_emb, sample_emb)
+        return {
+            "r_precision_judge": r_precision,
+            "r_precision_chance": 1.0 / pool,
+            "r_precision_pool": pool,
+            "fd_judge": fd,
+            "kid_judge": kid,
+            "precision_judge": precision,
+            "recall_judge": recall,
+        } | self.frame

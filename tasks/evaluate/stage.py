@@ -34,7 +34,7 @@ from tasks.common.keys import content_key
 from tasks.common.paths import ProjectPaths
 from tasks.common.storage import ObjectStore, object_store_from_config
 from tasks.common.tracking import Run
-from tasks.evaluate.adherence import labelled, prompt_adherence
+from tasks.evaluate.adherence import Adherence, labelled
 from tasks.evaluate.champion import (
     CHALLENGER,
     CHAMPION,
@@ -46,7 +46,7 @@ from tasks.evaluate.champion import (
 )
 from tasks.evaluate.judge import ReadyJudge, ready_judge
 from tasks.evaluate.lineage import lineage_tags
-from tasks.evaluate.scores import caption_matched_rows, choose_rows, judge_scores, read_rows
+from tasks.evaluate.scores import RealReference, choose_rows
 from tasks.evaluate.sweep import guidance_sweep, write_sweep
 
 METRICS = "metrics.json"
@@ -83,12 +83,14 @@ class Measurement:
         e = cfg.eval
         self.cfg, self.ingested, self.ready = cfg, ingested, ready
         self.prompts = choose_rows(ingested, "val", e.samples, cfg.seed)
-        self.held_out = read_rows(ingested, self.prompts)
-        train_rows, self.caption_matched = caption_matched_rows(ingested, self.prompts, cfg.seed)
-        self.train = read_rows(ingested, train_rows)
-        self.attributes = labelled(ingested)
-        settings = {"eval": e.model_dump(mode="json", exclude={"gate"}), "seed": cfg.seed}
-        settings_key = content_key(settings, list(self.prompts["sample_id"]))
+        self.reference = RealReference(ready, ingested, self.prompts, cfg.seed)
+        attributes = labelled(ingested)
+        self.adherence = Adherence(ingested, attributes, e.probe_steps, cfg.seed) if attributes else None
+        # what the numbers depend on besides the model; not the gate, the sweep or the sampling batch size
+        measured = e.model_dump(
+            mode="json", exclude={"gate", "guidance_sweep", "sweep_samples", "batch_size"}
+        )
+        settings_key = content_key({"eval": measured, "seed": cfg.seed}, list(self.prompts["sample_id"]))
         self.alike = {JUDGE_TAG: ready.key, SETTINGS_TAG: settings_key}
 
     def samples(self, pipe: LatentDiffusionPipeline) -> np.ndarray:
@@ -102,12 +104,10 @@ class Measurement:
         )
 
     def scores(self, samples: np.ndarray) -> dict[str, float]:
-        captions = self.prompts["caption"].tolist()
-        metrics = judge_scores(self.ready, samples, captions, self.held_out, self.train, self.cfg.seed)
-        if self.attributes:
-            steps, seed = self.cfg.eval.probe_steps, self.cfg.seed
-            metrics |= prompt_adherence(self.ingested, samples, self.prompts, self.attributes, steps, seed)
-        return metrics | {"eval_samples": len(samples), "floor_caption_matched": self.caption_matched}
+        metrics = self.reference.scores(samples, self.prompts["caption"].tolist())
+        if self.adherence:
+            metrics |= self.adherence.scores(samples, self.prompts)
+        return metrics | {"eval_samples": len(samples)}
 
 
 def report(metrics: dict[str, float]) -> str:

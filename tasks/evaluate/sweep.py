@@ -10,7 +10,7 @@ from pathlib import Path
 from matplotlib.figure import Figure  # drawn straight to a file: no pyplot, no display
 
 from models.pipeline import LatentDiffusionPipeline
-from tasks.evaluate.scores import caption_matched_rows, judge_scores, read_rows
+from tasks.evaluate.scores import RealReference
 
 SWEEP = "guidance_sweep.json"
 SWEEP_PLOT = "guidance_sweep.png"
@@ -21,15 +21,16 @@ def guidance_sweep(measure, pipe: LatentDiffusionPipeline) -> list[dict[str, flo
     """One row of judge metrics per scale in `eval.guidance_sweep`."""
     e, seed = measure.cfg.eval, measure.cfg.seed
     prompts = measure.prompts.head(e.sweep_samples)
-    held_out = read_rows(measure.ingested, prompts)
-    train = read_rows(measure.ingested, caption_matched_rows(measure.ingested, prompts, seed)[0])
+    reference = RealReference(measure.ready, measure.ingested, prompts, seed)
     captions = prompts["caption"].tolist()
     rows = []
     for scale in e.guidance_sweep:
         samples = pipe.generate(captions, num_inference_steps=e.inference_steps, guidance_scale=scale,
                                 seed=seed, batch_size=e.batch_size)  # fmt: skip
-        scores = judge_scores(measure.ready, samples, captions, held_out, train, seed)
-        rows.append({"guidance_scale": float(scale)} | {k: v for k, v in scores.items() if "_real" not in k})
+        scores = reference.scores(samples, captions)
+        rows.append(
+            {"guidance_scale": float(scale)} | {k: v for k, v in scores.items() if k not in reference.frame}
+        )
     return rows
 
 
