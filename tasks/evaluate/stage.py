@@ -44,6 +44,7 @@ from tasks.evaluate.champion import (
     decide,
     metric_tag,
 )
+from tasks.evaluate.clip import ClipReference
 from tasks.evaluate.judge import ReadyJudge, ready_judge
 from tasks.evaluate.lineage import lineage_tags
 from tasks.evaluate.scores import RealReference, choose_rows
@@ -86,6 +87,7 @@ class Measurement:
         self.reference = RealReference(ready, ingested, self.prompts, cfg.seed)
         attributes = labelled(ingested)
         self.adherence = Adherence(ingested, attributes, e.probe_steps, cfg.seed) if attributes else None
+        self.clip = ClipReference(e.clip_model, self.reference.held_out) if e.clip_model else None
         # what the numbers depend on besides the model; not the gate, the sweep or the sampling batch size
         measured = e.model_dump(
             mode="json", exclude={"gate", "guidance_sweep", "sweep_samples", "batch_size"}
@@ -107,6 +109,8 @@ class Measurement:
         metrics = self.reference.scores(samples, self.prompts["caption"].tolist())
         if self.adherence:
             metrics |= self.adherence.scores(samples, self.prompts)
+        if self.clip:
+            metrics |= self.clip.scores(samples, self.prompts["caption"].tolist())
         return metrics | {"eval_samples": len(samples)}
 
 
