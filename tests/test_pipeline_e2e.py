@@ -66,8 +66,8 @@ def test_full_run_registers_a_model(project, s3_server):
     assert 0.0 <= metrics["prompt_adherence"] <= 1.0
     assert metrics["chance_level"] == pytest.approx(0.25)
     assert all(isinstance(v, int | float) for v in metrics.values())
-    judged = ["r_precision_judge", "r_precision_judge_ceiling", "fd_judge", "fd_judge_floor", "kid_judge",
-              "precision_judge", "recall_judge"]  # fmt: skip
+    judged = ["r_precision_judge", "r_precision_judge_ceiling", "r_precision_judge_shuffled", "fd_judge",
+              "fd_judge_floor", "kid_judge", "precision_judge", "recall_judge"]  # fmt: skip
     assert set(judged) <= set(metrics)
     assert metrics["r_precision_chance"] == pytest.approx(1 / metrics["r_precision_pool"])
 

@@ -90,12 +90,15 @@ class RealReference:
         """Samples, one per prompt (a held-out caption), in the judge's space, framed by the real figures."""
         sample_emb = embed_images(self.ready.judge, samples)
         r_precision, pool = self.ready.r_precision(sample_emb, prompts, self.seed)
+        others = np.random.default_rng(self.seed).permutation(len(prompts))  # each sample, another's caption
+        shuffled, _ = self.ready.r_precision(sample_emb, [prompts[i] for i in others], self.seed)
         fd, kid = frechet_and_kid(self.ready.judge, self.real_images, [samples], seed=self.seed)
         precision, recall = precision_recall(self.real_emb, sample_emb)
         return {
             "r_precision_judge": r_precision,
             "r_precision_chance": 1.0 / pool,
             "r_precision_pool": pool,
+            "r_precision_judge_shuffled": shuffled,  # a control: expected near chance
             "fd_judge": fd,
             "kid_judge": kid,
             "precision_judge": precision,

@@ -118,7 +118,8 @@ def report(metrics: dict[str, float]) -> str:
     m = metrics
     lines = [
         f"R-precision (judge) {m['r_precision_judge']:.3f}  (chance {m['r_precision_chance']:.3f}, "
-        f"real images {m['r_precision_judge_ceiling']:.3f}; pool of {m['r_precision_pool']:.0f})",
+        f"real images {m['r_precision_judge_ceiling']:.3f}, against shuffled captions "
+        f"{m['r_precision_judge_shuffled']:.3f}; pool of {m['r_precision_pool']:.0f})",
         f"FD (judge) {m['fd_judge']:.4f}  KID (judge) {m['kid_judge']:.4f}  "
         f"(real vs real: {m['fd_judge_floor']:.4f}, {m['kid_judge_floor']:.4f})",
         f"precision {m['precision_judge']:.3f}  recall {m['recall_judge']:.3f}  "
