@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
 from torch import nn
 
 from models.convnet import conv_trunk, imperfect, trunk_features
@@ -91,7 +89,6 @@ def train_judge(
     lr: float,
     seed: int,
     device: torch.device | str | None = None,
-    log: Callable[[int, float], None] | None = None,
 ) -> Judge:
     """Fit the judge on real images and the caption row of each: `groups` holds (images of one size, their
     caption rows) per image size; a batch comes from one group, picked in proportion to its size."""
@@ -105,7 +102,7 @@ def train_judge(
     judge = Judge(shape).to(device)
     opt = torch.optim.AdamW(judge.parameters(), lr=lr, weight_decay=1e-4)
     judge.train()
-    for step in range(1, steps + 1):
+    for _ in range(steps):
         images, rows = groups[rng.choice(len(groups), p=sizes / sizes.sum())]
         picked = np.sort(rng.choice(len(images), size=min(batch_size, len(images)), replace=False))
         x = imperfect(to_model_space(images[picked]).to(device), gen)
@@ -120,8 +117,6 @@ def train_judge(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if log:
-            log(step, float(loss))
     return judge.eval()
 
 
@@ -137,7 +132,9 @@ def embed_images(judge: Judge, images: Images, batch_size: int = 256) -> torch.T
 
 
 @torch.no_grad()
-def embed_caption_rows(judge: Judge, captions: CaptionRows, rows: np.ndarray, batch_size: int = 256):
+def embed_caption_rows(
+    judge: Judge, captions: CaptionRows, rows: np.ndarray, batch_size: int = 256
+) -> torch.Tensor:
     """Caption rows [C] -> unit vectors [C, embed_dim] on the CPU."""
     device = next(judge.parameters()).device
     out = []
@@ -145,34 +142,3 @@ def embed_caption_rows(judge: Judge, captions: CaptionRows, rows: np.ndarray, ba
         hidden, mask = captions(rows[i : i + batch_size])
         out.append(judge.embed_captions(hidden.to(device), mask.to(device)).cpu())
     return torch.cat(out) if out else torch.zeros(0, judge.shape.embed_dim)
-
-
-class JudgeImageFeatures(nn.Module):
-    """The judge's image side as a torchmetrics feature extractor: uint8 [N, 3, H, W] -> [N, embed_dim]."""
-
-    def __init__(self, judge: Judge):
-        super().__init__()
-        self.judge = judge
-        self.num_features = judge.shape.embed_dim
-
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float().div(127.5).sub(1.0).to(next(self.judge.parameters()).device)
-        return self.judge.embed_images(x).double().cpu()
-
-
-WEIGHTS = "judge.safetensors"
-
-
-def save_judge(judge: Judge, folder: Path) -> dict:
-    """Write the weights; return the shape, to be stored beside them."""
-    folder.mkdir(parents=True, exist_ok=True)
-    save_model(judge, str(folder / WEIGHTS))
-    return asdict(judge.shape)
-
-
-def load_judge(folder: Path, shape: dict, device: torch.device | str | None = None) -> Judge:
-    device = device if isinstance(device, torch.device) else pick_device(device)
-    judge = Judge(JudgeShape(**shape))
-    load_model(judge, str(folder / WEIGHTS))
-    return judge.to(device).eval()

@@ -6,14 +6,11 @@ Every name says the space it is measured in (`judge_fd`, not `fid`): these are n
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 import torch
+from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
-
-from models.judge import Judge, JudgeImageFeatures
 
 
 def r_precision(
@@ -53,24 +50,31 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tupl
     return covered(real, fake), covered(fake, real)
 
 
+class _Computed(nn.Module):
+    """A torchmetrics feature extractor for features computed already: passes them through."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features.double()
+
+
 def frechet_and_kid(
-    judge: Judge, real: Iterable[np.ndarray], fake: Iterable[np.ndarray], kid_subsets: int = 50, seed: int = 0
+    real: torch.Tensor, fake: torch.Tensor, kid_subsets: int = 50, seed: int = 0
 ) -> tuple[float, float]:
-    """Fréchet distance and KID (mean over subsets) between real and generated images, in the judge's
-    feature space (torchmetrics, with the judge as the feature extractor). `real` and `fake` are batches
-    of uint8 images [n, H, W, 3]; a batch holds one size, the sets may hold several. KID's subsets are
-    drawn with `seed`."""
-    features = JudgeImageFeatures(judge)
+    """Fréchet distance and KID (mean over subsets) between real and generated images given as judge
+    embeddings [n, embed_dim] (torchmetrics, fed the embeddings the other metrics use, so no image is
+    encoded twice). KID's subsets are drawn with `seed`."""
+    features = _Computed(real.shape[1])
     fd = FrechetInceptionDistance(feature=features, reset_real_features=True)
-    kid = KernelInceptionDistance(feature=features, subset_size=2, subsets=kid_subsets)
-    counts = {True: 0, False: 0}
-    for is_real, batches in ((True, real), (False, fake)):
-        for batch in batches:
-            x = torch.as_tensor(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)  # [n, 3, H, W] uint8
-            fd.update(x, real=is_real)
-            kid.update(x, real=is_real)
-            counts[is_real] += len(x)
-    kid.subset_size = min(*counts.values(), 100)  # KID's subsets cannot be larger than either set
+    kid = KernelInceptionDistance(
+        feature=features, subset_size=min(len(real), len(fake), 100), subsets=kid_subsets
+    )
+    for metric in (fd, kid):
+        metric.update(real, real=True)
+        metric.update(fake, real=False)
     with torch.random.fork_rng():  # KID draws its subsets from torch's global generator
         torch.manual_seed(seed)
         kid_mean = float(kid.compute()[0])

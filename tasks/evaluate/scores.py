@@ -70,12 +70,11 @@ class RealReference:
         self.held_out = read_rows(ingested, prompts)
         train_rows, matched = caption_matched_rows(ingested, prompts, seed)
         train = read_rows(ingested, train_rows)
-        self.real_images = [batch for _, batch in self.held_out]
-        self.real_emb = torch.cat([embed_images(ready.judge, batch) for batch in self.real_images])
+        self.real_emb = torch.cat([embed_images(ready.judge, batch) for _, batch in self.held_out])
         train_emb = torch.cat([embed_images(ready.judge, batch) for _, batch in train])
         captions = [c for rows, _ in self.held_out for c in rows["caption"]]
         ceiling, _ = ready.r_precision(self.real_emb, captions, seed)
-        fd_floor, kid_floor = frechet_and_kid(ready.judge, self.real_images, [b for _, b in train], seed=seed)
+        fd_floor, kid_floor = frechet_and_kid(self.real_emb, train_emb, seed=seed)
         precision_real, recall_real = precision_recall(self.real_emb, train_emb)
         self.frame = {
             "r_precision_judge_ceiling": ceiling,  # real held-out images against their own captions
@@ -92,7 +91,7 @@ class RealReference:
         r_precision, pool = self.ready.r_precision(sample_emb, prompts, self.seed)
         others = np.random.default_rng(self.seed).permutation(len(prompts))  # each sample, another's caption
         shuffled, _ = self.ready.r_precision(sample_emb, [prompts[i] for i in others], self.seed)
-        fd, kid = frechet_and_kid(self.ready.judge, self.real_images, [samples], seed=self.seed)
+        fd, kid = frechet_and_kid(self.real_emb, sample_emb, seed=self.seed)
         precision, recall = precision_recall(self.real_emb, sample_emb)
         return {
             "r_precision_judge": r_precision,

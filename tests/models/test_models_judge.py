@@ -70,10 +70,10 @@ def test_distances_are_small_between_real_sets_and_large_against_others(trained)
     judge, _ = trained
     a, b = toy(200, seed=3)[0], toy(200, seed=4)[0]
     noise = np.random.default_rng(5).integers(0, 255, (200, 16, 16, 3), dtype=np.uint8)
-    fd_same, kid_same = frechet_and_kid(judge, [a], [b])
-    fd_other, kid_other = frechet_and_kid(judge, [a], [noise])
-    assert fd_other > 10 * fd_same and kid_other > kid_same + 0.01
     ea, eb, en = (embed_images(judge, x) for x in (a, b, noise))
+    fd_same, kid_same = frechet_and_kid(ea, eb)
+    fd_other, kid_other = frechet_and_kid(ea, en)
+    assert fd_other > 10 * fd_same and kid_other > kid_same + 0.01
     assert min(precision_recall(ea, eb)) > 0.7
     assert precision_recall(ea, en)[0] == 0.0  # no noise image lies on the real manifold
 
