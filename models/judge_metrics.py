@@ -1,7 +1,7 @@
 """Metrics in the judge's embedding space: how well images match their captions (R-precision), and how
 close a set of generated images lies to real ones (Fréchet distance, KID, precision and recall).
 
-Every name says the space it is measured in (`judge_fd`, not `fid`): these are not Inception numbers.
+Every name says the space it is measured in (`fd_judge`, not `fid`): these are not Inception numbers.
 """
 
 from __future__ import annotations
@@ -64,9 +64,9 @@ class _Computed(nn.Module):
 def frechet_and_kid(
     real: torch.Tensor, fake: torch.Tensor, kid_subsets: int = 50, seed: int = 0
 ) -> tuple[float, float]:
-    """Fréchet distance and KID (mean over subsets) between real and generated images given as judge
-    embeddings [n, embed_dim] (torchmetrics, fed the embeddings the other metrics use, so no image is
-    encoded twice). KID's subsets are drawn with `seed`."""
+    """Fréchet distance and KID (mean over subsets) between real and generated images given as features
+    [n, d] (torchmetrics, fed features computed already: the judge's embeddings the other metrics use, or
+    Inception's), so no image is encoded twice. KID's subsets are drawn with `seed`."""
     features = _Computed(real.shape[1])
     fd = FrechetInceptionDistance(feature=features, reset_real_features=True)
     kid = KernelInceptionDistance(

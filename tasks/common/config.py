@@ -180,6 +180,7 @@ class EvalConfig(Section):
     probe_steps: int = Field(200, ge=1)
     guidance_sweep: list[float] = [1.0, 2.0, 4.0, 7.0]  # empty: no sweep
     clip_model: str | None = None  # a local CLIP folder: adds clip_score
+    inception_weights: str | None = None  # a local FID Inception-v3 weights file: adds fid/kid_inception
     sweep_samples: int = Field(48, ge=2)
     judge: JudgeConfig = JudgeConfig()
     gate: GateConfig = GateConfig()

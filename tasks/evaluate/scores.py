@@ -69,9 +69,9 @@ class RealReference:
         self.ready, self.seed = ready, seed
         self.held_out = read_rows(ingested, prompts)
         train_rows, matched = caption_matched_rows(ingested, prompts, seed)
-        train = read_rows(ingested, train_rows)
+        self.train = read_rows(ingested, train_rows)
         self.real_emb = torch.cat([embed_images(ready.judge, batch) for _, batch in self.held_out])
-        train_emb = torch.cat([embed_images(ready.judge, batch) for _, batch in train])
+        train_emb = torch.cat([embed_images(ready.judge, batch) for _, batch in self.train])
         captions = [c for rows, _ in self.held_out for c in rows["caption"]]
         ceiling, _ = ready.r_precision(self.real_emb, captions, seed)
         fd_floor, kid_floor = frechet_and_kid(self.real_emb, train_emb, seed=seed)

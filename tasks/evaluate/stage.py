@@ -45,6 +45,7 @@ from tasks.evaluate.champion import (
     metric_tag,
 )
 from tasks.evaluate.clip import ClipReference
+from tasks.evaluate.inception import InceptionReference
 from tasks.evaluate.judge import ReadyJudge, ready_judge
 from tasks.evaluate.lineage import lineage_tags
 from tasks.evaluate.scores import RealReference, choose_rows
@@ -88,6 +89,11 @@ class Measurement:
         attributes = labelled(ingested)
         self.adherence = Adherence(ingested, attributes, e.probe_steps, cfg.seed) if attributes else None
         self.clip = ClipReference(e.clip_model, self.reference.held_out) if e.clip_model else None
+        self.inception = (
+            InceptionReference(e.inception_weights, self.reference.held_out, self.reference.train, cfg.seed)
+            if e.inception_weights
+            else None
+        )
         # what the numbers depend on besides the model; not the gate, the sweep or the sampling batch size
         measured = e.model_dump(
             mode="json", exclude={"gate", "guidance_sweep", "sweep_samples", "batch_size"}
@@ -111,6 +117,8 @@ class Measurement:
             metrics |= self.adherence.scores(samples, self.prompts)
         if self.clip:
             metrics |= self.clip.scores(samples, self.prompts["caption"].tolist())
+        if self.inception:
+            metrics |= self.inception.scores(samples)
         return metrics | {"eval_samples": len(samples)}
 
 
@@ -135,6 +143,13 @@ def report(metrics: dict[str, float]) -> str:
             f"caption_adherence (every attribute) {m['caption_adherence']:.3f} (chance "
             f"{m['caption_chance']:.4f}; {', '.join(each)}; probe on real held-out images "
             f"{m['probe_val_accuracy']:.3f})"
+        )
+    if "clip_score" in m:
+        lines.append(f"CLIP score {m['clip_score']:.2f}  (real images {m['clip_score_real']:.2f})")
+    if "fid_inception" in m:
+        lines.append(
+            f"FID (Inception) {m['fid_inception']:.2f}  KID (Inception) {m['kid_inception']:.4f}  "
+            f"(real vs real: {m['fid_inception_floor']:.2f}, {m['kid_inception_floor']:.4f})"
         )
     return "\n".join(lines)
 
