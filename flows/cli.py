@@ -1,4 +1,5 @@
-"""`ldmflow` command line: run the pipeline, run one stage for DVC, sample a registered model, manage S3."""
+"""`ldmflow` command line: run the pipeline, run one stage for DVC, sample a registered model, show its
+lineage, manage S3."""
 
 from __future__ import annotations
 
@@ -28,29 +29,19 @@ def _add_params_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.runtime import prepare
-    from tasks.common import embedded_s3
 
     paths = ProjectPaths.at(".")
-    cfg = load_config(args.params, args.overrides)  # fail fast, before Prefect's server starts
+    load_config(args.params, args.overrides)  # fail fast, before Prefect's server starts
     prepare(paths)
     from flows.pipeline import pipeline
 
-    # The embedded S3 server: started for this run unless one is already up, and then stopped again.
-    start_s3 = cfg.storage.endpoint_url is None and embedded_s3.status(paths.s3_state) is None
-    if start_s3:
-        print(f"starting the embedded S3 server ({paths.s3_state})")
-        embedded_s3.ensure_running(paths.s3_state)
-    try:
-        outcome = pipeline(
-            stages=args.stages or None,
-            params_file=args.params,
-            overrides=args.overrides,
-            force=args.force,
-            root=str(paths.root),
-        )
-    finally:
-        if start_s3:
-            embedded_s3.stop(paths.s3_state)
+    outcome = pipeline(
+        stages=args.stages or None,
+        params_file=args.params,
+        overrides=args.overrides,
+        force=args.force,
+        root=str(paths.root),
+    )
     width = max(len(s) for s in outcome)
     for stage, state in outcome.items():
         print(f"  {stage:<{width}}  {state}")
@@ -62,13 +53,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_stage(args: argparse.Namespace) -> int:
     """What dvc.yaml's cmds call: one stage, no Prefect (DVC owns the graph here)."""
+    import os
+    from contextlib import nullcontext
+
+    from flows.run_lock import project_run
     from flows.runtime import prepare
     from tasks.common.stage_run import run_stage
 
     paths = ProjectPaths.at(".")
     cfg = load_config(args.params, args.overrides)
     prepare(paths)
-    result = run_stage(args.name, cfg, paths)
+    # under torchrun / accelerate launch every process runs this; the first holds the project for all
+    first = os.environ.get("RANK", "0") == "0"
+    wait = cfg.orchestration.on_overlap == "wait"
+    with project_run(paths, f"ldmflow stage {args.name}", wait) if first else nullcontext():
+        result = run_stage(args.name, cfg, paths)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
@@ -122,6 +121,53 @@ def cmd_generate(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     make_grid(images).save(out)
     print(f"wrote {out} ({len(images)} image(s) of {images.shape[2]}x{images.shape[1]} from {uri})")
+    return 0
+
+
+def _model_version(uri: str) -> tuple[str, str | None, str | None]:
+    """models:/NAME/VERSION or models:/NAME@ALIAS -> (name, version, alias)."""
+    rest = uri.removeprefix("models:/")
+    if rest != uri and "@" in rest:
+        name, _, alias = rest.partition("@")
+        if name and alias:
+            return name, None, alias
+    elif rest != uri and rest.count("/") == 1 and rest.split("/")[1].isdigit():
+        name, version = rest.split("/")
+        return name, version, None
+    raise ConfigError(f"model URI {uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    """Where a registered model came from: its lineage tags, and the commands that bring them back."""
+    from flows.runtime import prepare
+
+    paths = ProjectPaths.at(".")
+    cfg = load_config(args.params, args.overrides)
+    prepare(paths)
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    from tasks.common.tracking import connect
+    from tasks.evaluate.lineage import LOCK_ARTIFACT, lineage_report
+
+    client, _ = connect(cfg, paths)
+    uri = args.model or f"models:/{cfg.tracking.registered_model}@champion"
+    name, version, alias = _model_version(uri)
+    try:
+        found = (
+            client.get_model_version_by_alias(name, alias)
+            if alias
+            else client.get_model_version(name, version)
+        )
+        if not args.dvc_lock:
+            print(lineage_report(name, found.version, list(found.aliases), found.run_id, dict(found.tags)))
+            return 0
+        with tempfile.TemporaryDirectory() as tmp:
+            print(Path(client.download_artifacts(found.run_id, LOCK_ARTIFACT, tmp)).read_text(), end="")
+    except MlflowException as err:
+        print(f"ldmflow lineage: {uri}: {err.message}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -201,6 +247,19 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     _add_params_args(gen)
     gen.set_defaults(func=cmd_generate)
+
+    lineage = sub.add_parser(
+        "lineage", help="where a registered model came from: git commit, data and params hashes"
+    )
+    lineage.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="models:/NAME/VERSION or models:/NAME@ALIAS (default: champion)",
+    )
+    lineage.add_argument("--dvc-lock", action="store_true", help="print the dvc.lock the model's run used")
+    _add_params_args(lineage)
+    lineage.set_defaults(func=cmd_lineage)
 
     s3 = sub.add_parser("s3", help="start, stop or check the embedded SeaweedFS S3 server")
     s3.add_argument("action", choices=["start", "stop", "status"])

@@ -1,10 +1,16 @@
-"""DVC decides what is stale; this module asks it, and records a finished stage in dvc.lock."""
+"""DVC decides what is stale; this module asks it, records a finished stage in dvc.lock, and shares the
+outputs through the project's object storage as the default DVC remote."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from dvc.repo import Repo
+
+from tasks.common.config import StorageConfig
+
+REMOTE = "ldmflow"
+REMOTE_FOLDER = "dvc"  # s3://<bucket>/dvc, beside the caches' prefix
 
 
 def is_up_to_date(root: Path, stage: str) -> bool:
@@ -17,3 +23,39 @@ def record(root: Path, stage: str) -> None:
     """Hash the stage's deps/params/outs into dvc.lock and the DVC cache, as `dvc repro` does after a cmd."""
     with Repo(str(root)) as repo:
         repo.commit(stage, force=True)
+
+
+def ensure_remote(root: Path, storage: StorageConfig, s3_state: Path) -> str:
+    """Make the project's object storage the default DVC remote (`ldmflow`, s3://<bucket>/dvc); returns its
+    URL. A configured endpoint is shared: it goes to .dvc/config, which is committed, so a teammate's clone
+    finds it, and credentials come from where boto3 finds them for the caches (environment, ~/.aws); they
+    are never written. The embedded server is this machine's alone: its endpoint and generated credentials
+    go to .dvc/config.local, which DVC keeps out of git."""
+    url = f"s3://{storage.bucket}/{REMOTE_FOLDER}"
+    if storage.endpoint_url is None:
+        from tasks.common.embedded_s3 import ensure_running
+
+        ep = ensure_running(s3_state)
+        shared: dict[str, str] = {}
+        local = {"url": url, "endpointurl": ep.endpoint_url, "region": ep.region,
+                 "access_key_id": ep.access_key, "secret_access_key": ep.secret_key}  # fmt: skip
+    else:
+        shared = {"url": url, "endpointurl": storage.endpoint_url, "region": storage.region}
+        local = {}
+    with Repo(str(root)) as repo:
+        for level, settings in (("repo", shared), ("local", local)):
+            with repo.config.edit(level) as conf:
+                if settings:
+                    conf["remote"][REMOTE] = settings
+                    conf["core"]["remote"] = REMOTE
+                elif REMOTE in conf["remote"]:  # a remote of the other kind, left from before
+                    del conf["remote"][REMOTE]
+                    if conf["core"].get("remote") == REMOTE:
+                        del conf["core"]["remote"]
+    return url
+
+
+def push(root: Path) -> int:
+    """Push every output dvc.lock records to the project's remote; returns how many files were sent."""
+    with Repo(str(root)) as repo:
+        return repo.push(remote=REMOTE)

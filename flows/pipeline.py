@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 from prefect import flow
 
 from flows import dvc_state
+from flows.notify import on_pipeline_failure
+from flows.run_lock import project_run
 from flows.runners import task_runner
 from flows.stage_flows import STAGE_FLOWS
-from tasks.common import tracking
-from tasks.common.config import load_config
+from tasks.common import embedded_s3, tracking
+from tasks.common.config import Config, load_config
 from tasks.common.paths import ProjectPaths
 from tasks.graph import ORDER, with_upstream
 
 DEFAULT_PARAMS = "params.yaml"
 
 
-@flow(name="ldmflow-pipeline", log_prints=True)
+@flow(name="ldmflow-pipeline", log_prints=True, on_failure=[on_pipeline_failure])
 def pipeline(
     stages: list[str] | None = None,
     params_file: str = DEFAULT_PARAMS,
@@ -25,10 +28,23 @@ def pipeline(
     force: bool = False,
     root: str = ".",
 ) -> dict[str, str]:
-    """Run the named stages (and what they depend on), or all; returns {stage: "ran" | "up to date"}."""
+    """Run the named stages (and what they depend on), or all; returns {stage: "ran" | "up to date"}.
+    One run at a time per project (see flows/run_lock.py); the embedded S3 server runs for the run's
+    length when no endpoint is configured."""
     paths = ProjectPaths.at(root)
     overrides = list(overrides or [])
     cfg = load_config(paths.root / params_file, overrides)
+    wait = cfg.orchestration.on_overlap == "wait"
+    with project_run(paths, "ldmflow pipeline run", wait), ExitStack() as stack:
+        if cfg.storage.endpoint_url is None:
+            stack.enter_context(embedded_s3.serving(paths.s3_state))
+        return _run_stages(cfg, paths, stages, params_file, overrides, force)
+
+
+def _run_stages(
+    cfg: Config, paths: ProjectPaths, stages: list[str] | None, params_file: str, overrides: list[str],
+    force: bool,
+) -> dict[str, str]:  # fmt: skip
     # dvc.lock describes params.yaml; a run with other params must not claim to be that state.
     recorded = Path(params_file) == Path(DEFAULT_PARAMS) and not overrides
     if not recorded:
@@ -48,4 +64,8 @@ def pipeline(
                 dvc_state.record(paths.root, name)
             outcome[name] = "ran"
         parent.log_dict(outcome, "stages.json")
+        if recorded and cfg.orchestration.dvc_push:
+            url = dvc_state.ensure_remote(paths.root, cfg.storage, paths.s3_state)
+            sent = dvc_state.push(paths.root)
+            print(f"dvc push: {sent} file(s) sent to {url} (DVC remote {dvc_state.REMOTE!r})")
     return outcome

@@ -1,6 +1,8 @@
-"""One Prefect flow per stage. A flow composes tasks; the work lives in `tasks/`."""
+"""One Prefect flow per stage. A flow composes tasks; the work lives in `tasks/`.
 
-from __future__ import annotations
+No `from __future__ import annotations` here: a scheduled run gets the pipeline flow cloudpickled by value
+into a new process, and a string annotation such as "Config" then names nothing in the stage flows'
+copied globals (Prefect fails validating their parameters: "Stage_FlowModel is not fully defined")."""
 
 from collections.abc import Iterator
 from pathlib import Path

@@ -132,7 +132,10 @@ STAGES: dict[str, Stage] = {
 ORDER = list(STAGES)
 METRICS = ("artifacts/eval/metrics.json", "artifacts/vae/metrics.json", "artifacts/unet/metrics.json")
 PLOTS = {
-    "artifacts/eval/guidance_sweep.json": {"x": "guidance_scale", "y": ["r_precision_judge", "fd_judge"]}
+    "artifacts/eval/guidance_sweep.json": {"x": "guidance_scale", "y": ["r_precision_judge", "fd_judge"]},
+    "artifacts/vae/curves/train_loss.csv": {"x": "step", "y": ["train_loss"]},
+    "artifacts/unet/curves/train_loss.csv": {"x": "step", "y": ["train_loss"]},
+    "artifacts/unet/curves/val_loss.csv": {"x": "step", "y": ["val_loss"]},
 }
 DISTRIBUTED = ("train_unet",)  # stages that train with DDP under torchrun / accelerate launch
 

@@ -22,12 +22,14 @@ from models.images import make_grid, to_model_space, to_uint8
 from models.latents import set_normalisation
 from models.vae import build_vae, psnr, vae_loss
 from tasks.common.config import Config
+from tasks.common.curves import Curve
 from tasks.common.ingested import StoredImages, image_groups
 from tasks.common.paths import ProjectPaths
 from tasks.common.progress import progress
 from tasks.common.tracking import Run
 
 METRICS = "metrics.json"
+TRAIN_CURVE = "curves/train_loss.csv"  # dvc plots
 
 
 def batches(images: StoredImages, limit: int, batch_size: int) -> Iterator[torch.Tensor]:
@@ -73,6 +75,7 @@ def run_train_vae(cfg: Config, ingested: Path, out: Path, tracker: Run | None = 
 
     # 2. training: random batches with replacement across steps
     start = time.perf_counter()
+    curve = Curve(out / TRAIN_CURVE, ["train_loss", "recon_l1", "recon_mse", "kl"])
     vae.train()
     bar = progress(range(v.steps), desc="train_vae", unit="step")
     for step in bar:
@@ -85,9 +88,11 @@ def run_train_vae(cfg: Config, ingested: Path, out: Path, tracker: Run | None = 
         sched.step()
         if step % v.log_every == 0 or step == v.steps - 1:
             bar.set_postfix(loss=f"{loss.item():.4f}")
+            curve.write(step, train_loss=loss.item(), **parts)
             if tracker:
                 tracker.log_metrics({"train_loss": loss.item(), **parts}, step=step)
     seconds = time.perf_counter() - start
+    curve.close()
 
     # 3. latent statistics of the train split into the model's own config, then validation
     vae.eval()

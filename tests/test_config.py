@@ -52,6 +52,14 @@ def test_overrides_apply_and_validate(tmp_path):
         load_config(p, ["unet.steps"])
 
 
+def test_an_override_that_is_not_yaml_is_a_string(tmp_path):
+    p = write(tmp_path, "{}\n")
+    cfg = load_config(p, ["orchestration.schedule_cron=* * * * *"])
+    assert cfg.orchestration.schedule_cron == "* * * * *"
+    with pytest.raises(ConfigError, match=r"`unet\.steps`"):  # a string where a number goes: the key is named
+        load_config(p, ["unet.steps=*3"])
+
+
 def test_config_is_frozen(tmp_path):
     cfg = load_config(write(tmp_path, "{}\n"))
     with pytest.raises(ValidationError):

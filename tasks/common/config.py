@@ -211,6 +211,9 @@ class OrchestrationConfig(Section):
     task_runner: Literal["threads", "dask"] = "threads"
     workers: int = Field(0, ge=0)
     dask_address: str | None = None
+    on_overlap: Literal["wait", "fail"] = "fail"  # a second run of the project while one is running
+    notify_url: str | None = None  # a webhook that gets a JSON POST when a pipeline run fails
+    dvc_push: bool = True  # a run of params.yaml pushes its outputs to the DVC remote s3://<bucket>/dvc
 
 
 class Config(Section):
@@ -236,7 +239,8 @@ class ConfigError(ValueError):
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
-    """Apply one `key.path=value` override in place; the value is parsed as a YAML scalar/list."""
+    """Apply one `key.path=value` override in place; the value is parsed as a YAML scalar/list, and taken
+    as the plain string when it is not YAML (a cron such as `* * * * *`: `*` starts a YAML alias)."""
     if "=" not in assignment:
         raise ConfigError(f"override {assignment!r}: expected key.path=value")
     path, _, text = assignment.partition("=")
@@ -249,7 +253,10 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override {path}: {'.'.join(keys[: i + 1])} is not a section")
         node = child
-    node[keys[-1]] = yaml.safe_load(text)
+    try:
+        node[keys[-1]] = yaml.safe_load(text)
+    except yaml.YAMLError:
+        node[keys[-1]] = text.strip()
 
 
 def _format_errors(source: str, err: ValidationError) -> str:

@@ -401,6 +401,21 @@ def ensure_running(
         return _start_unlocked(state_dir, s3_port, START_TIMEOUT_S, volume_size_mb)
 
 
+@contextlib.contextmanager
+def serving(state_dir: Path) -> Iterator[None]:
+    """This state dir's server for the block: started if it is not up, and then stopped again (one that
+    was already running is left running)."""
+    started = status(state_dir) is None
+    if started:
+        print(f"starting the embedded S3 server ({state_dir})")
+        ensure_running(state_dir)
+    try:
+        yield
+    finally:
+        if started:
+            stop(state_dir)
+
+
 class EmbeddedS3:
     """Object-style handle on one state dir's server (same behaviour as the module functions)."""
 

@@ -1,6 +1,8 @@
 """Where a registered model comes from, as tags of its registry version: the git commit of the code, the
 dvc.lock hashes of the stage outputs it was built from, the ingested manifest's hash and the params'.
-With them, `git checkout` and `dvc checkout` (or `dvc pull`) bring that exact data and code back."""
+The run's dvc.lock itself is logged beside the model (LOCK_ARTIFACT): with it, `git checkout` and
+`dvc checkout` (or `dvc pull`) bring that exact data and code back, even when the lock was never
+committed."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from tasks.common.config import Config
 from tasks.common.ingested import MANIFEST
 from tasks.common.keys import content_key, file_sha256
 from tasks.graph import STAGES
+
+LOCK_ARTIFACT = "lineage/dvc.lock"
 
 
 def _git(root: Path, *args: str) -> str | None:
@@ -47,3 +51,26 @@ def lineage_tags(cfg: Config, root: Path, ingested: Path) -> dict[str, str]:
     }
     tags |= {f"lineage.dvc_lock.{path}": md5 for path, md5 in recorded_outputs(root, "evaluate").items()}
     return tags
+
+
+def lineage_report(name: str, version: str, aliases: list[str], run_id: str, tags: dict[str, str]) -> str:
+    """The lineage tags of one registered version, and the commands that bring its code and data back."""
+    lineage = {k.removeprefix("lineage."): v for k, v in sorted(tags.items()) if k.startswith("lineage.")}
+    if not lineage:
+        return f"{name} version {version} carries no lineage tags (registered before ldmflow recorded them)"
+    commit = lineage.get("git_commit", "unknown")
+    outputs = {k.removeprefix("dvc_lock."): v for k, v in lineage.items() if k.startswith("dvc_lock.")}
+    lines = [
+        f"{name} version {version}" + (f" ({', '.join(aliases)})" if aliases else "") + f", run {run_id}",
+        f"  code     git commit {commit}"
+        + (" with uncommitted changes" if lineage.get("git_dirty") == "true" else ""),
+        f"  data     ingested manifest sha256 {lineage.get('manifest_sha256', 'unknown')}",
+        f"  params   hash {lineage.get('params_hash', 'unknown')}",
+        *(f"  input    {path}  md5 {md5}" for path, md5 in outputs.items()),
+        "To bring this exact code and data back:",
+        f"  ldmflow lineage models:/{name}/{version} --dvc-lock > run.dvc.lock   # the run's own dvc.lock",
+        f"  git checkout {commit}",
+        "  mv run.dvc.lock dvc.lock",
+        "  dvc checkout     # from this machine's DVC cache, or: dvc pull (from the DVC remote)",
+    ]
+    return "\n".join(lines)

@@ -47,7 +47,7 @@ from tasks.evaluate.champion import (
 from tasks.evaluate.clip import ClipReference
 from tasks.evaluate.inception import InceptionReference
 from tasks.evaluate.judge import ReadyJudge, ready_judge
-from tasks.evaluate.lineage import lineage_tags
+from tasks.evaluate.lineage import LOCK_ARTIFACT, lineage_tags
 from tasks.evaluate.scores import RealReference, choose_rows
 from tasks.evaluate.sweep import guidance_sweep, write_sweep
 
@@ -199,6 +199,8 @@ def gate_and_register(cfg: Config, paths: ProjectPaths, pipe: LatentDiffusionPip
     tags = measure.alike | {metric_tag(k): repr(float(v)) for k, v in metrics.items()}
     tags |= lineage_tags(cfg, paths.root, paths.ingested)
     version = register(cfg, pipe, tracker, CHAMPION if verdict.promote else CHALLENGER, tags)
+    if (paths.root / "dvc.lock").is_file():
+        tracker.log_artifact(paths.root / "dvc.lock", str(Path(LOCK_ARTIFACT).parent))
     tracker.set_tags({"ldmflow.gate": str(verdict)})
     if verdict.champion_value is not None:
         tracker.log_metrics({f"champion_{verdict.metric}": verdict.champion_value})

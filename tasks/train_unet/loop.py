@@ -14,6 +14,7 @@ from pathlib import Path
 
 from models.device import PeakMemory
 from tasks.common.config import Config
+from tasks.common.curves import Curve
 from tasks.common.paths import ProjectPaths
 from tasks.common.progress import progress
 from tasks.common.storage import ObjectStore, object_store_from_config
@@ -26,6 +27,7 @@ from tasks.train_unet.setup import set_up
 
 METRICS = "metrics.json"
 SAMPLES_LOG = "samples.jsonl"  # unet.log_samples: each step's loss and sample ids
+TRAIN_CURVE, VAL_CURVE = "curves/train_loss.csv", "curves/val_loss.csv"  # dvc plots
 
 
 def run_train_unet(
@@ -55,7 +57,18 @@ def run_train_unet(
         tracker.log_metrics({"unet_parameters": params, "train_samples": len(data.items),
                              "global_batch": run.global_batch, "processes": processes,
                              "resumed_from_step": position.step})  # fmt: skip
-    val_start = validation.report(training, position.step, False, tracker) if validation else {}
+    curves = {
+        "train": Curve(out / TRAIN_CURVE, ["train_loss", "lr"], position.step),
+        "val": Curve(out / VAL_CURVE, ["val_loss"], position.step),
+    } if main else {}  # fmt: skip
+
+    def validate(step: int, grid: bool) -> dict[str, float]:
+        found = validation.report(training, step, grid, tracker)
+        if curves:
+            curves["val"].write(step, val_loss=found["val_loss"])
+        return found
+
+    val_start = validate(position.step, False) if validation else {}
 
     # 2. the loop: global batches streamed from the latent shards, epoch after epoch
     # each process keeps its own copies: one's eviction must never delete a file another is reading
@@ -81,17 +94,21 @@ def run_train_unet(
                             {"global_batch": run.global_batch})  # fmt: skip
         every = u.validation.every
         if validation and every and position.step % every == 0 and position.step < u.steps:
-            validation.report(training, position.step, True, tracker)
+            validate(position.step, True)
         if step % u.log_every == 0 or step == u.steps - 1:
             now = speed.now(position.step)
             bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{now['samples_per_second']:.0f}")
+            lr = training.lr_schedule.get_last_lr()[0]
+            if curves:
+                curves["train"].write(step, train_loss=loss, lr=lr)
             if tracker:
-                lr = training.lr_schedule.get_last_lr()[0]
                 tracker.log_metrics({"train_loss": loss, "lr": lr, **now}, step=step)
     seconds, memory_peak = speed.seconds, memory.peak_mb()
     if samples_log:
         samples_log.close()
-    val_end = validation.report(training, u.steps, True, tracker) if validation else {}
+    val_end = validate(u.steps, True) if validation else {}
+    for curve in curves.values():
+        curve.close()
 
     # 3. save the EMA weights as the model, plus the noise schedule it was trained with
     metrics = {

@@ -1,0 +1,179 @@
+"""Scheduled runs against a real `prefect server start` on 127.0.0.1 (started and stopped here), served
+by `ldmflow serve`, triggered through the server's REST API as the scheduler would: a first run; a second
+one (forced, so that it works for a while) that registers a second version under the gate; and a third
+run, started while the second holds the project, that fails at once and notifies the webhook."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from projects import BIN, TINY, cli_env, init_project, write_params
+from user_data import write_photo_folder
+
+from flows.run_lock import lock_path
+from tasks.common.paths import ProjectPaths
+
+pytestmark = pytest.mark.e2e
+DEPLOYMENT = "ldmflow-pipeline/nightly"
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _api(url: str, body: dict | None = None) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _wait_for(check, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{what}: the process exited ({proc.returncode})")
+        try:
+            value = check()
+        except OSError:
+            value = None
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture
+def prefect_api(tmp_path):
+    """A real Prefect server on 127.0.0.1, its own home and database; stopped at the end."""
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-server"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}  # fmt: skip
+    env.pop("PREFECT_API_URL", None)
+    log = open(tmp_path / "prefect-server.log", "w")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        _wait_for(lambda: urllib.request.urlopen(f"{url}/health", timeout=5).status == 200, 180,
+                  "prefect server start", server)  # fmt: skip
+        yield url
+    finally:
+        _stop(server)
+        log.close()
+
+
+@pytest.fixture
+def webhook():
+    """A webhook on 127.0.0.1 that keeps what is POSTed to it."""
+    received: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/hook", received
+    server.shutdown()
+
+
+def test_served_deployment_runs_to_completion_on_new_data_and_refuses_overlap(
+    tmp_path, s3_server, prefect_api, webhook
+):
+    hook_url, notices = webhook
+    photos = tmp_path / "photos"
+    write_photo_folder(photos, n=60)
+    params = {**TINY, "data": {"source": "imagefolder", "path": str(photos), "resolution": 16,
+                               "shard_size": 32, "val_fraction": 0.25},
+              "orchestration": {"schedule_cron": "0 3 1 1 *", "notify_url": hook_url}}  # fmt: skip
+    project = tmp_path / "project"
+    project.mkdir()
+    write_params(project, params, s3_server, f"sched-{os.getpid()}")
+    env = cli_env(s3_server, PREFECT_HOME=str(project / ".prefect"), PREFECT_API_URL=prefect_api)
+    init_project(project, env)
+
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed below
+    serve = subprocess.Popen([str(BIN / "ldmflow"), "serve"], cwd=project, env=env, stdout=log,
+                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        deployment = _wait_for(lambda: _api(f"{prefect_api}/deployments/name/{DEPLOYMENT}")["id"], 120,
+                               "the served deployment", serve)  # fmt: skip
+        assert _api(f"{prefect_api}/deployments/{deployment}")["schedules"]  # the cron from params
+
+        def trigger(**parameters) -> str:
+            body = {"parameters": parameters}
+            return _api(f"{prefect_api}/deployments/{deployment}/create_flow_run", body)["id"]
+
+        def state(run: str) -> dict:
+            return _api(f"{prefect_api}/flow_runs/{run}")["state"]
+
+        def finished(run: str, timeout: float = 600) -> dict:
+            return _wait_for(lambda: (s := state(run))["type"] in FINAL and s, timeout, f"run {run}", serve)
+
+        first = finished(trigger())
+        assert first["type"] == "COMPLETED", first["message"]
+        manifest = project / "data/ingested/manifest.parquet"
+        assert len(pd.read_parquet(manifest)) == 60
+
+        second = trigger(force=True)
+        holder = lock_path(ProjectPaths.at(project))
+        _wait_for(lambda: state(second)["type"] == "RUNNING" and holder.read_text(), 120, "the second run")
+        third_run = trigger()
+        third = finished(third_run, timeout=180)
+        assert third["type"] == "FAILED" and "is busy" in third["message"], third
+        assert "on_overlap is 'fail'" in third["message"]
+        assert state(second)["type"] == "RUNNING"  # the third run failed fast, while the second ran on
+        done = finished(second)
+        assert done["type"] == "COMPLETED", done["message"]
+
+        uri = f"sqlite:///{project / 'mlflow.db'}"
+        client = MlflowClient(uri, registry_uri=uri)
+        versions = sorted(client.search_model_versions("name='ldmflow'"), key=lambda v: int(v.version))
+        assert len(versions) == 2  # the failed third run registered nothing
+        newest = versions[1]
+        verdict = client.get_run(newest.run_id).data.tags["ldmflow.gate"]
+        champion = client.get_model_version_by_alias("ldmflow", "champion").version
+        if verdict.startswith("champion"):
+            assert champion == newest.version
+        else:
+            assert verdict.startswith("challenger") and champion == versions[0].version
+            assert client.get_model_version_by_alias("ldmflow", "challenger").version == newest.version
+
+        assert len(notices) == 1  # the webhook heard of the failure, with the error and the run's link
+        assert notices[0]["flow_run_id"] == third_run and "is busy" in notices[0]["error"]
+        assert notices[0]["links"]["prefect"].endswith(third_run)
+    finally:
+        _stop(serve)
+        log.close()
