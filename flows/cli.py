@@ -72,6 +72,18 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scan(args: argparse.Namespace) -> int:
+    """Refresh data/source_listing.json, so that `dvc repro` sees new, changed or removed source files."""
+    from tasks.ingest.listing import write_listing
+
+    paths = ProjectPaths.at(".")
+    cfg = load_config(args.params, args.overrides)
+    changed = write_listing(cfg.data, paths.source_listing)
+    where = paths.source_listing.relative_to(paths.root)
+    print(f"{where}: {'the source changed; ingest is stale' if changed else 'the source is unchanged'}")
+    return 0
+
+
 def cmd_dvc_yaml(args: argparse.Namespace) -> int:
     """Write dvc.yaml from the stage declaration (tasks/graph.py), or with --check say whether it differs."""
     from tasks.graph import dvc_yaml
@@ -233,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params_args(stage)
     stage.set_defaults(func=cmd_stage)
 
+    scan = sub.add_parser(
+        "scan", help="list the data source into data/source_listing.json (before `dvc repro`)"
+    )
+    _add_params_args(scan)
+    scan.set_defaults(func=cmd_scan)
+
     graph = sub.add_parser("dvc-yaml", help="write dvc.yaml from the stage declaration in tasks/graph.py")
     graph.add_argument("--check", action="store_true", help="only check: exit 1 when dvc.yaml differs")
     graph.set_defaults(func=cmd_dvc_yaml)
@@ -280,11 +298,16 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in getattr(args, "stages", []) if s not in ORDER]
     if unknown:
         parser.error(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(ORDER)}")
+    from flows.run_lock import ProjectBusy
+
     try:
         return args.func(args)
     except ConfigError as err:
         print(f"ldmflow: config error:\n{err}", file=sys.stderr)
         return 2
+    except ProjectBusy as err:
+        print(f"ldmflow: {err}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

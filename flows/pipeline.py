@@ -16,6 +16,7 @@ from tasks.common import embedded_s3, tracking
 from tasks.common.config import Config, load_config
 from tasks.common.paths import ProjectPaths
 from tasks.graph import ORDER, with_upstream
+from tasks.ingest.listing import write_listing
 
 DEFAULT_PARAMS = "params.yaml"
 
@@ -50,6 +51,8 @@ def _run_stages(
     if not recorded:
         print("params differ from params.yaml: the named stages run as asked and dvc.lock is left untouched")
     selected = with_upstream(stages or ORDER) if recorded else [n for n in ORDER if n in (stages or ORDER)]
+    if recorded and "ingest" in selected and write_listing(cfg.data, paths.source_listing):
+        print(f"the source changed ({paths.source_listing.relative_to(paths.root)}): ingest will run")
     outcome: dict[str, str] = {}
     with tracking.run(cfg, paths, "pipeline", tags={"ldmflow.stages": ",".join(stages or ORDER)}) as parent:
         for name in selected:

@@ -25,12 +25,13 @@ class Stage:
     code: tuple[str, ...]  # folders and files of the stage's code (SHARED is added to every stage)
     outs: tuple[str, ...]  # what it writes, relative to the project root
     entry: str  # the module whose `main(cfg, paths, tracker, ...)` runs it
+    sources: tuple[str, ...] = ()  # other files it reads (ingest: the summary of the user's source)
 
     @property
     def deps(self) -> tuple[str, ...]:
-        """Upstream outputs, then code: the DVC deps."""
+        """Upstream outputs and sources, then code: the DVC deps."""
         inputs = tuple(out for name in self.upstream for out in STAGES[name].outs)
-        return (*inputs, SHARED, *self.code)
+        return (*inputs, *self.sources, SHARED, *self.code)
 
 
 STAGES: dict[str, Stage] = {
@@ -43,6 +44,7 @@ STAGES: dict[str, Stage] = {
             code=("tasks/ingest",),
             outs=("data/ingested",),
             entry="tasks.ingest.stage",
+            sources=("data/source_listing.json",),
         ),
         Stage(
             "train_vae",

@@ -106,6 +106,7 @@ class ValidationConfig(Section):
 
 class UnetConfig(Section):
     pretrained: str | None = None  # a diffusers U-Net dir (or a model dir with unet/), or a hub id
+    init: Literal["scratch", "champion"] = "scratch"  # champion: continue from the registry's champion
     block_out_channels: list[int] = [32, 64]
     layers_per_block: int = Field(1, ge=1)
     attention_head_dim: int = Field(8, ge=1)
@@ -148,6 +149,8 @@ class UnetConfig(Section):
     def _zero_terminal_snr_needs_v(self) -> UnetConfig:
         if self.zero_terminal_snr and self.prediction_type != "v_prediction":
             raise ValueError("zero_terminal_snr needs prediction_type v_prediction")
+        if self.init == "champion" and self.pretrained:
+            raise ValueError("init: champion and pretrained both say where the weights come from; set one")
         return self
 
 

@@ -17,6 +17,11 @@ class ProjectPaths:
     def at(cls, root: str | Path = ".") -> ProjectPaths:
         return cls(Path(root).resolve())
 
+    # what ingest reads besides params: a summary of the user's source (tasks/ingest/listing.py)
+    @property
+    def source_listing(self) -> Path:
+        return self.root / "data" / "source_listing.json"
+
     # stage outputs (DVC-tracked)
     @property
     def ingested(self) -> Path:

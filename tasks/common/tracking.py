@@ -24,6 +24,7 @@ from tasks.common.config import Config
 from tasks.common.paths import ProjectPaths
 
 PARENT_RUN_ENV = "LDMFLOW_PARENT_RUN_ID"
+CHAMPION = "champion"  # the registry alias of the best model so far (tasks/evaluate/champion.py moves it)
 
 
 def tracking_uri(cfg: Config, paths: ProjectPaths) -> str:
@@ -162,3 +163,28 @@ def _model_requirements() -> list[str]:
     return [
         f"{p}=={version(p)}" for p in ("torch", "diffusers", "transformers", "mlflow", "pillow", "pandas")
     ]
+
+
+def current_champion(client: MlflowClient, name: str):
+    """The ModelVersion the `champion` alias points at, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:  # no registered model, or no champion yet
+        return None
+
+
+def champion_part(cfg: Config, paths: ProjectPaths, part: str) -> tuple[str, Path] | None:
+    """One part of the registered champion (`unet`, `vae`, ...), downloaded under .ldmflow/champion/:
+    (its version, the folder). None when there is no champion yet. Each process of a distributed run
+    downloads its own copy, so none reads a half-written one."""
+    client, _ = connect(cfg, paths)
+    name = cfg.tracking.registered_model
+    champion = current_champion(client, name)
+    if champion is None:
+        return None
+    rank = os.environ.get("RANK", "0")
+    folder = paths.state / "champion" / f"{name}-v{champion.version}-rank{rank}"
+    uri = f"models:/{name}/{champion.version}/artifacts/{part}"
+    return champion.version, Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder)))

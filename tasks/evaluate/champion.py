@@ -11,12 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-
 from tasks.common.config import GATED_METRICS, GateConfig
+from tasks.common.tracking import CHAMPION
 
-CHAMPION, CHALLENGER = "champion", "challenger"
+CHALLENGER = "challenger"
 JUDGE_TAG, SETTINGS_TAG = "ldmflow.judge_key", "ldmflow.eval_settings"
 
 
@@ -44,13 +42,6 @@ def _better(metric: str, a: float, b: float, by: float) -> bool:
 
 def _clears(metric: str, value: float, floor: float) -> bool:
     return value >= floor if GATED_METRICS[metric] == "higher" else value <= floor
-
-
-def current_champion(client: MlflowClient, name: str):
-    try:
-        return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:  # no registered model, or no champion yet
-        return None
 
 
 def decide(

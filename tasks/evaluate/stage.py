@@ -33,17 +33,9 @@ from tasks.common.config import Config
 from tasks.common.keys import content_key
 from tasks.common.paths import ProjectPaths
 from tasks.common.storage import ObjectStore, object_store_from_config
-from tasks.common.tracking import Run
+from tasks.common.tracking import CHAMPION, Run, current_champion
 from tasks.evaluate.adherence import Adherence, labelled
-from tasks.evaluate.champion import (
-    CHALLENGER,
-    CHAMPION,
-    JUDGE_TAG,
-    SETTINGS_TAG,
-    current_champion,
-    decide,
-    metric_tag,
-)
+from tasks.evaluate.champion import CHALLENGER, JUDGE_TAG, SETTINGS_TAG, decide, metric_tag
 from tasks.evaluate.clip import ClipReference
 from tasks.evaluate.inception import InceptionReference
 from tasks.evaluate.judge import ReadyJudge, ready_judge

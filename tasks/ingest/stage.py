@@ -38,6 +38,7 @@ from tasks.common.paths import ProjectPaths
 from tasks.common.progress import progress
 from tasks.ingest import sources, synthetic
 from tasks.ingest.decode import DecodeLimits
+from tasks.ingest.listing import write_listing
 from tasks.ingest.preprocess import DecodeJob, Prepared, Preprocessing, aspect_buckets, decode_chunk
 from tasks.ingest.sources import Reject, SourceItem
 
@@ -289,7 +290,9 @@ def run_ingest(cfg: Config, out: Path, map_decode: DecodeMap | None = None) -> d
 
 
 def main(cfg: Config, paths: ProjectPaths, tracker: Run, map_decode: DecodeMap | None = None) -> dict:
-    """Ingest into the project's `data/ingested/`; the report and the rejects go to the stage's run."""
+    """Ingest into the project's `data/ingested/`; the report and the rejects go to the stage's run. The
+    source's listing is written first: DVC records the listing of what was read."""
+    write_listing(cfg.data, paths.source_listing)
     report = run_ingest(cfg, paths.ingested, map_decode)
     tracker.log_metrics(
         {"total": report["total"], "accepted": report["accepted"], "rejected": report["rejected"]}

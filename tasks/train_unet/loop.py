@@ -18,7 +18,7 @@ from tasks.common.curves import Curve
 from tasks.common.paths import ProjectPaths
 from tasks.common.progress import progress
 from tasks.common.storage import ObjectStore, object_store_from_config
-from tasks.common.tracking import Run
+from tasks.common.tracking import Run, champion_part
 from tasks.train_unet.checkpoints import Position, save_checkpoint
 from tasks.train_unet.data import micro_batches
 from tasks.train_unet.latent_stream import LatentStream
@@ -136,8 +136,23 @@ def run_train_unet(
     return metrics
 
 
+def start_from_champion(cfg: Config, paths: ProjectPaths, tracker: Run | None) -> Config:
+    """`unet.init: champion`: the config with the registry champion's U-Net as `pretrained` (its EMA
+    weights, trained on for `unet.steps`); unchanged, training from scratch, while there is none."""
+    found = champion_part(cfg, paths, "unet")
+    where = f"champion version {found[0]}" if found else "scratch (no champion yet)"
+    print(f"train_unet: unet.init is champion: starting from {where}")
+    if tracker:
+        tracker.set_tags({"ldmflow.unet_init": where})
+    if not found:
+        return cfg
+    return cfg.model_copy(update={"unet": cfg.unet.model_copy(update={"pretrained": str(found[1])})})
+
+
 def main(cfg: Config, paths: ProjectPaths, tracker: Run | None) -> dict:
     store = object_store_from_config(cfg.storage, paths.s3_state)
+    if cfg.unet.init == "champion":
+        cfg = start_from_champion(cfg, paths, tracker)
     return run_train_unet(
         cfg, paths.latents, paths.text, paths.unet, store, tracker, paths.shard_cache, paths.vae
     )
