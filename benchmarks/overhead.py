@@ -58,20 +58,21 @@ def timed_run(project: Path) -> float:
 
 
 def stage_work(project: Path) -> dict[str, float]:
-    """{stage: seconds of its own work} of the project's stage runs (the tracking DB under .ldmflow/)."""
+    """{stage: seconds of its own work} of each stage's newest run (the tracking DB under .ldmflow/)."""
     from mlflow.tracking import MlflowClient
 
     from tasks.common.stage_run import WORK_METRIC
+    from tasks.graph import ORDER
 
     uri = f"sqlite:///{project / '.ldmflow' / 'mlflow.db'}"
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("ldmflow").experiment_id
     work = {}
-    for run in client.search_runs([experiment]):
+    for run in client.search_runs([experiment], order_by=["attributes.start_time DESC"]):
         stage = run.data.tags.get("ldmflow.stage")
         if stage and WORK_METRIC in run.data.metrics:
-            work[stage] = run.data.metrics[WORK_METRIC]
-    return work
+            work.setdefault(stage, run.data.metrics[WORK_METRIC])
+    return {stage: work[stage] for stage in sorted(work, key=ORDER.index)}
 
 
 def main() -> None:

@@ -136,19 +136,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_version(uri: str) -> tuple[str, str | None, str | None]:
-    """models:/NAME/VERSION or models:/NAME@ALIAS -> (name, version, alias)."""
-    rest = uri.removeprefix("models:/")
-    if rest != uri and "@" in rest:
-        name, _, alias = rest.partition("@")
-        if name and alias:
-            return name, None, alias
-    elif rest != uri and rest.count("/") == 1 and rest.split("/")[1].isdigit():
-        name, version = rest.split("/")
-        return name, version, None
-    raise ConfigError(f"model URI {uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
-
-
 def cmd_lineage(args: argparse.Namespace) -> int:
     """Where a registered model came from: its lineage tags, and the commands that bring them back."""
     from flows.runtime import prepare
@@ -156,27 +143,21 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     paths = ProjectPaths.at(".")
     cfg = load_config(args.params, args.overrides)
     prepare(paths)
-    import tempfile
-
     from mlflow.exceptions import MlflowException
 
-    from tasks.common.tracking import connect
+    from tasks.common.tracking import connect, model_version, run_artifact_text
     from tasks.evaluate.lineage import LOCK_ARTIFACT, lineage_report
 
     client, _ = connect(cfg, paths)
     uri = args.model or f"models:/{cfg.tracking.registered_model}@champion"
-    name, version, alias = _model_version(uri)
     try:
-        found = (
-            client.get_model_version_by_alias(name, alias)
-            if alias
-            else client.get_model_version(name, version)
-        )
-        if not args.dvc_lock:
-            print(lineage_report(name, found.version, list(found.aliases), found.run_id, dict(found.tags)))
-            return 0
-        with tempfile.TemporaryDirectory() as tmp:
-            print(Path(client.download_artifacts(found.run_id, LOCK_ARTIFACT, tmp)).read_text(), end="")
+        found = model_version(client, uri)
+        if args.dvc_lock:
+            print(run_artifact_text(client, found.run_id, LOCK_ARTIFACT), end="")
+        else:
+            print(
+                lineage_report(found.name, found.version, list(found.aliases), found.run_id, dict(found.tags))
+            )
     except MlflowException as err:
         print(f"ldmflow lineage: {uri}: {err.message}", file=sys.stderr)
         return 1

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKL
 
 from models.device import autocast, pick_device
 from models.images import make_grid, to_model_space, to_uint8
@@ -26,10 +27,11 @@ from tasks.common.curves import Curve
 from tasks.common.ingested import StoredImages, image_groups
 from tasks.common.paths import ProjectPaths
 from tasks.common.progress import progress
-from tasks.common.tracking import Run
+from tasks.common.tracking import Run, champion_part
 
 METRICS = "metrics.json"
 TRAIN_CURVE = "curves/train_loss.csv"  # dvc plots
+CURVE_COLUMNS = ["train_loss", "recon_l1", "recon_mse", "kl"]
 
 
 def batches(images: StoredImages, limit: int, batch_size: int) -> Iterator[torch.Tensor]:
@@ -48,18 +50,11 @@ def sample_batch(groups: list[StoredImages], batch_size: int, gen: torch.Generat
     return to_model_space(group[torch.randint(len(group), (batch_size,), generator=gen).numpy()])
 
 
-def run_train_vae(cfg: Config, ingested: Path, out: Path, tracker: Run | None = None) -> dict:
-    """Train the VAE, set its scaling factor, save it to `out`; return the metrics."""
+def train_new_vae(
+    cfg: Config, train: list[StoredImages], device: torch.device, out: Path, tracker: Run | None
+) -> tuple[AutoencoderKL, dict]:
+    """A VAE trained from scratch on `train`, its latent statistics set from the data; and what to report."""
     v = cfg.vae
-    torch.manual_seed(cfg.seed)
-    device = pick_device()
-    # one group per image size: a single one, or one per aspect-ratio bucket; read a batch at a time
-    train = [images for _, images in image_groups(ingested, "train")]
-    try:
-        val = [to_model_space(images[:512]) for _, images in image_groups(ingested, "val")]
-    except ValueError:  # no val split (val_fraction 0): report on a train subset rather than nothing
-        val = [to_model_space(group[:256]) for group in train]
-
     # 1. model and optimiser
     vae = build_vae(
         block_out_channels=v.block_out_channels,
@@ -75,7 +70,7 @@ def run_train_vae(cfg: Config, ingested: Path, out: Path, tracker: Run | None = 
 
     # 2. training: random batches with replacement across steps
     start = time.perf_counter()
-    curve = Curve(out / TRAIN_CURVE, ["train_loss", "recon_l1", "recon_mse", "kl"])
+    curve = Curve(out / TRAIN_CURVE, CURVE_COLUMNS)
     vae.train()
     bar = progress(range(v.steps), desc="train_vae", unit="step")
     for step in bar:
@@ -94,21 +89,54 @@ def run_train_vae(cfg: Config, ingested: Path, out: Path, tracker: Run | None = 
     seconds = time.perf_counter() - start
     curve.close()
 
-    # 3. latent statistics of the train split into the model's own config, then validation
+    # 3. latent statistics of the train split into the model's own config
     vae.eval()
     with torch.no_grad():
         stats_batches = (b.to(device) for group in train for b in batches(group, 2048, 256))
         norm = set_normalisation(vae, stats_batches, v.latent_norm)
-        recon = [torch.cat([vae(b.to(device)).sample.float().cpu() for b in g.split(256)]) for g in val]
-    metrics = {
-        "val_psnr": psnr(torch.cat([r.flatten() for r in recon]), torch.cat([g.flatten() for g in val])),
-        **{k: v for k, v in norm.items() if v is not None},
+    return vae, {
+        **norm,
         "final_train_loss": float(loss.item()),
         "steps": v.steps,
         "train_seconds": round(seconds, 2),
     }
 
+
+def kept_vae(folder: Path, version: str, device: torch.device, out: Path) -> tuple[AutoencoderKL, dict]:
+    """`vae.init: champion`: the champion's VAE as it is, latent statistics included, so its latents (and
+    every cached one) keep their meaning for the champion's U-Net."""
+    vae = AutoencoderKL.from_pretrained(folder).to(device).eval()
+    Curve(out / TRAIN_CURVE, CURVE_COLUMNS).close()  # no training: an empty curve
+    norm = {k: vae.config.get(k) for k in ("scaling_factor", "latents_mean", "latents_std")}
+    return vae, {**norm, "kept_champion_version": int(version), "steps": 0, "train_seconds": 0.0}
+
+
+def run_train_vae(
+    cfg: Config, ingested: Path, out: Path, tracker: Run | None = None, keep: tuple[str, Path] | None = None
+) -> dict:
+    """Train the VAE (or, given `keep` = (champion version, its VAE folder), keep that one), validate it on
+    the held-out images, save it to `out`; return the metrics."""
+    torch.manual_seed(cfg.seed)
+    device = pick_device()
+    # one group per image size: a single one, or one per aspect-ratio bucket; read a batch at a time
+    train = [images for _, images in image_groups(ingested, "train")]
+    try:
+        val = [to_model_space(images[:512]) for _, images in image_groups(ingested, "val")]
+    except ValueError:  # no val split (val_fraction 0): report on a train subset rather than nothing
+        val = [to_model_space(group[:256]) for group in train]
     out.mkdir(parents=True, exist_ok=True)
+    vae, facts = (
+        kept_vae(keep[1], keep[0], device, out) if keep else train_new_vae(cfg, train, device, out, tracker)
+    )
+
+    with torch.no_grad():
+        recon = [torch.cat([vae(b.to(device)).sample.float().cpu() for b in g.split(256)]) for g in val]
+    norm = {k: facts.pop(k) for k in ("scaling_factor", "latents_mean", "latents_std")}
+    metrics = {
+        "val_psnr": psnr(torch.cat([r.flatten() for r in recon]), torch.cat([g.flatten() for g in val])),
+        **{k: v for k, v in norm.items() if v is not None},
+        **facts,
+    }
     vae.to("cpu").save_pretrained(out, safe_serialization=True)
     (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     if tracker:
@@ -122,4 +150,10 @@ def run_train_vae(cfg: Config, ingested: Path, out: Path, tracker: Run | None = 
 
 
 def main(cfg: Config, paths: ProjectPaths, tracker: Run) -> dict:
-    return run_train_vae(cfg, paths.ingested, paths.vae, tracker)
+    keep = None
+    if cfg.vae.init == "champion":
+        keep = champion_part(cfg, paths, "vae")
+        where = f"champion version {keep[0]}, kept as it is" if keep else "scratch (no champion yet)"
+        print(f"train_vae: vae.init is champion: {where}")
+        tracker.set_tags({"ldmflow.vae_init": where})
+    return run_train_vae(cfg, paths.ingested, paths.vae, tracker, keep)

@@ -1,9 +1,9 @@
 """Scheduled runs against a real `prefect server start` on 127.0.0.1 (started and stopped here), served
 by `ldmflow serve`, triggered through the server's REST API as the scheduler would, in a project set up
-for nightly runs (`unet.init: champion`): a first run; 10 new images in the user's folder; a second run
-that ingests them (decoding only them), continues from the first run's U-Net and registers a second
-version under the gate; and a third run, started while the second holds the project, that fails at once
-and notifies the webhook."""
+for nightly runs (`vae.init` and `unet.init: champion`): a first run; 10 new images in the user's folder;
+a second run that decodes and encodes only them (it keeps the first run's VAE, so every cached latent
+keeps its key), continues from the first run's U-Net and registers a second version under the gate; and
+a third run, started while the second holds the project, that fails at once and notifies the webhook."""
 
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def test_served_deployment_runs_to_completion_on_new_data_and_refuses_overlap(
     write_photo_folder(photos, n=60)
     params = {**TINY, "data": {"source": "imagefolder", "path": str(photos), "resolution": 16,
                                "shard_size": 32, "val_fraction": 0.25},
-              "unet": {**TINY["unet"], "init": "champion"},
+              "vae": {**TINY["vae"], "init": "champion"}, "unet": {**TINY["unet"], "init": "champion"},
               "orchestration": {"schedule_cron": "0 3 1 1 *", "notify_url": hook_url}}  # fmt: skip
     project = tmp_path / "project"
     project.mkdir()
@@ -163,6 +163,8 @@ def test_served_deployment_runs_to_completion_on_new_data_and_refuses_overlap(
         assert done["type"] == "COMPLETED", done["message"]
         report = json.loads((project / "data/ingested/report.json").read_text())
         assert (report["decoded"], report["reused"], len(pd.read_parquet(manifest))) == (10, 60, 70)
+        latents = json.loads((project / "artifacts/latents/cache.json").read_text())
+        assert (latents["items_computed"], latents["items_reused"]) == (10, 60)
         text = json.loads((project / "artifacts/text/cache.json").read_text())
         new_captions = pd.read_parquet(manifest)["caption"].iloc[60:]
         assert text["items_computed"] <= new_captions.nunique()  # captions seen before are not encoded again
@@ -173,11 +175,11 @@ def test_served_deployment_runs_to_completion_on_new_data_and_refuses_overlap(
         assert len(versions) == 2  # the failed third run registered nothing
         newest = versions[1]
         experiment = client.get_experiment_by_name("ldmflow").experiment_id
-        inits = {r.data.tags.get("ldmflow.unet_init") for r in client.search_runs([experiment])} - {None}
-        assert inits == {
-            "scratch (no champion yet)",
-            "champion version 1",
-        }  # the second started from the first
+        runs = client.search_runs([experiment])
+        unet_inits = {r.data.tags.get("ldmflow.unet_init") for r in runs} - {None}
+        assert unet_inits == {"scratch (no champion yet)", "champion version 1"}  # the second: the first's
+        vae_inits = {r.data.tags.get("ldmflow.vae_init") for r in runs} - {None}
+        assert vae_inits == {"scratch (no champion yet)", "champion version 1, kept as it is"}
         verdict = client.get_run(newest.run_id).data.tags["ldmflow.gate"]
         champion = client.get_model_version_by_alias("ldmflow", "champion").version
         if verdict.startswith("champion"):

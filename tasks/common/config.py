@@ -59,6 +59,7 @@ class DataConfig(Section):
 
 
 class VaeConfig(Section):
+    init: Literal["scratch", "champion"] = "scratch"  # champion: keep the registry champion's VAE as it is
     block_out_channels: list[int] = [16, 32, 32]
     layers_per_block: int = Field(1, ge=1)
     norm_num_groups: int = Field(8, ge=1)

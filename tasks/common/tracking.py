@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from tasks.common.config import Config
+from tasks.common.config import Config, ConfigError
 from tasks.common.paths import ProjectPaths
 
 PARENT_RUN_ENV = "LDMFLOW_PARENT_RUN_ID"
@@ -188,3 +189,20 @@ def champion_part(cfg: Config, paths: ProjectPaths, part: str) -> tuple[str, Pat
     folder = paths.state / "champion" / f"{name}-v{champion.version}-rank{rank}"
     uri = f"models:/{name}/{champion.version}/artifacts/{part}"
     return champion.version, Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder)))
+
+
+def model_version(client: MlflowClient, uri: str):
+    """The ModelVersion of `models:/NAME/VERSION` or `models:/NAME@ALIAS` (MlflowException if none)."""
+    rest = uri.removeprefix("models:/")
+    name, at, alias = rest.partition("@")
+    if rest != uri and at and name and alias:
+        return client.get_model_version_by_alias(name, alias)
+    name, slash, version = rest.partition("/")
+    if rest != uri and slash and name and version.isdigit():
+        return client.get_model_version(name, version)
+    raise ConfigError(f"model URI {uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+
+
+def run_artifact_text(client: MlflowClient, run_id: str, artifact: str) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(client.download_artifacts(run_id, artifact, tmp)).read_text()
