@@ -14,6 +14,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -37,11 +38,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _api(url: str, body: dict | None = None) -> dict:
+def _api(url: str, body: dict | None = None, attempts: int = 8) -> dict:
+    """One REST call. A 503 is the server's "retry me" (its SQLite was busy and the transaction rolled
+    back), so it is retried with backoff, as Prefect's own client does."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+    for attempt in range(attempts):
+        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            if error.code != 503 or attempt == attempts - 1:
+                raise
+        time.sleep(min(2**attempt, 15))
+    raise AssertionError("unreachable")
 
 
 def _stop(proc: subprocess.Popen) -> None:
