@@ -14,7 +14,7 @@ The servers share the machine's cores with the stages, as they do in `make run`.
 from __future__ import annotations
 
 import argparse
-import shutil
+import os
 import subprocess
 import sys
 import tempfile
@@ -24,13 +24,16 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the stage code, and the tests' project scaffolding
 BIN = Path(sys.executable).parent
 GOAL = 0.15
 
 
 def make_project(project: Path, overrides: list[str]) -> None:
-    """The repo's stage code, dvc.yaml and params.yaml (with `overrides`), under git and DVC."""
-    sys.path.insert(0, str(ROOT))
+    """A project of the repo's stage code, dvc.yaml and params.yaml (with `overrides`), under git and DVC
+    (as the tests make theirs)."""
+    from projects import init_project
+
     from tasks.common.config import apply_override
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -38,12 +41,7 @@ def make_project(project: Path, overrides: list[str]) -> None:
         apply_override(params, assignment)
     project.mkdir(parents=True)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copy(ROOT / name, project / name)
-    for name in ("tasks", "models"):
-        shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
-    subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=project, check=True)
+    init_project(project, dict(os.environ))
 
 
 def timed_run(project: Path) -> float:

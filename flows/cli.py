@@ -52,13 +52,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    """What dvc.yaml's cmds call: one stage, no Prefect (DVC owns the graph here)."""
+    """What dvc.yaml's cmds call: one stage, no Prefect (DVC owns the graph here). The embedded S3 server,
+    when the stage uses storage and none is running, runs for the stage's length."""
     import os
-    from contextlib import nullcontext
+    from contextlib import ExitStack
 
     from flows.run_lock import project_run
     from flows.runtime import prepare
+    from tasks.common.embedded_s3 import serving
     from tasks.common.stage_run import run_stage
+    from tasks.graph import STAGES
 
     paths = ProjectPaths.at(".")
     cfg = load_config(args.params, args.overrides)
@@ -66,7 +69,11 @@ def cmd_stage(args: argparse.Namespace) -> int:
     # under torchrun / accelerate launch every process runs this; the first holds the project for all
     first = os.environ.get("RANK", "0") == "0"
     wait = cfg.orchestration.on_overlap == "wait"
-    with project_run(paths, f"ldmflow stage {args.name}", wait) if first else nullcontext():
+    with ExitStack() as held:
+        if first:
+            held.enter_context(project_run(paths, f"ldmflow stage {args.name}", wait))
+            if cfg.storage.endpoint_url is None and "storage" in STAGES[args.name].params:
+                held.enter_context(serving(paths.s3_state, cfg.storage.embedded_port))
         result = run_stage(args.name, cfg, paths)
     print(json.dumps(result, indent=2, default=str))
     return 0
@@ -169,7 +176,8 @@ def cmd_s3(args: argparse.Namespace) -> int:
 
     state = ProjectPaths.at(".").s3_state
     if args.action == "start":
-        ep = embedded_s3.ensure_running(state, s3_port=args.port)
+        port = args.port or load_config(args.params, args.overrides).storage.embedded_port
+        ep = embedded_s3.ensure_running(state, s3_port=port)
         print(f"S3 server running at {ep.endpoint_url} (credentials in {state / 'credentials.json'})")
     elif args.action == "stop":
         embedded_s3.stop(state)
@@ -262,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s3 = sub.add_parser("s3", help="start, stop or check the embedded SeaweedFS S3 server")
     s3.add_argument("action", choices=["start", "stop", "status"])
-    s3.add_argument("--port", type=int, default=8333)
+    s3.add_argument("--port", type=int, default=None, help="default: storage.embedded_port in params")
+    _add_params_args(s3)
     s3.set_defaults(func=cmd_s3)
 
     serve = sub.add_parser(

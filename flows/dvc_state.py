@@ -35,7 +35,7 @@ def ensure_remote(root: Path, storage: StorageConfig, s3_state: Path) -> str:
     if storage.endpoint_url is None:
         from tasks.common.embedded_s3 import ensure_running
 
-        ep = ensure_running(s3_state)
+        ep = ensure_running(s3_state, s3_port=storage.embedded_port)
         shared: dict[str, str] = {}
         local = {"url": url, "endpointurl": ep.endpoint_url, "region": ep.region,
                  "access_key_id": ep.access_key, "secret_access_key": ep.secret_key}  # fmt: skip

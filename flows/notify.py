@@ -1,19 +1,22 @@
 """What a failed pipeline run tells people: the pipeline flow's `on_failure` hook. The error and the run's
 links (Prefect UI, MLflow) go to the console, to .ldmflow/failures.jsonl, and, when
-`orchestration.notify_url` names a webhook, to it as a JSON POST."""
+`orchestration.notify_url` (or, for a webhook URL that is itself a secret, the LDMFLOW_NOTIFY_URL
+environment variable) names a webhook, to it as a JSON POST."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import urllib.request
 from typing import Any
 
 from tasks.common.config import ConfigError, load_config
-from tasks.common.paths import ProjectPaths
+from tasks.common.paths import ProjectPaths, private_dir
 
 NOTIFY_TIMEOUT_S = 10
+NOTIFY_URL_VARIABLE = "LDMFLOW_NOTIFY_URL"
 
 
 def failure_report(flow_run: Any, state: Any, tracking_uri: str | None) -> dict[str, Any]:
@@ -48,11 +51,12 @@ def on_pipeline_failure(flow: Any, flow_run: Any, state: Any) -> None:
         url, tracking_uri = cfg.orchestration.notify_url, cfg.tracking.uri
     except (ConfigError, OSError):  # the run may have failed on its config: report without it
         url, tracking_uri = None, None
+    url = url or os.environ.get(NOTIFY_URL_VARIABLE)  # a webhook URL that is itself a secret
     report = failure_report(flow_run, state, tracking_uri)
     print(f"ldmflow: run {report['flow_run']} failed: {report['error']} ({report['links']['prefect']})",
           file=sys.stderr)  # fmt: skip
     try:
-        paths.state.mkdir(parents=True, exist_ok=True)
+        private_dir(paths.state)
         with open(paths.state / "failures.jsonl", "a") as log:
             log.write(json.dumps(report) + "\n")
         if url:

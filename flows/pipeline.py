@@ -38,7 +38,7 @@ def pipeline(
     wait = cfg.orchestration.on_overlap == "wait"
     with project_run(paths, "ldmflow pipeline run", wait), ExitStack() as stack:
         if cfg.storage.endpoint_url is None:
-            stack.enter_context(embedded_s3.serving(paths.s3_state))
+            stack.enter_context(embedded_s3.serving(paths.s3_state, cfg.storage.embedded_port))
         return _run_stages(cfg, paths, stages, params_file, overrides, force)
 
 

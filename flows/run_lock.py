@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tasks.common.paths import ProjectPaths
+from tasks.common.paths import ProjectPaths, private_dir
 
 
 class ProjectBusy(RuntimeError):
@@ -38,7 +38,7 @@ def _holder(path: Path) -> str:
 def project_run(paths: ProjectPaths, what: str, wait: bool) -> Iterator[None]:
     """Hold the project's run lock for the block; `what` says who holds it (shown to a second run)."""
     path = lock_path(paths)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     with open(path, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 
-from tasks.common.paths import ProjectPaths
+from tasks.common.paths import ProjectPaths, private_dir
 
 
 def prepare(paths: ProjectPaths) -> None:
     """Project-local Prefect home (the temporary server keeps its SQLite there); no telemetry, no hub."""
-    paths.prefect_home.mkdir(parents=True, exist_ok=True)
+    private_dir(paths.state)
+    paths.prefect_home.mkdir(exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(paths.prefect_home))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_API_ENABLE_HTTP2", "false")

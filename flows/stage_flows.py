@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.common.config import Config
 from tasks.common.content_cache import ShardJob, ShardResult, store_shard
 from tasks.common.ingested import REJECTS, read_rejects
-from tasks.common.parallel import available_cores, in_order
+from tasks.common.parallel import Pending, Ready, available_cores, in_order
 from tasks.common.paths import ProjectPaths
 from tasks.common.progress import progress
 from tasks.common.stage_run import run_stage
@@ -57,8 +57,13 @@ def decode_task(job: DecodeJob) -> list[Prepared | Reject]:
 def decode_with_prefect(jobs: Iterator[DecodeJob]) -> Iterator[list[Prepared | Reject]]:
     """The ingest's decode jobs as Prefect tasks on the flow's task runner (threads, a Dask cluster), a
     few ahead of the one whose results come back next: in order, so the output is the same whatever runs
-    them, and memory holds a few jobs however large the source."""
-    return in_order(decode_task.submit, jobs, JOBS_AHEAD)
+    them, and memory holds a few jobs however large the source. A job with nothing to read (its items
+    unchanged since the last ingest) is done here: a task run costs more than it."""
+
+    def submit(job: DecodeJob) -> Pending[list[Prepared | Reject]]:
+        return decode_task.submit(job) if job.needs_reading else Ready(decode_chunk(job))
+
+    return in_order(submit, jobs, JOBS_AHEAD)
 
 
 # Stages whose many jobs are mapped over the flow's task runner, and the option that maps them.

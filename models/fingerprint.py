@@ -18,5 +18,5 @@ def module_fingerprint(module: torch.nn.Module) -> str:
         t = state[name].detach().to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         # reinterpret as bytes: works for every dtype, bf16 included (numpy has no bf16)
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # hashed in place, not copied
     return h.hexdigest()

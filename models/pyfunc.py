@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
 import mlflow.pyfunc
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from PIL import Image
 
@@ -19,6 +22,14 @@ PYFUNC_PARAMS_SCHEMA: dict[str, tuple[str, Any]] = {
     "seed": ("long", 0),
 }
 ARTIFACTS = ("vae", "unet", "text_encoder", "sampling")
+
+# What one request may ask of a served model (all its images are made in one batch).
+MAX_PROMPTS = 16
+MAX_PROMPT_CHARS = 2000
+MAX_IMAGES = 16  # prompts x num_images_per_prompt
+STEPS_RANGE = (1, 250)  # num_inference_steps
+GUIDANCE_RANGE = (0.0, 50.0)  # guidance_scale
+SEED_RANGE = (0, 2**63 - 1)
 
 
 def signature() -> ModelSignature:
@@ -60,19 +71,55 @@ class TextToImageModel(mlflow.pyfunc.PythonModel):
             prompts = [model_input]
         else:
             prompts = [str(p) for p in model_input]
-        given = dict(params or {})
-        unknown = set(given) - set(PYFUNC_PARAMS_SCHEMA)
-        if unknown:
-            raise ValueError(f"unknown params {sorted(unknown)}; allowed: {list(PYFUNC_PARAMS_SCHEMA)}")
-        p = {name: given.get(name, default) for name, (_, default) in PYFUNC_PARAMS_SCHEMA.items()}
-        n = int(p["num_images_per_prompt"])
+        p = request_params(prompts, params)
+        n = p["num_images_per_prompt"]
         images = self.pipe.generate(
             prompts,
             num_images_per_prompt=n,
-            num_inference_steps=int(p["num_inference_steps"]),
-            guidance_scale=float(p["guidance_scale"]),
-            seed=int(p["seed"]),
+            num_inference_steps=p["num_inference_steps"],
+            guidance_scale=p["guidance_scale"],
+            seed=p["seed"],
         )
         return pd.DataFrame(
             {"prompt": [q for q in prompts for _ in range(n)], "image": [_png(img) for img in images]}
         )
+
+
+def _refuse(message: str) -> MlflowException:
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)  # HTTP 400 when served
+
+
+def request_params(prompts: list[str], params: dict | None) -> dict[str, Any]:
+    """The sampling params of one request, checked against the limits above before any work; each
+    refusal (HTTP 400 when served) names the limit."""
+    given = dict(params or {})
+    unknown = set(given) - set(PYFUNC_PARAMS_SCHEMA)
+    if unknown:
+        raise _refuse(f"unknown params {sorted(unknown)}; allowed: {list(PYFUNC_PARAMS_SCHEMA)}")
+    p = {name: given.get(name, default) for name, (_, default) in PYFUNC_PARAMS_SCHEMA.items()}
+    try:
+        n, steps, seed = int(p["num_images_per_prompt"]), int(p["num_inference_steps"]), int(p["seed"])
+        guidance = float(p["guidance_scale"])
+    except (TypeError, ValueError, OverflowError) as err:
+        raise _refuse(f"params must be numbers: {err}") from None
+    longest = max((len(q) for q in prompts), default=0)
+    checks = [
+        (1 <= len(prompts) <= MAX_PROMPTS, f"{len(prompts)} prompts; a request takes 1 to {MAX_PROMPTS}"),
+        (longest <= MAX_PROMPT_CHARS, f"a prompt of {longest} characters; the limit is {MAX_PROMPT_CHARS}"),
+        (n >= 1, f"num_images_per_prompt={n}; it must be at least 1"),
+        (len(prompts) * n <= MAX_IMAGES, f"{len(prompts)} prompts x num_images_per_prompt={n} images; "
+                                         f"a request makes at most {MAX_IMAGES}"),
+        (STEPS_RANGE[0] <= steps <= STEPS_RANGE[1], f"num_inference_steps={steps}; allowed: {STEPS_RANGE}"),
+        (math.isfinite(guidance) and GUIDANCE_RANGE[0] <= guidance <= GUIDANCE_RANGE[1],
+         f"guidance_scale={guidance}; allowed: a number in {GUIDANCE_RANGE}"),
+        (SEED_RANGE[0] <= seed <= SEED_RANGE[1], f"seed={seed}; allowed: {SEED_RANGE}"),
+    ]  # fmt: skip
+    refused = [why for ok, why in checks if not ok]
+    if refused:
+        raise _refuse("request refused: " + "; ".join(refused))
+    return {
+        "num_images_per_prompt": n,
+        "num_inference_steps": steps,
+        "guidance_scale": guidance,
+        "seed": seed,
+    }

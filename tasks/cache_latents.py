@@ -22,6 +22,7 @@ from models.device import pick_device
 from models.fingerprint import module_fingerprint
 from models.images import to_model_space
 from models.latents import posterior_fp16
+from tasks.common.atomic_dir import recover, replaced_dir
 from tasks.common.config import Config
 from tasks.common.content_cache import (
     CacheStats,
@@ -102,6 +103,7 @@ def run_cache_latents(
     )
     manifest = pd.read_parquet(ingested / INGEST_MANIFEST, columns=MANIFEST_INPUTS)
     stats = CacheStats()
+    recover(out)  # a build killed mid-swap
     previous = previous_refs(out / MANIFEST, "latent_key")  # what the last build stored, kept if intact
     parts, shapes = [], {}
     # one pass per image size (aspect-ratio bucket), so every latent shard holds latents of one shape
@@ -124,9 +126,7 @@ def run_cache_latents(
         columns = {"sample_id": rows["sample_id"], "split": rows["split"], "caption": rows["caption"],
                    "bucket": bucket, "latent_key": keys, **ref_columns(group.refs)}  # fmt: skip
         parts.append(pd.DataFrame(columns, index=rows.index))
-    out.mkdir(parents=True, exist_ok=True)
     latents = pd.concat(parts).sort_index()  # back in the ingest manifest's order
-    latents.to_parquet(out / MANIFEST, index=False)
     info = {
         "vae_fingerprint": fingerprint,
         "normalisation": {k: vae.config.get(k) for k in NORMALISATION_KEYS},
@@ -136,7 +136,9 @@ def run_cache_latents(
         "samples": len(latents),
         **stats.summary(),
     }
-    (out / INFO).write_text(json.dumps(info, indent=2) + "\n")
+    with replaced_dir(out) as staging:  # the manifest and its info appear together or not at all
+        latents.to_parquet(staging / MANIFEST, index=False)
+        (staging / INFO).write_text(json.dumps(info, indent=2) + "\n")
     if tracker:
         tracker.log_metrics({k: v for k, v in stats.summary().items()})
     return info

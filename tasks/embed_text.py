@@ -17,6 +17,7 @@ import torch
 from models.device import pick_device
 from models.fingerprint import module_fingerprint
 from models.text_encoder import encode_captions, load_text_encoder, tokenizer_settings
+from tasks.common.atomic_dir import recover, replaced_dir
 from tasks.common.config import Config
 from tasks.common.content_cache import (
     ModelInProcess,
@@ -84,18 +85,12 @@ def run_embed_text(
     if truncated:
         limit = f"text.max_length={cfg.text.max_length}"
         print(f"{truncated} of {len(captions)} distinct captions exceed {limit} tokens (kept, truncated)")
+    recover(out)  # a build killed mid-swap
     previous = previous_refs(out / MANIFEST, "text_key")  # what the last build stored, kept if intact
     stats = build_cache(
         store, "text", keys, captions, cfg.text.shard_size, encode, "embed_text", previous, map_shards
     )
-    out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(
-        {
-            "caption": captions,
-            "text_key": keys,
-            **ref_columns(stats.refs),
-        }
-    ).to_parquet(out / MANIFEST, index=False)
+    manifest = pd.DataFrame({"caption": captions, "text_key": keys, **ref_columns(stats.refs)})
     info = {
         "encoder": cfg.text.encoder,
         "encoder_fingerprint": fingerprint,
@@ -108,7 +103,9 @@ def run_embed_text(
         "longest_caption_tokens": max(lengths),
         **stats.summary(),
     }
-    (out / INFO).write_text(json.dumps(info, indent=2) + "\n")
+    with replaced_dir(out) as staging:  # the manifest and its info appear together or not at all
+        manifest.to_parquet(staging / MANIFEST, index=False)
+        (staging / INFO).write_text(json.dumps(info, indent=2) + "\n")
     if tracker:
         tracker.log_metrics({**stats.summary(), "captions_truncated": truncated})
     return info

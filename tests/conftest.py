@@ -93,4 +93,13 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
                 os.environ[key] = value
 
 
+@pytest.fixture(scope="session")
+def prefect_api_url(prefect_server: None) -> str:
+    """That server's API, for `ldmflow` subprocesses: a CLI run then skips starting a temporary server of
+    its own (seconds per run; `make run` and tests/test_schedule_e2e.py show the other ways)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value()
+
+
 # ------------------------------------------------------------------------------------ end of orchestration

@@ -81,3 +81,20 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_code_defaults_match_params_yaml():
     """params.yaml is the source of every value; the schema's defaults (used for omitted keys) must agree."""
     assert load_config(REPO / "params.yaml") == Config()
+
+
+@pytest.mark.parametrize(
+    "key, secret, host",
+    [
+        ("storage.endpoint_url", "http://AKIA123:s3cr3t@", "127.0.0.1:9000"),
+        ("data.endpoint_url", "https://user:pass@", "minio.example.org"),
+        ("data.path", "s3://key:secret@", "bucket/images"),
+        ("tracking.uri", "https://alice:hunter2@", "mlflow.example.org"),
+        ("orchestration.notify_url", "https://token@", "hooks.example.org/x"),
+    ],
+)
+def test_credentials_in_urls_are_refused_with_where_to_put_them(key, secret, host):
+    with pytest.raises(ConfigError, match=rf"{key}.*credentials in a URL are refused.*environment"):
+        load_config(REPO / "params.yaml", [f"{key}={secret}{host}"])
+    scheme = secret.split("//")[0]
+    load_config(REPO / "params.yaml", [f"{key}={scheme}//{host}"])  # the same URL without them is fine

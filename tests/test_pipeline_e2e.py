@@ -45,19 +45,28 @@ def dvc(project: Path, env: dict, *args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, s3_server):
+def project(tmp_path_factory, s3_server, prefect_api_url):
     root = tmp_path_factory.mktemp("project")
     bucket = f"e2e-{os.getpid()}"
     write_params(root, TINY, s3_server, bucket)
-    env = cli_env(s3_server, PREFECT_HOME=str(root / ".prefect"))
+    env = cli_env(s3_server, PREFECT_HOME=str(root / ".prefect"), PREFECT_API_URL=prefect_api_url)
     init_project(root, env)
     return root, env, bucket
 
 
 def test_full_run_registers_a_model(project, s3_server):
     root, env, bucket = project
-    outcomes = stage_outcomes(ldmflow(root, env, "run").stdout)
+    run = ldmflow(root, env, "run")
+    outcomes = stage_outcomes(run.stdout)
     assert outcomes == dict.fromkeys(STAGES, "ran")
+    # the S3 secret is nowhere: not in the logs, the Prefect and MLflow DBs, MLflow's artifacts, dvc.lock
+    secret = s3_server.secret_key.encode()
+    assert secret not in (run.stdout + run.stderr).encode()
+    prefect_home = Path(os.environ["PREFECT_HOME"])  # the Prefect server's DB (tests/conftest.py)
+    written = [p for folder in (root, prefect_home) for p in folder.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".db" for p in written)
+    holding = [p for p in written if secret in p.read_bytes()]
+    assert holding == [], f"the S3 secret was written to {holding}"
 
     report = json.loads((root / "data/ingested/report.json").read_text())
     assert report["total"] == report["accepted"] + report["rejected"] == 96

@@ -13,6 +13,7 @@ from user_data import make_dataset, png_bytes, write_every_convention, write_tar
 from tasks.common.config import config_from_dict
 from tasks.common.ingested import read_ingested
 from tasks.ingest.decode import DecodeError, DecodeLimits, decode_image
+from tasks.ingest.source_roots import FileRef
 from tasks.ingest.stage import run_ingest
 
 LIMITS = DecodeLimits(background=(255, 255, 255), max_pixels=10_000, min_size=8)
@@ -163,7 +164,7 @@ def test_parquet_missing_column_names_it(tmp_path):
         ingest(tmp_path, "parquet", tmp_path / "x.parquet")
 
 
-def test_reingest_with_ten_percent_more_decodes_only_the_new_items(tmp_path):
+def test_reingest_with_ten_percent_more_decodes_only_the_new_items(tmp_path, monkeypatch):
     root = tmp_path / "side"
     root.mkdir()
     for i in range(22):
@@ -178,16 +179,77 @@ def test_reingest_with_ten_percent_more_decodes_only_the_new_items(tmp_path):
     cfg = config_from_dict({"data": {"source": "sidecar", "path": str(root), "resolution": 16}})
     first = run_ingest(cfg, tmp_path / "out")
     assert first["decoded"] == 20 and first["reused"] == 0
+    first_shard = tmp_path / "out" / "images-16x16-00000.safetensors"
+    first_inode = first_shard.stat().st_ino
     for p in moved:
         p.rename(root / p.name)
+    read = []
+    real_read = FileRef.read
+    monkeypatch.setattr(FileRef, "read", lambda ref: read.append(ref.path) or real_read(ref))
     again = run_ingest(cfg, tmp_path / "out")
     assert again["decoded"] == 2 and again["reused"] == 20 and again["accepted"] == 22
+    # files with unchanged stamps are not even read; the earlier shard is linked, not rewritten
+    assert sorted(os.path.basename(p) for p in read) == ["20.png", "20.txt", "21.png", "21.txt"]
+    assert first_shard.stat().st_ino == first_inode
 
     scratch = run_ingest(cfg, tmp_path / "scratch")
     assert scratch["decoded"] == 22
     incremental, images = read_ingested(tmp_path / "out")
     full, full_images = read_ingested(tmp_path / "scratch")
-    assert incremental.equals(full) and np.array_equal(images, full_images)
+    where = ["shard", "index"]  # the same samples and images, laid out in shards as they came
+    assert incremental.drop(columns=where).equals(full.drop(columns=where))
+    assert np.array_equal(images, full_images)
+
+    read.clear()
+    os.utime(root / "03.png")  # same bytes, new stamp: read and hashed again, not decoded
+    (root / "04.txt").write_text("a new caption for image 4")
+    touched = run_ingest(cfg, tmp_path / "out")
+    assert (touched["decoded"], touched["reused"]) == (0, 22)
+    assert sorted(os.path.basename(p) for p in read) == ["03.png", "03.txt", "04.png", "04.txt"]
+    captions = read_ingested(tmp_path / "out")[0].set_index("sample_id")["caption"]
+    assert captions["04.png"] == "a new caption for image 4" and captions["05.png"] == "image 5"
 
     changed = config_from_dict({"data": {"source": "sidecar", "path": str(root), "resolution": 8}})
     assert run_ingest(changed, tmp_path / "out")["decoded"] == 22  # other preprocessing: nothing reused
+
+
+def test_growing_folder_links_intact_shards_and_packs_partial_ones(tmp_path, monkeypatch):
+    """Night after night a few images arrive or go: every output holds exactly the images a fresh ingest
+    makes; full intact shards are linked, and partly filled ones never pile up past the limit."""
+    monkeypatch.setattr("tasks.ingest.stage.MAX_PARTIAL_SHARDS", 2)
+    root = tmp_path / "side"
+    root.mkdir()
+
+    def add(i: int) -> None:
+        Image.fromarray(np.full((20, 20, 3), (9 * i, 250 - 7 * i, 40), np.uint8)).save(root / f"{i:02d}.png")
+        (root / f"{i:02d}.txt").write_text(f"image {i}")
+
+    for i in range(9):
+        add(i)
+    cfg = config_from_dict(
+        {"data": {"source": "sidecar", "path": str(root), "resolution": 16, "shard_size": 4}}
+    )
+    run_ingest(cfg, tmp_path / "out")  # shards of 4, 4, 1
+    for night, change in enumerate(["10", "11", "12", "13", "-05", "14"]):
+        before = read_ingested(tmp_path / "out")[0]
+        full = before.groupby("shard")["sample_id"].agg(list)
+        full = full[full.map(len) == 4]
+        inodes = {name: (tmp_path / "out" / f"{name}.safetensors").stat().st_ino for name in full.index}
+        if change.startswith("-"):
+            (root / f"{change[1:]}.png").unlink()
+        else:
+            add(int(change))
+        run_ingest(cfg, tmp_path / "out")
+        run_ingest(cfg, tmp_path / f"fresh-{night}")
+        manifest, images = read_ingested(tmp_path / "out")
+        fresh, fresh_images = read_ingested(tmp_path / f"fresh-{night}")
+        assert manifest["sample_id"].tolist() == fresh["sample_id"].tolist()
+        assert np.array_equal(images, fresh_images), f"night {night}: other images than a fresh ingest's"
+        sizes = manifest.groupby("shard").size()
+        assert (sizes < 4).sum() <= 2 + 1, f"night {night}: {sizes.to_dict()}"  # the limit + tonight's
+        for name, members in full.items():  # a full shard stays, linked, unless it lost an image
+            kept = f"{change[1:]}.png" not in members
+            assert kept == (name in sizes), f"night {night}: {name}"
+            if kept:
+                assert (tmp_path / "out" / f"{name}.safetensors").stat().st_ino == inodes[name]
+    assert "05.png" not in manifest["sample_id"].tolist()

@@ -165,3 +165,9 @@ def test_restart_keeps_data_and_keys_and_tolerates_a_stale_pid(tmp_path):
         embedded_s3.stop(state)
     assert embedded_s3.status(state) is None
     assert started_s < 30, f"server took {started_s:.1f}s to start"
+
+
+def test_serving_leaves_a_server_it_did_not_start_running(s3_state_dir, s3_server):
+    with embedded_s3.serving(s3_state_dir, s3_port=9):  # running already: the port is not used
+        pass
+    assert embedded_s3.status(s3_state_dir) == s3_server

@@ -26,14 +26,14 @@ def git(project, *args: str) -> str:
     return done.stdout.strip()
 
 
-def test_an_unlabelled_folder_gets_a_champion_that_generate_samples(tmp_path, s3_server):
+def test_an_unlabelled_folder_gets_a_champion_that_generate_samples(tmp_path, s3_server, prefect_api_url):
     write_photo_folder(tmp_path / "photos", n=80)
     params = {**TINY, "data": {"source": "imagefolder", "path": str(tmp_path / "photos"), "resolution": 16,
                                "shard_size": 32, "val_fraction": 0.25}}  # fmt: skip
     project = tmp_path / "project"
     project.mkdir()
     write_params(project, params, s3_server, f"photos-{os.getpid()}")
-    env = cli_env(s3_server, PREFECT_HOME=str(project / ".prefect"))
+    env = cli_env(s3_server, PREFECT_HOME=str(project / ".prefect"), PREFECT_API_URL=prefect_api_url)
     init_project(project, env)
     (project / ".gitignore").write_text(".ldmflow/\n.prefect/\nmlflow.db\nmlruns/\n")  # local run state
     git(project, "add", "-A")

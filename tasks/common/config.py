@@ -9,14 +9,38 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _without_credentials(url: str | None) -> str | None:
+    """Refuse a URL with user info (`scheme://user:secret@host`): params are copied into dvc.lock, MLflow
+    and Prefect, where a secret does not belong."""
+    if url and urlsplit(url).netloc.rpartition("@")[1]:
+        raise ValueError(
+            "credentials in a URL are refused (params are copied into dvc.lock, MLflow and Prefect); "
+            "give them through the environment: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for S3, "
+            "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD for MLflow, LDMFLOW_NOTIFY_URL for a webhook"
+        )
+    return url
+
+
+Url = Annotated[str | None, AfterValidator(_without_credentials)]  # a URL or path, never with credentials
 
 
 class SyntheticConfig(Section):
@@ -41,8 +65,8 @@ class BucketsConfig(Section):
 
 class DataConfig(Section):
     source: Literal["synthetic", "imagefolder", "sidecar", "parquet", "webdataset"] = "synthetic"
-    path: str | None = None
-    endpoint_url: str | None = None
+    path: Url = None
+    endpoint_url: Url = None
     image_column: str = "image"
     caption_column: str = "text"
     resolution: int = Field(32, ge=8)
@@ -51,6 +75,9 @@ class DataConfig(Section):
     empty_captions: Literal["reject", "keep"] = "reject"
     min_size: int = Field(16, ge=1)
     max_pixels: int = Field(64_000_000, gt=0)
+    max_file_bytes: int = Field(256 * 2**20, gt=0)  # an image file, tar member or parquet cell
+    max_caption_bytes: int = Field(64 * 2**10, gt=0)  # a caption file, field or cell
+    max_metadata_bytes: int = Field(2**30, gt=0)  # metadata.jsonl / metadata.csv
     background: list[int] = Field([255, 255, 255], min_length=3, max_length=3)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     shard_size: int = Field(1024, gt=0)
@@ -191,10 +218,12 @@ class EvalConfig(Section):
 
 
 class StorageConfig(Section):
-    endpoint_url: str | None = None
+    endpoint_url: Url = None
     bucket: str = "ldmflow"
     prefix: str = "cache"
     region: str = "us-east-1"
+    # the embedded server's S3 port (endpoint_url null); it also takes the next 5, and each + 10000
+    embedded_port: int = Field(8333, ge=1024, le=55000)
 
     @field_validator("bucket")
     @classmethod
@@ -205,7 +234,7 @@ class StorageConfig(Section):
 
 
 class TrackingConfig(Section):
-    uri: str | None = None
+    uri: Url = None
     experiment: str = "ldmflow"
     registered_model: str = "ldmflow"
 
@@ -214,9 +243,10 @@ class OrchestrationConfig(Section):
     schedule_cron: str = "0 2 * * *"
     task_runner: Literal["threads", "dask"] = "threads"
     workers: int = Field(0, ge=0)
-    dask_address: str | None = None
+    dask_address: Url = None
     on_overlap: Literal["wait", "fail"] = "fail"  # a second run of the project while one is running
-    notify_url: str | None = None  # a webhook that gets a JSON POST when a pipeline run fails
+    # a webhook that gets a JSON POST when a pipeline run fails; a secret one: LDMFLOW_NOTIFY_URL instead
+    notify_url: Url = None
     dvc_push: bool = True  # a run of params.yaml pushes its outputs to the DVC remote s3://<bucket>/dvc
 
 

@@ -35,6 +35,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.common.paths import private_dir
+
 DEFAULT_S3_PORT = 8333
 REGION = "us-east-1"
 GRPC_OFFSET = 10000
@@ -133,7 +135,7 @@ def _paths(state_dir: Path) -> dict[str, Path]:
 def _locked(state_dir: Path) -> Iterator[None]:
     """Serialise start/stop across threads and processes sharing one state dir."""
     lock = _paths(state_dir)["lock"]
-    lock.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(lock.parent)  # it holds the credentials
     with open(lock, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
@@ -143,17 +145,33 @@ def _locked(state_dir: Path) -> Iterator[None]:
 
 
 def load_or_create_credentials(state_dir: Path) -> tuple[str, str]:
-    """The server's (access key, secret key): read from credentials.json, or generated once (mode 0600)."""
+    """The server's (access key, secret key): read from credentials.json, or generated once (mode 0600).
+
+    The file appears complete or not at all (written aside, then linked into place), so a kill while it
+    is written leaves no empty file behind; an unreadable one (an older version's half-written file) is
+    replaced: the keys are the server's start-up settings, not part of its data."""
     path = _paths(state_dir)["credentials"]
-    if path.is_file():
+    try:
         creds = json.loads(path.read_text())
         return creds["access_key"], creds["secret_key"]
-    path.parent.mkdir(parents=True, exist_ok=True)
+    except FileNotFoundError:
+        pass
+    except (ValueError, KeyError, TypeError):
+        print(f"{path} is unreadable: new S3 credentials are made")
+        path.unlink()
+    private_dir(path.parent)
     access, secret = "LDM" + secrets.token_hex(9).upper(), secrets.token_hex(20)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"access_key": access, "secret_key": secret}, fh)
-    os.chmod(path, 0o600)  # in case the umask or an old file got in the way
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".credentials-")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"access_key": access, "secret_key": secret}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.link(tmp, path)  # fails if another process got there first: its keys win
+    except FileExistsError:
+        return load_or_create_credentials(state_dir)
+    finally:
+        os.unlink(tmp)
     return access, secret
 
 
@@ -402,13 +420,13 @@ def ensure_running(
 
 
 @contextlib.contextmanager
-def serving(state_dir: Path) -> Iterator[None]:
-    """This state dir's server for the block: started if it is not up, and then stopped again (one that
-    was already running is left running)."""
+def serving(state_dir: Path, s3_port: int = DEFAULT_S3_PORT) -> Iterator[None]:
+    """This state dir's server for the block: started (on `s3_port`) if it is not up, and then stopped
+    again (one that was already running is left running)."""
     started = status(state_dir) is None
     if started:
         print(f"starting the embedded S3 server ({state_dir})")
-        ensure_running(state_dir)
+        ensure_running(state_dir, s3_port)
     try:
         yield
     finally:

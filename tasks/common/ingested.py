@@ -4,7 +4,9 @@
   (the square resolution, or one aspect-ratio bucket when `data.buckets.enabled`)
 - `manifest.parquet`: one row per accepted sample (id, sha256 of the pixels, caption, split, shard, index,
   stored size and bucket, original size, where the crop sits, source item, and the LABELS where the
-  source has them: the synthetic set's colour, shape, size and position)
+  source has them: the synthetic set's colour, shape, size and position; for user items, what a later
+  ingest needs to reuse them: the input key, the sha256 of the decoded pixels and of the file's bytes, and
+  the files' stamps)
 - `report.json`: {"total", "accepted", "rejected", "by_reason"}; `rejects.jsonl`: each rejected item + reason
 """
 
@@ -28,7 +30,7 @@ MANIFEST_COLUMNS = [
     "sample_id", "sha256", "caption", "split", "shard", "index", "width", "height", "bucket",
     "orig_width", "orig_height",
     "crop_left", "crop_top", "source_item", "color", "shape", "size", "position", "input_key",
-    "pixels_sha256",
+    "pixels_sha256", "raw_sha256", "source_stamp",
 ]  # fmt: skip
 LABELS = ("color", "shape", "size", "position")  # what a caption asks for, where the source knows it
 

@@ -11,7 +11,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R", covariant=True)
@@ -19,6 +19,16 @@ R = TypeVar("R", covariant=True)
 
 class Pending(Protocol[R]):
     def result(self) -> R: ...  # a concurrent.futures.Future or a PrefectFuture
+
+
+class Ready(Generic[T]):
+    """A result already at hand, as a Pending (for jobs not worth submitting)."""
+
+    def __init__(self, value: T) -> None:
+        self.value = value
+
+    def result(self) -> T:
+        return self.value
 
 
 def available_cores() -> int:

@@ -9,6 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def private_dir(path: Path) -> Path:
+    """`path` as a folder only its owner can enter (created with its parents if missing): local run
+    state holds credentials, the tracking DB and Prefect's."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
 @dataclass(frozen=True)
 class ProjectPaths:
     root: Path
@@ -47,7 +55,7 @@ class ProjectPaths:
     def eval(self) -> Path:
         return self.root / "artifacts" / "eval"
 
-    # local run state (git-ignored): embedded S3 data, tracking DB, Prefect home
+    # local run state (git-ignored, owner-only: see private_dir): embedded S3 data, tracking DB, Prefect home
     @property
     def state(self) -> Path:
         return self.root / ".ldmflow"

@@ -239,7 +239,7 @@ def object_store_from_config(storage_cfg: Any, state_dir: Path) -> ObjectStore:
     if storage_cfg.endpoint_url is None:
         from tasks.common.embedded_s3 import ensure_running
 
-        ep = ensure_running(state_dir)
+        ep = ensure_running(state_dir, s3_port=storage_cfg.embedded_port)
         store = ObjectStore(
             ep.endpoint_url, storage_cfg.bucket, storage_cfg.prefix, ep.region, ep.access_key, ep.secret_key
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,9 +23,11 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from tasks.common.config import Config, ConfigError
-from tasks.common.paths import ProjectPaths
+from tasks.common.paths import ProjectPaths, private_dir
 
 PARENT_RUN_ENV = "LDMFLOW_PARENT_RUN_ID"
+# who made a run: close_stale_runs closes the ones whose process is gone
+PROJECT_TAG, HOST_TAG, PID_TAG = "ldmflow.project", "ldmflow.host", "ldmflow.pid"
 CHAMPION = "champion"  # the registry alias of the best model so far (tasks/evaluate/champion.py moves it)
 
 
@@ -32,7 +35,7 @@ def tracking_uri(cfg: Config, paths: ProjectPaths) -> str:
     """`tracking.uri` from params, else SQLite under the project's state dir (the registry needs a DB)."""
     if cfg.tracking.uri:
         return cfg.tracking.uri
-    paths.tracking_db.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(paths.tracking_db.parent)
     return f"sqlite:///{paths.tracking_db}"
 
 
@@ -99,13 +102,50 @@ class Run:
             self.client.set_tag(self.run_id, k, v)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def close_stale_runs(client: MlflowClient, experiment_id: str, paths: ProjectPaths) -> list[str]:
+    """Mark KILLED the runs of this project, made on this host, that are still RUNNING although the
+    process that made them is gone (killed, crashed): their ids. Runs of other projects or hosts (a
+    shared tracking server) are left alone."""
+    project = str(paths.root)
+    if "'" in project:  # no way to quote it in a search filter
+        return []
+    stale = []
+    for found in client.search_runs(
+        [experiment_id],
+        f"attributes.status = 'RUNNING' and tags.`{PROJECT_TAG}` = '{project}'",
+        max_results=1000,
+    ):
+        tags = found.data.tags
+        pid = tags.get(PID_TAG, "")
+        if tags.get(HOST_TAG) == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            client.set_tag(found.info.run_id, "ldmflow.end", f"process {pid} was gone: marked KILLED")
+            client.set_terminated(found.info.run_id, status="KILLED")
+            stale.append(found.info.run_id)
+    if stale:
+        print(f"mlflow: {len(stale)} run(s) left RUNNING by a process that is gone, marked KILLED")
+    return stale
+
+
 @contextmanager
 def run(
     cfg: Config, paths: ProjectPaths, name: str, parent_run_id: str | None = None, tags: dict | None = None
 ) -> Iterator[Run]:
-    """A run that ends FINISHED, or FAILED if the body raises. Nested when a parent id is given."""
+    """A run that ends FINISHED, or FAILED if the body raises. Nested when a parent id is given. Runs a
+    killed process left RUNNING are closed first (see close_stale_runs)."""
     client, experiment_id = connect(cfg, paths)
-    all_tags = {"ldmflow.stage": name, **(tags or {})}
+    close_stale_runs(client, experiment_id, paths)
+    owner = {PROJECT_TAG: str(paths.root), HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    all_tags = {"ldmflow.stage": name, **owner, **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     info = client.create_run(experiment_id, run_name=name, tags=all_tags).info

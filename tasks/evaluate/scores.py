@@ -68,10 +68,10 @@ class RealReference:
     def __init__(self, ready: ReadyJudge, ingested: Path, prompts: pd.DataFrame, seed: int) -> None:
         self.ready, self.seed = ready, seed
         self.held_out = read_rows(ingested, prompts)
-        train_rows, matched = caption_matched_rows(ingested, prompts, seed)
-        self.train = read_rows(ingested, train_rows)
+        self.train_rows, matched = caption_matched_rows(ingested, prompts, seed)  # images read as needed
         self.real_emb = torch.cat([embed_images(ready.judge, batch) for _, batch in self.held_out])
-        train_emb = torch.cat([embed_images(ready.judge, batch) for _, batch in self.train])
+        train = read_rows(ingested, self.train_rows)
+        train_emb = torch.cat([embed_images(ready.judge, batch) for _, batch in train])
         captions = [c for rows, _ in self.held_out for c in rows["caption"]]
         ceiling, _ = ready.r_precision(self.real_emb, captions, seed)
         fd_floor, kid_floor = frechet_and_kid(self.real_emb, train_emb, seed=seed)

@@ -40,7 +40,7 @@ from tasks.evaluate.clip import ClipReference
 from tasks.evaluate.inception import InceptionReference
 from tasks.evaluate.judge import ReadyJudge, ready_judge
 from tasks.evaluate.lineage import LOCK_ARTIFACT, lineage_tags
-from tasks.evaluate.scores import RealReference, choose_rows
+from tasks.evaluate.scores import RealReference, choose_rows, read_rows
 from tasks.evaluate.sweep import guidance_sweep, write_sweep
 
 METRICS = "metrics.json"
@@ -81,11 +81,10 @@ class Measurement:
         attributes = labelled(ingested)
         self.adherence = Adherence(ingested, attributes, e.probe_steps, cfg.seed) if attributes else None
         self.clip = ClipReference(e.clip_model, self.reference.held_out) if e.clip_model else None
-        self.inception = (
-            InceptionReference(e.inception_weights, self.reference.held_out, self.reference.train, cfg.seed)
-            if e.inception_weights
-            else None
-        )
+        self.inception = None
+        if e.inception_weights:
+            train = read_rows(ingested, self.reference.train_rows)
+            self.inception = InceptionReference(e.inception_weights, self.reference.held_out, train, cfg.seed)
         # what the numbers depend on besides the model; not the gate, the sweep or the sampling batch size
         measured = e.model_dump(
             mode="json", exclude={"gate", "guidance_sweep", "sweep_samples", "batch_size"}

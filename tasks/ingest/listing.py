@@ -3,9 +3,9 @@ ingest stale when images arrive (or change, or go).
 
 DVC hashes the files of the project; a user's source usually lies outside it (a folder elsewhere, an S3
 prefix). `data/source_listing.json` sums the source up: its file count and one digest of every file's
-name, size and change stamp (the local mtime, or the object's ETag). `ldmflow run` (scheduled runs too)
-writes it before asking DVC what is stale, ingest writes the listing of the source it read, and
-`ldmflow scan` writes it before a `dvc repro`. The file changes only when the source does, so an
+name and stamp (size and change times, or the object's ETag: see `file_stamp`). `ldmflow run`
+(scheduled runs too) writes it before asking DVC what is stale, ingest writes the listing of the source
+it read, and `ldmflow scan` writes it before a `dvc repro`. The file changes only when the source does, so an
 unchanged source leaves ingest up to date. The synthetic set is its params: its listing never changes.
 
 A copy of the same files with new mtimes (a fresh checkout of a data repo, say) makes ingest run again;
@@ -19,28 +19,26 @@ import json
 from pathlib import Path
 
 from tasks.common.config import DataConfig
-from tasks.ingest.source_roots import open_root
+from tasks.ingest.source_roots import Root, file_stamp, open_root
 
 
-def source_listing(data: DataConfig) -> dict:
+def source_listing(data: DataConfig, root: Root | None = None) -> dict:
+    """The listing of `data`'s source; `root`: the source's root already opened (ingest lists it once)."""
     if data.source == "synthetic":
         return {"source": "synthetic"}
-    root = open_root(data.path, data.endpoint_url)
-    cut = len(root.base.rstrip("/")) + 1
+    root = root or open_root(data.path, data.endpoint_url)
     digest, files = hashlib.sha256(), 0
-    for path, info in sorted(root.fs.find(root.base, detail=True).items()):
-        name = path[cut:]
+    for name, info in sorted(root.listing().items()):
         if root.only is not None and name != root.only:
             continue
-        stamp = info.get("ETag") or info.get("mtime") or info.get("LastModified")
-        digest.update(json.dumps([name, info.get("size"), str(stamp)]).encode() + b"\n")
+        digest.update(json.dumps([name, file_stamp(info)]).encode() + b"\n")
         files += 1
     return {"source": data.source, "files": files, "sha256": digest.hexdigest()}
 
 
-def write_listing(data: DataConfig, path: Path) -> bool:
+def write_listing(data: DataConfig, path: Path, root: Root | None = None) -> bool:
     """Write the source's listing to `path` unless it already says the same; True when it changed."""
-    text = json.dumps(source_listing(data), indent=2) + "\n"
+    text = json.dumps(source_listing(data, root), indent=2) + "\n"
     if path.is_file() and path.read_text() == text:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)

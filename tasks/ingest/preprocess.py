@@ -11,6 +11,7 @@ import hashlib
 import math
 import random
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -18,7 +19,7 @@ from PIL import Image
 
 from tasks.common.keys import content_key, sha256_hex
 from tasks.ingest.decode import DecodeError, DecodeLimits, decode_rgb
-from tasks.ingest.source_roots import read_ref
+from tasks.ingest.source_roots import TooLarge, read_ref
 from tasks.ingest.sources import Reject, SourceItem
 
 # Part of every input key: bump it when a code change alters what the same input and params produce.
@@ -44,12 +45,16 @@ class Preprocessing:
     def longest_target_side(self) -> int:
         return max((max(b) for b in self.buckets), default=self.resolution)
 
-    def input_key(self, raw_sha256: str, sample_id: str) -> str:
+    @cached_property
+    def _key_settings(self) -> dict:
         settings = {"version": PREPROCESS_VERSION, "resolution": self.resolution, "crop": self.crop}
-        settings |= asdict(self.limits) | {"buckets": [list(b) for b in self.buckets]}
+        return settings | asdict(self.limits) | {"buckets": [list(b) for b in self.buckets]}
+
+    def input_key(self, raw_sha256: str, sample_id: str) -> str:
         if self.crop == "center":
-            return content_key(raw_sha256, settings)
-        return content_key(raw_sha256, settings, str(self.seed), sample_id)  # the offset depends on both
+            return content_key(raw_sha256, self._key_settings)
+        # a random crop's offset depends on the seed and the sample id too
+        return content_key(raw_sha256, self._key_settings, str(self.seed), sample_id)
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,8 @@ class Prepared:
     orig_size: tuple[int, int] | None = None  # (width, height) before preprocessing
     pixels_sha256: str | None = None  # of the decoded pixels (see decode_rgb): exact-duplicate detection
     crop: tuple[int, int] | None = None  # (left, top) of the crop in the image resized to cover the target
+    raw_sha256: str | None = None  # of the encoded input's bytes
+    stamp: str | None = None  # SourceItem.stamp when it was read
 
 
 def aspect_buckets(resolution: int, step: int, max_ratio: float) -> tuple[tuple[int, int], ...]:
@@ -128,8 +135,14 @@ class DecodeJob:
     its worker reads; parquet cells and tar members travel as bytes)."""
 
     spec: Preprocessing
-    items: list[SourceItem | Reject]
+    # items to prepare; a Prepared is one an earlier ingest made from files whose stamps have not changed
+    items: list[SourceItem | Reject | Prepared]
     reusable: frozenset[str]  # input keys an earlier ingest made from these items' names: not decoded again
+
+    @property
+    def needs_reading(self) -> bool:
+        """False when every item is already made or rejected: the job is worth no worker's time."""
+        return any(isinstance(item, SourceItem) for item in self.items)
 
 
 def decode_chunk(job: DecodeJob) -> list[Prepared | Reject]:
@@ -144,22 +157,27 @@ def _caption(item: SourceItem) -> str:
     return (text or "").strip()
 
 
-def prepare(item: SourceItem | Reject, spec: Preprocessing, reusable: frozenset[str]) -> Prepared | Reject:
+def prepare(
+    item: SourceItem | Reject | Prepared, spec: Preprocessing, reusable: frozenset[str]
+) -> Prepared | Reject:
     """Everything ingest does to one item that does not need the others (runs on a worker)."""
-    if isinstance(item, Reject):
+    if isinstance(item, Reject | Prepared):
         return item
     try:
         caption = _caption(item)
         if not caption and spec.empty_captions == "reject":
             return Reject(item.name, "empty_caption", f"listed at {item.where}")
         raw = read_ref(item.image)
+    except TooLarge as err:  # grew past its limit after it was listed
+        return Reject(item.name, "too_large", str(err))
     except FileNotFoundError as err:
         return Reject(item.name, "missing_file", str(err))
     except OSError as err:
         return Reject(item.name, "unreadable", f"{type(err).__name__}: {err}")
-    key = spec.input_key(sha256_hex(raw), item.name)
+    raw_sha256 = sha256_hex(raw)
+    key = spec.input_key(raw_sha256, item.name)
     if key in reusable:
-        return Prepared(item.name, item.where, caption, key)
+        return Prepared(item.name, item.where, caption, key, raw_sha256=raw_sha256, stamp=item.stamp)
     try:
         # decoding at >= 2x the target keeps the resize's anti-aliasing as good as from full size
         img, orig_size = decode_rgb(raw, spec.limits, shorter_side_at_least=2 * spec.longest_target_side)
@@ -178,4 +196,6 @@ def prepare(item: SourceItem | Reject, spec: Preprocessing, reusable: frozenset[
         orig_size,
         pixels_sha256,
         crop,
+        raw_sha256,
+        item.stamp,
     )

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,15 +32,47 @@ class MissingFile(LookupError):
     """A listed name with no file behind it."""
 
 
+class TooLarge(OSError):
+    """A file above its byte limit (`data.max_file_bytes`, `data.max_caption_bytes`, ...)."""
+
+
 @dataclass(frozen=True)
 class FileRef:
     """One file of a source: read by whichever process decodes it."""
 
     fs: fsspec.AbstractFileSystem = field(compare=False)
     path: str
+    # what the file was when listed (see `file_stamp`): unchanged stamp, unchanged bytes
+    stamp: str = field(default="", compare=False)
+    size: int | None = field(default=None, compare=False)  # bytes, when listed
+    limit: int | None = field(default=None, compare=False)  # the most bytes `read` takes
 
     def read(self) -> bytes:
-        return self.fs.cat_file(self.path)
+        """The file's bytes; TooLarge past `limit` (checked again here: a file can grow after listing)."""
+        if self.limit is None:
+            return self.fs.cat_file(self.path)
+        with self.fs.open(self.path, "rb") as f:
+            data = f.read(self.limit + 1)
+        if len(data) > self.limit:
+            raise TooLarge(f"{self.path}: more than {self.limit} bytes")
+        return data
+
+    def limited(self, limit: int, setting: str) -> FileRef:
+        """This reference, read at most `limit` bytes; TooLarge (naming `setting`) when it is larger."""
+        if self.size is not None and self.size > limit:
+            raise TooLarge(f"{self.size} bytes, above {setting}={limit}")
+        return FileRef(self.fs, self.path, self.stamp, self.size, limit)
+
+
+def file_stamp(info: os.stat_result | dict) -> str:
+    """What changes whenever a file's bytes do: a local file's size, mtime, ctime and inode (as git's index
+    and DVC's state use them), or an object's size and ETag. A copy of the same bytes gets a new stamp."""
+    if isinstance(info, os.stat_result):
+        return f"{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}:{info.st_ino}"
+    changed = info.get("ETag") or info.get("LastModified")  # S3
+    if changed is None:  # fsspec's info of a local file
+        changed = f"{info.get('mtime')}:{info.get('created')}:{info.get('ino')}"
+    return f"{info.get('size')}:{changed}"
 
 
 @dataclass
@@ -46,7 +80,8 @@ class Root:
     fs: fsspec.AbstractFileSystem
     base: str  # the root folder in `fs`: an absolute local path, or bucket/prefix
     only: str | None = None  # set when the source is one file inside `base`
-    _names: set[str] | None = None  # every file name below the root, listed once
+    _listing: dict[str, dict] | None = None  # every file below the root -> its info, listed once
+    _folders_inside: dict[str, bool] = field(default_factory=dict)  # local folder -> resolves inside
 
     @property
     def local(self) -> bool:
@@ -58,33 +93,72 @@ class Root:
     def describe(self, name: str = "") -> str:
         return self._path(name) if self.local else f"s3://{self._path(name)}"
 
-    def names(self) -> set[str]:
-        """Names (relative, '/'-separated) of every file below the root."""
-        if self._names is None:
+    def listing(self) -> dict[str, dict]:
+        """Name (relative, '/'-separated) -> fsspec info, of every file below the root."""
+        if self._listing is None:
             cut = len(self.base.rstrip("/")) + 1
-            self._names = {p[cut:] for p in self.fs.find(self.base)}
-        return self._names
+            self._listing = {p[cut:]: info for p, info in self.fs.find(self.base, detail=True).items()}
+        return self._listing
+
+    def names(self) -> set[str]:
+        return set(self.listing())
 
     def files(self, suffixes: tuple[str, ...]) -> list[str]:
         """Names of the files below the root with one of `suffixes`, sorted."""
         if self.only is not None:
             return [self.only]
-        return sorted(n for n in self.names() if posixpath.splitext(n)[1].lower() in suffixes)
+        return sorted(n for n in self.listing() if posixpath.splitext(n)[1].lower() in suffixes)
 
     def exists(self, name: str) -> bool:
         if self.local:  # a local folder is walked only when a convention lists it
             return self.fs.isfile(self._path(name))
-        return name in self.names()
+        return name in self.listing()
 
     def locate(self, name: str) -> FileRef:
         normal = posixpath.normpath(name)
         if name.startswith("/") or Path(name).is_absolute() or normal == ".." or normal.startswith("../"):
             raise OutsideRoot(name)
-        if self.local and not Path(self._path(normal)).resolve().is_relative_to(Path(self.base).resolve()):
-            raise OutsideRoot(name)  # a symlink that points out of the folder
-        if not self.exists(normal):
-            raise MissingFile(name)
-        return FileRef(self.fs, self._path(normal))
+        if not self.local:
+            info = self.listing().get(normal)
+            if info is None:
+                raise MissingFile(name)
+            return FileRef(self.fs, self._path(normal), file_stamp(info), info.get("size"))
+        path = self._path(normal)
+        walked = self._listing is not None  # a convention listed the folder (sidecar): its infos are known
+        info = self._listing.get(normal) if walked else None
+        if info is None or info.get("islink"):  # not walked (imagefolder), or a link: ask the file system
+            try:
+                link = stat.S_ISLNK(os.lstat(path).st_mode)
+            except FileNotFoundError:
+                link = False
+        else:
+            link = False
+        if not self._inside(normal, link):
+            raise OutsideRoot(name)
+        if info is None or link:
+            try:
+                info = os.stat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                raise MissingFile(name) from None
+            if not stat.S_ISREG(info.st_mode):
+                raise MissingFile(name)
+        size = info.st_size if isinstance(info, os.stat_result) else info.get("size")
+        return FileRef(self.fs, path, file_stamp(info), size)
+
+    def _inside(self, normal: str, link: bool) -> bool:
+        """A local file is inside the root unless it is a symlink pointing out or its folder resolves
+        outside (each folder is resolved once: resolving every file's path costs a stat per component)."""
+        if link:
+            return Path(self._path(normal)).resolve().is_relative_to(self._real_base)
+        folder = posixpath.dirname(normal)
+        if folder not in self._folders_inside:
+            real = Path(self._path(folder)).resolve()
+            self._folders_inside[folder] = real.is_relative_to(self._real_base)
+        return self._folders_inside[folder]
+
+    @cached_property
+    def _real_base(self) -> Path:
+        return Path(self.base).resolve()
 
     def read_text(self, name: str) -> str:
         return self.fs.cat_file(self._path(name)).decode("utf-8")

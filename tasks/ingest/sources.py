@@ -15,11 +15,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from tasks.ingest.source_roots import FileRef, MissingFile, OutsideRoot, Root, open_root
+from tasks.common.config import DataConfig
+from tasks.ingest.source_roots import FileRef, MissingFile, OutsideRoot, Root, TooLarge, open_root
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 SOURCES = ("imagefolder", "sidecar", "parquet", "webdataset")
@@ -32,6 +34,14 @@ class SourceItem:
     caption: str | FileRef | None  # the text, or the sidecar file holding it; None/blank: empty caption
     where: str  # where it was listed, for messages ("metadata.csv:12")
 
+    @property
+    def stamp(self) -> str | None:
+        """The stamps of the item's files (the image's, and its caption file's when it has one): unchanged
+        stamps, unchanged item. None when the image is bytes inside a bigger file (parquet, tar)."""
+        if not isinstance(self.image, FileRef) or not self.image.stamp:
+            return None
+        return self.image.stamp + (f"|{self.caption.stamp}" if isinstance(self.caption, FileRef) else "")
+
 
 @dataclass(frozen=True)
 class Reject:
@@ -40,31 +50,87 @@ class Reject:
     detail: str = ""
 
 
-def _listed(root: Root, name: str, caption: object, where: str) -> SourceItem | Reject:
+@dataclass(frozen=True)
+class ReadLimits:
+    """Byte limits, checked before anything is read (and again while reading)."""
+
+    max_file_bytes: int  # an image: file, tar member or parquet cell
+    max_caption_bytes: int  # a caption: sidecar file, metadata field, tar member or parquet cell
+    max_metadata_bytes: int  # metadata.jsonl / metadata.csv
+
+    @classmethod
+    def of(cls, data: DataConfig) -> ReadLimits:
+        return cls(data.max_file_bytes, data.max_caption_bytes, data.max_metadata_bytes)
+
+
+def _too_large(item: str, size: int, limit: int, setting: str, where: str) -> Reject | None:
+    if size <= limit:
+        return None
+    return Reject(item, "too_large", f"{size} bytes, above data.{setting}={limit} ({where})")
+
+
+def _caption_problem(item: str, caption: object, limits: ReadLimits, where: str) -> Reject | None:
+    """Why a caption given inline (a metadata field, a parquet cell, a JSON member) is refused, if it is."""
+    if caption is not None and not isinstance(caption, str):
+        kind = type(caption).__name__
+        return Reject(item, "malformed_metadata", f"the caption is {kind}, not text ({where})")
+    size = len(caption.encode("utf-8", errors="surrogateescape")) if caption else 0
+    return _too_large(item, size, limits.max_caption_bytes, "max_caption_bytes", where)
+
+
+def _listed(root: Root, name: str, caption: object, where: str, limits: ReadLimits) -> SourceItem | Reject:
     try:
-        ref = root.locate(name)
+        ref = root.locate(name).limited(limits.max_file_bytes, "data.max_file_bytes")
     except OutsideRoot:
         return Reject(name, "path_outside_root", f"listed at {where}")
     except MissingFile:
         return Reject(name, "missing_file", f"listed at {where}")
-    return SourceItem(name, ref, caption if isinstance(caption, str) else None, where)
+    except TooLarge as err:
+        return Reject(name, "too_large", f"{err} (listed at {where})")
+    refused = _caption_problem(name, caption, limits, f"listed at {where}")
+    return refused or SourceItem(name, ref, caption, where)
 
 
-def imagefolder_items(root: Root) -> Iterator[SourceItem | Reject]:
+def _metadata(root: Root, name: str, limits: ReadLimits) -> bytes:
+    """A metadata file's bytes: it must lie inside the root (not a symlink pointing out) and within
+    `data.max_metadata_bytes`."""
+    try:
+        ref = root.locate(name).limited(limits.max_metadata_bytes, "data.max_metadata_bytes")
+        return ref.read()
+    except OutsideRoot:
+        raise ValueError(f"{root.describe(name)} points outside data.path; it is not read") from None
+    except TooLarge as err:
+        raise ValueError(f"{root.describe(name)}: {err}") from None
+
+
+def _jsonl_row(line: bytes) -> tuple[str, object]:
+    """(file name, caption) of one metadata.jsonl line; ValueError (or RecursionError) says why not."""
+    row = json.loads(line.decode("utf-8"))  # invalid UTF-8: UnicodeDecodeError, a ValueError
+    if not isinstance(row, dict):
+        raise ValueError(f"a line must be a JSON object, not {type(row).__name__}")
+    name = row.get("file_name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"file_name must be a non-empty string, not {name!r}")
+    return name, row.get("text")
+
+
+def imagefolder_items(root: Root, limits: ReadLimits) -> Iterator[SourceItem | Reject]:
     if root.exists("metadata.jsonl"):
-        for lineno, line in enumerate(root.read_text("metadata.jsonl").splitlines(), start=1):
+        for lineno, line in enumerate(_metadata(root, "metadata.jsonl", limits).splitlines(), start=1):
             where = f"metadata.jsonl:{lineno}"
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-                name, caption = row["file_name"], row.get("text")
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-                yield Reject(where, "malformed_metadata", f"{type(err).__name__}: {err}")
+                name, caption = _jsonl_row(line)
+            except (ValueError, RecursionError) as err:  # RecursionError: JSON nested past Python's limit
+                yield Reject(where, "malformed_metadata", f"{type(err).__name__}: {str(err)[:200]}")
                 continue
-            yield _listed(root, str(name), caption, where)
+            yield _listed(root, name, caption, where, limits)
     elif root.exists("metadata.csv"):
-        reader = csv.DictReader(io.StringIO(root.read_text("metadata.csv"), newline=""))
+        # undecodable bytes are kept as surrogates, so only the rows holding them are refused
+        text = _metadata(root, "metadata.csv", limits).decode("utf-8", errors="surrogateescape")
+        csv.field_size_limit(max(limits.max_metadata_bytes, 1 << 17))  # rows are checked one by one below
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         if "file_name" not in (reader.fieldnames or []):
             raise ValueError(
                 f"{root.describe('metadata.csv')}: needs a `file_name` column (and `text`); "
@@ -73,31 +139,42 @@ def imagefolder_items(root: Root) -> Iterator[SourceItem | Reject]:
         for lineno, row in enumerate(reader, start=2):  # line 1 is the header
             where = f"metadata.csv:{lineno}"
             if not row.get("file_name") or None in row:  # None key: more fields than the header
-                yield Reject(where, "malformed_metadata", f"row {row}")
-                continue
-            yield _listed(root, row["file_name"], row.get("text"), where)
+                yield Reject(where, "malformed_metadata", f"row {str(row)[:200]}")
+            elif any(_SURROGATE.search(v) for v in row.values() if isinstance(v, str)):
+                yield Reject(where, "malformed_metadata", "invalid UTF-8")
+            else:
+                yield _listed(root, row["file_name"], row.get("text"), where, limits)
     else:
         raise FileNotFoundError(f"data.path: {root.describe()} has neither metadata.jsonl nor metadata.csv")
 
 
-def sidecar_items(root: Root) -> Iterator[SourceItem | Reject]:
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+def sidecar_items(root: Root, limits: ReadLimits) -> Iterator[SourceItem | Reject]:
     names = root.files((*IMAGE_SUFFIXES, ".txt"))
     texts = {n for n in names if n.endswith(".txt")}
     for name in names:
         if name in texts:
             continue
-        found = _listed(root, name, None, name)
+        found = _listed(root, name, None, name, limits)
         txt = name.rpartition(".")[0] + ".txt"
         if isinstance(found, SourceItem) and txt in texts:
-            caption = _listed(root, txt, None, name)
-            if isinstance(caption, Reject):  # the caption file is a symlink pointing out, say
-                found = Reject(name, caption.reason, f"caption file {txt}")
-            else:
-                found = SourceItem(found.name, found.image, caption.image, found.where)
+            try:
+                caption = root.locate(txt).limited(limits.max_caption_bytes, "data.max_caption_bytes")
+                found = SourceItem(found.name, found.image, caption, found.where)
+            except OutsideRoot:
+                found = Reject(name, "path_outside_root", f"caption file {txt}")
+            except MissingFile:
+                found = Reject(name, "missing_file", f"caption file {txt}")
+            except TooLarge as err:
+                found = Reject(name, "too_large", f"caption file {txt}: {err}")
         yield found
 
 
-def parquet_items(root: Root, image_column: str, caption_column: str) -> Iterator[SourceItem | Reject]:
+def parquet_items(
+    root: Root, image_column: str, caption_column: str, limits: ReadLimits
+) -> Iterator[SourceItem | Reject]:
     import pyarrow.parquet as pq
 
     for name in root.files((".parquet",)):
@@ -108,7 +185,7 @@ def parquet_items(root: Root, image_column: str, caption_column: str) -> Iterato
                 raise ValueError(f"{root.describe(name)}: no column(s) {missing} (data.image_column / "
                                  f"data.caption_column); columns are {file.schema_arrow.names}")  # fmt: skip
             row = 0
-            for batch in file.iter_batches(batch_size=256, columns=[image_column, caption_column]):
+            for batch in file.iter_batches(batch_size=64, columns=[image_column, caption_column]):
                 cells, captions = batch.column(0).to_pylist(), batch.column(1).to_pylist()
                 for cell, caption in zip(cells, captions, strict=True):
                     where = f"{name}:row {row}"
@@ -120,10 +197,15 @@ def parquet_items(root: Root, image_column: str, caption_column: str) -> Iterato
                     if not isinstance(data, bytes):
                         yield Reject(where, "missing_image", f"no image bytes in column {image_column!r}")
                         continue
-                    yield SourceItem(str(item), data, caption if isinstance(caption, str) else None, where)
+                    refused = _too_large(
+                        str(item), len(data), limits.max_file_bytes, "max_file_bytes", where
+                    ) or _caption_problem(str(item), caption, limits, where)
+                    yield refused or SourceItem(str(item), data, caption, where)
 
 
-def _tar_caption(members: dict[str, bytes]) -> str | None:
+def _tar_caption(members: dict[str, bytes]) -> object:
+    """The caption of a tar sample: its `.txt`, or the "text" (or "caption") of its `.json`; ValueError or
+    RecursionError when the JSON does not parse."""
     if "txt" in members:
         return members["txt"].decode("utf-8", errors="replace").strip()
     if "json" in members:
@@ -132,56 +214,72 @@ def _tar_caption(members: dict[str, bytes]) -> str | None:
     return None
 
 
-def _tar_sample(shard: str, key: str, members: dict[str, bytes]) -> SourceItem | Reject:
+def _tar_sample(shard: str, key: str, members: dict[str, bytes], limits: ReadLimits) -> SourceItem | Reject:
     where = f"{shard}:{key}"
     ext = next((e for e in ("jpg", "jpeg", "png", "webp") if e in members), None)
     if ext is None:
         return Reject(where, "missing_image", f"no image among {sorted(members)}")
     try:
         caption = _tar_caption(members)
-    except json.JSONDecodeError as err:
-        return Reject(where, "malformed_metadata", f"{key}.json: {err}")
-    return SourceItem(f"{key}.{ext}", members[ext], caption, where)
+    except (ValueError, RecursionError) as err:  # invalid JSON or UTF-8, or nested past Python's limit
+        return Reject(where, "malformed_metadata", f"{key}.json: {type(err).__name__}: {str(err)[:200]}")
+    refused = _caption_problem(where, caption, limits, "its .txt or .json")
+    return refused or SourceItem(f"{key}.{ext}", members[ext], caption, where)
 
 
-def webdataset_items(root: Root) -> Iterator[SourceItem | Reject]:
+CAPTION_MEMBERS = ("txt", "json")
+
+
+def webdataset_items(root: Root, limits: ReadLimits) -> Iterator[SourceItem | Reject]:
     """WebDataset convention: adjacent members sharing a key (the name up to the basename's first dot)
-    are one sample. Tars are streamed, never held whole in memory."""
+    are one sample. Tars are streamed, never held whole in memory; a member above its byte limit is
+    not read, and its sample is rejected."""
     for shard in root.files((".tar",)):
-        with root.open(shard) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
-            key, members = None, {}
-            for member in tar:
-                if not member.isfile():
-                    continue
-                folder, _, base = member.name.rpartition("/")
-                stem, _, ext = base.partition(".")
-                member_key = f"{folder}/{stem}" if folder else stem
-                if member_key != key and key is not None:
-                    yield _tar_sample(shard, key, members)
-                    members = {}
-                key = member_key
-                members[ext.lower()] = tar.extractfile(member).read()
-            if key is not None:
-                yield _tar_sample(shard, key, members)
+        try:
+            yield from _tar_samples(root, shard, limits)
+        except (tarfile.TarError, EOFError) as err:  # cut short or damaged: what came before it stays
+            yield Reject(shard, "unreadable", f"the tar ends or breaks here: {type(err).__name__}: {err}")
 
 
-def items(
-    source: str,
-    path: str | None,
-    image_column: str = "image",
-    caption_column: str = "text",
-    endpoint_url: str | None = None,
-) -> Iterator[SourceItem | Reject]:
-    """Every item the source lists, in a stable order; `path` is a local path or an s3:// URI."""
+def _tar_samples(root: Root, shard: str, limits: ReadLimits) -> Iterator[SourceItem | Reject]:
+    with root.open(shard) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+        key, members, refused = None, {}, None
+        for member in tar:
+            if not member.isfile():
+                continue
+            folder, _, base = member.name.rpartition("/")
+            stem, _, ext = base.partition(".")
+            member_key = f"{folder}/{stem}" if folder else stem
+            if member_key != key and key is not None:
+                yield refused or _tar_sample(shard, key, members, limits)
+                members, refused = {}, None
+            key, ext = member_key, ext.lower()
+            if ext in CAPTION_MEMBERS:
+                limit, setting = limits.max_caption_bytes, "max_caption_bytes"
+            else:
+                limit, setting = limits.max_file_bytes, "max_file_bytes"
+            if refused is None:
+                refused = _too_large(f"{shard}:{member_key}", member.size, limit, setting, member.name)
+            if refused is None:
+                members[ext] = tar.extractfile(member).read()
+        if key is not None:
+            yield refused or _tar_sample(shard, key, members, limits)
+
+
+def items(data: DataConfig, root: Root | None = None) -> Iterator[SourceItem | Reject]:
+    """Every item `data`'s source lists, in a stable order; `data.path` is a local path or an s3:// URI
+    (`root`: that path already opened)."""
+    source, path = data.source, data.path
     if not path:
         raise ValueError(f"data.path: required when data.source is {source!r}")
     if source not in SOURCES:
         raise ValueError(f"data.source: {source!r} is not one of {', '.join(SOURCES)}")
-    root = open_root(path, endpoint_url)
+    root = root or open_root(path, data.endpoint_url)
+    limits = ReadLimits.of(data)
     if source == "parquet":
-        return parquet_items(root, image_column, caption_column)
+        return parquet_items(root, data.image_column, data.caption_column, limits)
     if source == "webdataset":
-        return webdataset_items(root)
+        return webdataset_items(root, limits)
     if root.only is not None:
         raise ValueError(f"data.path: {root.describe(root.only)} is a file; {source} reads a folder")
-    return imagefolder_items(root) if source == "imagefolder" else sidecar_items(root)
+    return imagefolder_items(root, limits) if source == "imagefolder" else sidecar_items(root, limits)

@@ -3,8 +3,13 @@ in the format of tasks/common/ingested.py (the only thing later stages read).
 
 User items are decoded in jobs (preprocess.py) on the flow's task runner under `ldmflow run`, or on
 `data.workers` threads under `ldmflow stage` (dvc repro); the output is the same whatever runs them.
-Inputs an earlier ingest already decoded with the same preprocessing are reused. The new output is
-written beside the old one and swapped in when complete, so a failed ingest leaves the previous one intact.
+Inputs an earlier ingest already decoded with the same preprocessing are reused: not read at all when
+their files' stamps are unchanged, else not decoded when their bytes are. Reused images stay in their
+shards: an earlier shard whose images are all kept is linked into the new output as it is, the others'
+images are packed with the new ones. So a nightly run over a folder that grew by 1% reads and writes
+about 1%, and now and then packs the small shards that leaves into full ones. The new output is
+written beside the old one and swapped in when complete, so a failed ingest leaves the previous one
+intact.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from tasks.common.atomic_dir import replaced_dir
 from tasks.common.config import Config, DataConfig
 from tasks.common.ingested import (
     LABELS,
@@ -40,10 +46,21 @@ from tasks.ingest import sources, synthetic
 from tasks.ingest.decode import DecodeLimits
 from tasks.ingest.listing import write_listing
 from tasks.ingest.preprocess import DecodeJob, Prepared, Preprocessing, aspect_buckets, decode_chunk
+from tasks.ingest.source_roots import Root, open_root
 from tasks.ingest.sources import Reject, SourceItem
 
 if TYPE_CHECKING:  # MLflow takes seconds to import
     from tasks.common.tracking import Run
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """Where an earlier ingest stored an image, and its size."""
+
+    shard: str
+    index: int
+    width: int
+    height: int
 
 
 @dataclass
@@ -53,13 +70,23 @@ class Candidate:
     sample_id: str
     source_item: str
     caption: str
-    image: np.ndarray  # uint8 [H, W, 3]
-    sha256: str  # of `image`
+    image: np.ndarray | None  # uint8 [H, W, 3]; None: `stored` by an earlier ingest
+    sha256: str  # of the image
     orig_size: tuple[int, int]
     crop: tuple[int, int] = (0, 0)  # (left, top) in the image resized to cover the target
     labels: dict[str, str] = field(default_factory=dict)
     input_key: str | None = None  # the encoded input + preprocessing params, for incremental re-ingest
     pixels_sha256: str | None = None  # hash of the decoded pixels (see decode_rgb): exact-duplicate detection
+    raw_sha256: str | None = None  # of the input's bytes
+    source_stamp: str | None = None  # SourceItem.stamp
+    stored: StoredImage | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) as stored."""
+        if self.image is None:
+            return self.stored.width, self.stored.height
+        return self.image.shape[1], self.image.shape[0]
 
 
 @dataclass
@@ -96,31 +123,71 @@ def synthetic_candidates(data: DataConfig, seed: int) -> Iterator[Candidate | Re
 
 
 class PreviousIngest:
-    """What an earlier ingest into the same folder made, by input key; images are read lazily."""
+    """What an earlier ingest into the same folder made, by sample id; its images are read only if asked."""
+
+    # columns an earlier version may lack: its items are then read and hashed once more, not decoded
+    OPTIONAL = ("raw_sha256", "source_stamp")
 
     def __init__(self, out: Path) -> None:
-        self.rows: dict[str, dict] = {}  # input key -> its manifest row
-        self.key_of: dict[str, str] = {}  # sample id -> its input key
+        self.rows: dict[str, dict] = {}  # sample id -> its manifest row (rows with an input key)
+        self.shard_sizes: Counter[str] = Counter()  # shard -> images in it
         self.shards = ImageShards(out)
         try:
             manifest = pd.read_parquet(out / MANIFEST)
         except (FileNotFoundError, OSError):
             return
-        if list(manifest.columns) != MANIFEST_COLUMNS:  # written by another version: decode everything
+        for column in self.OPTIONAL:
+            if column not in manifest:
+                manifest[column] = None
+        if sorted(manifest.columns) != sorted(MANIFEST_COLUMNS):  # another version: decode everything
             return
+        self.shard_sizes = Counter(manifest["shard"])
         records = manifest.to_dict("records")
-        self.rows = {r["input_key"]: r for r in records if isinstance(r["input_key"], str)}
-        self.key_of = {r["sample_id"]: key for key, r in self.rows.items()}
+        self.rows = {r["sample_id"]: r for r in records if isinstance(r["input_key"], str)}
 
-    def complete(self, item: Prepared) -> Prepared:
-        """`item` (reused: no image) with the image and facts the earlier ingest stored for its input."""
-        row = self.rows[item.input_key]
-        image = self.shards.image(row["shard"], row["index"])
-        return Prepared(
-            item.name, item.where, item.caption, item.input_key, image, row["sha256"],
-            (int(row["orig_width"]), int(row["orig_height"])), row["pixels_sha256"],
-            (int(row["crop_left"]), int(row["crop_top"])),
-        )  # fmt: skip
+    def key_of(self, sample_id: str) -> str | None:
+        row = self.rows.get(sample_id)
+        return row and row["input_key"]
+
+    def unchanged(self, item: SourceItem, spec: Preprocessing) -> Prepared | None:
+        """`item` as the earlier ingest made it, without reading it: when its files' stamps and the
+        preprocessing are the ones that made it. The caption is the stored one when it came from a file."""
+        row = self.rows.get(item.name)
+        stamp = item.stamp
+        if row is None or stamp is None or row["source_stamp"] != stamp or not row["raw_sha256"]:
+            return None
+        key = spec.input_key(row["raw_sha256"], item.name)
+        if key != row["input_key"]:
+            return None
+        caption = row["caption"] if item.caption is not None and not isinstance(item.caption, str) else None
+        caption = (item.caption or "").strip() if caption is None else caption
+        if not caption and spec.empty_captions == "reject":
+            return None  # prepare() says why
+        return Prepared(item.name, item.where, caption, key, raw_sha256=row["raw_sha256"], stamp=stamp)
+
+    def candidate(self, item: Prepared) -> Candidate:
+        """`item` (reused: no image) as a candidate whose image stays where the earlier ingest stored it."""
+        row = self.rows[item.name]
+        return Candidate(
+            sample_id=item.name,
+            source_item=item.where,
+            caption=item.caption,
+            image=None,
+            sha256=row["sha256"],
+            orig_size=(int(row["orig_width"]), int(row["orig_height"])),
+            crop=(int(row["crop_left"]), int(row["crop_top"])),
+            input_key=item.input_key,
+            pixels_sha256=row["pixels_sha256"],
+            raw_sha256=item.raw_sha256,
+            source_stamp=item.stamp,
+            stored=StoredImage(row["shard"], int(row["index"]), int(row["width"]), int(row["height"])),
+        )
+
+    def next_shard_number(self, bucket: str) -> int:
+        """A number after every earlier shard's of `bucket`: new shards never take a linked one's name."""
+        prefix = f"images-{bucket}-"
+        numbers = [int(name[len(prefix) :]) for name in self.shard_sizes if name.startswith(prefix)]
+        return max(numbers, default=-1) + 1
 
 
 def preprocessing(cfg: Config) -> Preprocessing:
@@ -145,19 +212,29 @@ def decode_on_threads(workers: int) -> DecodeMap:
 def decode_jobs(
     listed: Iterator[SourceItem | Reject], spec: Preprocessing, previous: PreviousIngest
 ) -> Iterator[DecodeJob]:
-    """The listed items in jobs of ITEMS_PER_JOB, with the input keys an earlier ingest made from them."""
+    """The listed items in jobs of ITEMS_PER_JOB, with the input keys an earlier ingest made from them;
+    items whose files are unchanged since then go as they were made (nothing to read)."""
     listed = iter(listed)
     while chunk := list(islice(listed, ITEMS_PER_JOB)):
-        made = (previous.key_of.get(item.name) for item in chunk if isinstance(item, SourceItem))
-        yield DecodeJob(spec, chunk, frozenset(key for key in made if key))
+        items, reusable = [], set()
+        for item in chunk:
+            if isinstance(item, SourceItem):
+                made = previous.unchanged(item, spec)
+                if made is not None:
+                    item = made
+                elif key := previous.key_of(item.name):
+                    reusable.add(key)
+            items.append(item)
+        yield DecodeJob(spec, items, frozenset(reusable))
 
 
 def user_candidates(
-    cfg: Config, previous: PreviousIngest, count: DecodeCount, map_decode: DecodeMap
+    cfg: Config, previous: PreviousIngest, count: DecodeCount, map_decode: DecodeMap, root: Root | None = None
 ) -> Iterator[Candidate | Reject]:
-    """Items of a user source, decoded by `map_decode` (or reused); exact duplicates keep the first."""
+    """Items of a user source (at `root` when given), decoded by `map_decode` (or reused); exact duplicates
+    keep the first."""
     d = cfg.data
-    listed = sources.items(d.source, d.path, d.image_column, d.caption_column, d.endpoint_url)
+    listed = sources.items(d, root)
     done = map_decode(decode_jobs(listed, preprocessing(cfg), previous))
     prepared = (item for job in done for item in job)
     first_with_pixels: dict[str, str] = {}
@@ -166,37 +243,120 @@ def user_candidates(
             yield item
             continue
         if item.image is None:
-            item = previous.complete(item)
+            candidate = previous.candidate(item)
             count.reused += 1
         else:
+            candidate = Candidate(
+                sample_id=item.name,
+                source_item=item.where,
+                caption=item.caption,
+                image=item.image,
+                sha256=item.sha256,
+                orig_size=item.orig_size,
+                crop=item.crop,
+                input_key=item.input_key,
+                pixels_sha256=item.pixels_sha256,
+                raw_sha256=item.raw_sha256,
+                source_stamp=item.stamp,
+            )
             count.decoded += 1
-        if item.pixels_sha256 in first_with_pixels:
-            first = first_with_pixels[item.pixels_sha256]
+        if candidate.pixels_sha256 in first_with_pixels:
+            first = first_with_pixels[candidate.pixels_sha256]
             yield Reject(item.name, "duplicate_image", f"same pixels as {first}")
             continue
-        first_with_pixels[item.pixels_sha256] = item.name
-        yield Candidate(
-            sample_id=item.name,
-            source_item=item.where,
-            caption=item.caption,
-            image=item.image,
-            sha256=item.sha256,
-            orig_size=item.orig_size,
-            crop=item.crop,
-            input_key=item.input_key,
-            pixels_sha256=item.pixels_sha256,
-        )
+        first_with_pixels[candidate.pixels_sha256] = item.name
+        yield candidate
 
 
-def write_ingested(items: Iterator[Candidate | Reject], out: Path, data: DataConfig) -> dict:
-    """Shard accepted items into `out` (a new folder), write manifest and rejects; return the report.
+class ShardWriter:
+    """Places images in shards of `out`, one run of shards per image size (bucket), so every shard stacks
+    into one array. Shard numbers start after `first_number(bucket)`'s."""
 
-    Each image size (bucket) fills shards of its own, so every shard stacks into one array.
-    """
-    out.mkdir(parents=True)
+    def __init__(self, out: Path, shard_size: int, first_number: Callable[[str], int]) -> None:
+        self.out, self.shard_size, self.first_number = out, shard_size, first_number
+        self.filling: dict[str, ShardBuffer] = {}  # bucket -> the shard being filled
+
+    def place(self, image: np.ndarray) -> tuple[str, int]:
+        """(shard, index) of `image`, now in a shard of its size."""
+        height, width = image.shape[:2]
+        bucket = f"{width}x{height}"
+        shard = self.filling.get(bucket)
+        if shard is None or shard.full:
+            number = shard.number + 1 if shard else self.first_number(bucket)
+            name = f"images-{bucket}-{number:05d}"
+            shard = self.filling[bucket] = ShardBuffer(name, number, self.shard_size)
+        index = shard.add(image)
+        if shard.full:
+            shard.save(self.out)
+        return shard.name, index
+
+    def close(self) -> None:
+        for shard in self.filling.values():
+            if not shard.full:
+                shard.save(self.out)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        target.hardlink_to(source)  # the old output goes once the new one is in place
+    except OSError:  # a file system without hard links
+        shutil.copy2(source, target)
+
+
+# Earlier shards that are intact but not full (each ingest that adds images leaves one per image size)
+# are linked as they are until an image size has this many; then they are packed into full ones.
+MAX_PARTIAL_SHARDS = 8
+
+
+def linked_shards(kept: Counter[str], previous: PreviousIngest, shard_size: int) -> set[str]:
+    """The earlier shards to link into the new output as they are: those whose every image is kept, but
+    not the partly filled ones of an image size that has MAX_PARTIAL_SHARDS of them (compaction)."""
+    intact = {name for name, n in kept.items() if n == previous.shard_sizes[name]}
+    partial = Counter(name.rsplit("-", 1)[0] for name in intact if previous.shard_sizes[name] != shard_size)
+    return {
+        name
+        for name in intact
+        if previous.shard_sizes[name] == shard_size or partial[name.rsplit("-", 1)[0]] < MAX_PARTIAL_SHARDS
+    }
+
+
+def place_stored(
+    stored: list[tuple[dict, Candidate]], previous: PreviousIngest, shards: ShardWriter, shard_size: int
+) -> None:
+    """Give the rows of images an earlier ingest stored their shard and index in the new output: an
+    earlier shard whose every image is kept is linked as it is (see `linked_shards`); the other kept
+    images are packed anew."""
+    whole = linked_shards(Counter(item.stored.shard for _, item in stored), previous, shard_size)
+    for name in sorted(whole):
+        file = f"{name}.safetensors"
+        _link_or_copy(previous.shards.path / file, shards.out / file)
+    moved = []
+    for row, item in stored:
+        if item.stored.shard in whole:
+            row.update(shard=item.stored.shard, index=item.stored.index)
+        else:
+            moved.append((row, item.stored))
+    moved.sort(key=lambda pair: (pair[1].height, pair[1].width))  # ImageShards.images reads one size
+    for start in range(0, len(moved), shard_size):
+        batch = moved[start : start + shard_size]
+        sizes = {(s.width, s.height) for _, s in batch}
+        for size in sorted(sizes):
+            same = [(row, s) for row, s in batch if (s.width, s.height) == size]
+            images = previous.shards.images([(s.shard, s.index) for _, s in same])
+            for (row, _), image in zip(same, images, strict=True):
+                row["shard"], row["index"] = shards.place(image)
+
+
+def write_ingested(
+    items: Iterator[Candidate | Reject], out: Path, data: DataConfig, previous: PreviousIngest | None = None
+) -> dict:
+    """Shard accepted items into `out` (an empty folder), write manifest and rejects; return the report.
+    Items without an image are in `previous`'s shards (see `place_stored`)."""
+    out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     rejects: list[Reject] = []
-    filling: dict[str, ShardBuffer] = {}  # bucket -> the shard being filled
+    stored: list[tuple[dict, Candidate]] = []  # rows whose image an earlier ingest stored
+    shards = ShardWriter(out, data.shard_size, previous.next_shard_number if previous else lambda _: 0)
     seen_ids: set[str] = set()
 
     for item in items:
@@ -207,38 +367,36 @@ def write_ingested(items: Iterator[Candidate | Reject], out: Path, data: DataCon
             rejects.append(Reject(item.source_item, "duplicate_id", item.sample_id))
             continue
         seen_ids.add(item.sample_id)
-        height, width = item.image.shape[:2]
-        bucket = f"{width}x{height}"
-        shard = filling.get(bucket)
-        if shard is None or shard.full:
-            number = shard.number + 1 if shard else 0
-            shard = filling[bucket] = ShardBuffer(f"images-{bucket}-{number:05d}", number, data.shard_size)
-        rows.append(
-            {
-                "sample_id": item.sample_id,
-                "sha256": item.sha256,
-                "caption": item.caption,
-                "split": split_for(item.sample_id, data.val_fraction),
-                "shard": shard.name,
-                "index": shard.add(item.image),
-                "width": width,
-                "height": height,
-                "bucket": bucket,
-                "orig_width": item.orig_size[0],
-                "orig_height": item.orig_size[1],
-                "crop_left": item.crop[0],
-                "crop_top": item.crop[1],
-                "source_item": item.source_item,
-                **{label: item.labels.get(label) for label in LABELS},
-                "input_key": item.input_key,
-                "pixels_sha256": item.pixels_sha256,
-            }
-        )
-        if shard.full:
-            shard.save(out)
-    for shard in filling.values():
-        if not shard.full:
-            shard.save(out)
+        width, height = item.size
+        row = {
+            "sample_id": item.sample_id,
+            "sha256": item.sha256,
+            "caption": item.caption,
+            "split": split_for(item.sample_id, data.val_fraction),
+            "shard": None,
+            "index": None,
+            "width": width,
+            "height": height,
+            "bucket": f"{width}x{height}",
+            "orig_width": item.orig_size[0],
+            "orig_height": item.orig_size[1],
+            "crop_left": item.crop[0],
+            "crop_top": item.crop[1],
+            "source_item": item.source_item,
+            **{label: item.labels.get(label) for label in LABELS},
+            "input_key": item.input_key,
+            "pixels_sha256": item.pixels_sha256,
+            "raw_sha256": item.raw_sha256,
+            "source_stamp": item.source_stamp,
+        }
+        rows.append(row)
+        if item.image is None:
+            stored.append((row, item))
+        else:
+            row["shard"], row["index"] = shards.place(item.image)
+    if stored:
+        place_stored(stored, previous, shards, data.shard_size)
+    shards.close()
 
     pd.DataFrame(rows, columns=MANIFEST_COLUMNS).to_parquet(out / MANIFEST, index=False)
     with open(out / REJECTS, "w") as f:
@@ -253,47 +411,35 @@ def write_ingested(items: Iterator[Candidate | Reject], out: Path, data: DataCon
     }
 
 
-def _replace_dir(new: Path, out: Path) -> None:
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    new.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def run_ingest(cfg: Config, out: Path, map_decode: DecodeMap | None = None) -> dict:
-    """The whole stage: read the configured source, write `out`, return the report.
+def run_ingest(cfg: Config, out: Path, map_decode: DecodeMap | None = None, root: Root | None = None) -> dict:
+    """The whole stage: read the configured source (at `root` when given), write `out`, return the report.
 
     Inputs already ingested into `out` with the same preprocessing are reused, not decoded again. Items are
     decoded by `map_decode` (default: on `data.workers` threads); the output is the same whatever
     runs them.
     """
-    staging = out.with_name(f".{out.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with replaced_dir(out) as staging:  # (an earlier ingest killed mid-swap is recovered first)
         if cfg.data.source == "synthetic":
             report = write_ingested(synthetic_candidates(cfg.data, cfg.seed), staging, cfg.data)
         else:
-            count = DecodeCount()
+            count, previous = DecodeCount(), PreviousIngest(out)
             map_decode = map_decode or decode_on_threads(cfg.data.workers or available_cores())
-            candidates = user_candidates(cfg, PreviousIngest(out), count, map_decode)
-            report = write_ingested(candidates, staging, cfg.data)
+            candidates = user_candidates(cfg, previous, count, map_decode, root)
+            report = write_ingested(candidates, staging, cfg.data, previous)
             report.update(decoded=count.decoded, reused=count.reused)
         (staging / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    _replace_dir(staging, out)
     return report
 
 
 def main(cfg: Config, paths: ProjectPaths, tracker: Run, map_decode: DecodeMap | None = None) -> dict:
     """Ingest into the project's `data/ingested/`; the report and the rejects go to the stage's run. The
-    source's listing is written first: DVC records the listing of what was read."""
-    write_listing(cfg.data, paths.source_listing)
-    report = run_ingest(cfg, paths.ingested, map_decode)
+    source's listing is written first, from the one walk of the source that ingest reads: DVC records the
+    listing of what was read."""
+    d = cfg.data
+    root = None if d.source == "synthetic" else open_root(d.path, d.endpoint_url)
+    write_listing(d, paths.source_listing, root)
+    report = run_ingest(cfg, paths.ingested, map_decode, root)
     tracker.log_metrics(
         {"total": report["total"], "accepted": report["accepted"], "rejected": report["rejected"]}
         | {f"rejected.{reason}": n for reason, n in report["by_reason"].items()}

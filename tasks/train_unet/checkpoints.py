@@ -4,6 +4,10 @@
 written last, `checkpoint.json` (each file's sha256, plus what the trainer saved about itself). A
 checkpoint without `checkpoint.json` is incomplete (the writer was killed) and never resumed from.
 
+A checkpoint is read as data: only the file names in FILES are downloaded, tensors load with
+`weights_only`, the RNG state is JSON. A checkpoint that fails any check (checksum, names, contents) is
+reported and the one before it is tried.
+
 Only the newest `total_limit` complete checkpoints are kept; incomplete ones older than the newest
 complete one are removed with them.
 """
@@ -11,21 +15,24 @@ complete one are removed with them.
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from accelerate.utils import gather_object
+from safetensors import SafetensorError
 
 from tasks.common.config import Config
 from tasks.common.keys import content_key, file_sha256
-from tasks.common.storage import ObjectStore
+from tasks.common.storage import ObjectNotFound, ObjectStore, StorageError
 from tasks.train_unet.data import TrainingSet
 from tasks.train_unet.trainer import UnetTraining, rng_state, set_rng_state
 
 MARKER = "checkpoint.json"
 STEP_DIR = re.compile(r"step-(\d+)/")
+RNG = "rng.json"
+FILES = frozenset({"unet.safetensors", "state.pt", RNG})  # what a checkpoint may hold besides MARKER
 
 
 class CorruptCheckpoint(RuntimeError):
@@ -84,9 +91,17 @@ class Checkpoints:
     def load(self, step: int, folder: Path) -> dict:
         """Download checkpoint `step` into `folder`, verify each file; returns its checkpoint.json."""
         where = self._dir(step)
-        marker = json.loads(self.store.get_bytes(f"{where}/{MARKER}"))
+        try:
+            marker = json.loads(self.store.get_bytes(f"{where}/{MARKER}"))
+            files, marked_step = dict(marker["files"]), marker["step"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise CorruptCheckpoint(f"{self.store.uri(f'{where}/{MARKER}')}: unreadable ({err})") from None
+        unknown = sorted(str(name) for name in files if name not in FILES)
+        if unknown or marked_step != step:
+            why = f"files {unknown} not among {sorted(FILES)}" if unknown else f"it says step {marked_step}"
+            raise CorruptCheckpoint(f"{self.store.uri(f'{where}/{MARKER}')}: {why}")
         folder.mkdir(parents=True, exist_ok=True)
-        for name, sha in marker["files"].items():
+        for name, sha in files.items():
             self.store.download(f"{where}/{name}", folder / name)
             if file_sha256(folder / name) != sha:
                 raise CorruptCheckpoint(f"{self.store.uri(f'{where}/{name}')}: checksum mismatch")
@@ -120,8 +135,8 @@ def save_checkpoint(
     rngs = gather_object([rng_state()])  # one per process
     if acc.is_main_process:
         files = training.save_state(folder)
-        torch.save(rngs, folder / "rng.pt")
-        files["rng.pt"] = folder / "rng.pt"
+        (folder / RNG).write_text(json.dumps(rngs))
+        files[RNG] = folder / RNG
         where = checkpoints.save(
             position.step, files, {**info, "epoch": position.epoch, "batch": position.batch}
         )
@@ -132,9 +147,25 @@ def save_checkpoint(
 def resume(training: UnetTraining, checkpoints: Checkpoints, step: int, folder: Path) -> Position:
     acc = training.accelerator
     marker = checkpoints.load(step, folder)
-    training.load_state(folder)
-    rngs = torch.load(folder / "rng.pt", weights_only=False)
+    weights, state = training.read_state(folder)
+    rngs = json.loads((folder / RNG).read_text())
+    position = Position(int(marker["step"]), int(marker["epoch"]), int(marker["batch"]))
+    training.load_state(weights, state)
     if len(rngs) == acc.num_processes:
         set_rng_state(rngs[acc.process_index])
     print(f"train_unet: resumed from step {step} ({checkpoints.store.uri(checkpoints.prefix)})")
-    return Position(marker["step"], marker["epoch"], marker["batch"])
+    return position
+
+
+def resume_latest(training: UnetTraining, checkpoints: Checkpoints, folder: Path) -> Position:
+    """Resume from the newest checkpoint that passes every check; an unusable one (corrupt, tampered
+    with, cut short) is reported and the one before it tried. No usable checkpoint: step 0."""
+    for step in reversed(checkpoints.steps()):
+        try:
+            return resume(training, checkpoints, step, folder / f"step-{step:08d}")
+        except StorageError:  # the store failed, not the checkpoint
+            raise
+        except (CorruptCheckpoint, ObjectNotFound, SafetensorError, pickle.UnpicklingError, RuntimeError,
+                ValueError, KeyError, TypeError) as err:  # fmt: skip
+            print(f"train_unet: checkpoint at step {step} is unusable, trying an older one: {err}")
+    return Position()

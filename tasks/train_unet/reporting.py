@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from tasks.common.curves import lines_before
+
 
 class Speed:
     """Steps and samples per second since the first step this process made, and the time left."""
@@ -38,14 +40,7 @@ class SamplesLog:
     writes the rest again (a killed run may have left later steps and half a line)."""
 
     def __init__(self, path: Path, from_step: int) -> None:
-        kept = []
-        if from_step and path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    if json.loads(line)["step"] < from_step:
-                        kept.append(line + "\n")
-                except (json.JSONDecodeError, KeyError):
-                    continue
+        kept = lines_before(path, from_step, lambda line: json.loads(line)["step"])
         path.parent.mkdir(parents=True, exist_ok=True)
         self.file: TextIO = path.open("w")
         self.file.writelines(kept)

@@ -12,7 +12,7 @@ from accelerate import Accelerator
 from tasks.common.config import Config
 from tasks.common.storage import ObjectStore
 from tasks.common.tracking import Run
-from tasks.train_unet.checkpoints import Checkpoints, Position, resume, run_identity
+from tasks.train_unet.checkpoints import Checkpoints, Position, resume_latest, run_identity
 from tasks.train_unet.data import TrainingSet, load_training_set
 from tasks.train_unet.trainer import UnetTraining, make_accelerator
 from tasks.train_unet.validation import Validation
@@ -72,8 +72,7 @@ def set_up(
     identity = run_identity(cfg, data, global_batch)
     checkpoints = Checkpoints(store, store.key("checkpoints", identity), u.checkpoints_total_limit)
     local = local_shards.parent / "checkpoints" / identity / f"rank{acc.process_index}"
-    latest = checkpoints.latest() if u.resume == "latest" else None
-    position = resume(training, checkpoints, latest, local / "resume") if latest is not None else Position()
+    position = resume_latest(training, checkpoints, local / "resume") if u.resume == "latest" else Position()
 
     # 4. validation (the grid goes to MLflow only, so it needs the VAE only with a tracker)
     validation = None

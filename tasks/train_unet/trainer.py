@@ -172,12 +172,17 @@ class UnetTraining:
         )
         return files
 
-    def load_state(self, folder: Path) -> None:
+    def read_state(self, folder: Path) -> tuple[dict, dict]:
+        """The model weights and the training state saved in `folder`, read (and so checked) before any
+        of it is applied."""
+        weights = load_file(folder / "unet.safetensors", device=str(self.accelerator.device))
+        # tensors, numbers and containers only: a checkpoint in a shared bucket must not run code
+        state = torch.load(folder / "state.pt", map_location=self.accelerator.device, weights_only=True)
+        return weights, state
+
+    def load_state(self, weights: dict, state: dict) -> None:
         """Every process loads the model and optimiser (DDP replicas step alike); EMA on the main one."""
-        self.model.load_state_dict(
-            load_file(folder / "unet.safetensors", device=str(self.accelerator.device))
-        )
-        state = torch.load(folder / "state.pt", map_location=self.accelerator.device, weights_only=False)
+        self.model.load_state_dict(weights)
         self.opt.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         if self.accelerator.scaler is not None and state["scaler"] is not None:
@@ -187,18 +192,23 @@ class UnetTraining:
 
 
 def rng_state() -> dict:
-    """This process's global RNG states (random, numpy, torch, CUDA)."""
+    """This process's global RNG states (random, numpy, torch, CUDA) as JSON-able lists and numbers: a
+    checkpoint's RNG state is read back as data, never unpickled."""
+    version, words, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "python": [version, list(words), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state().tolist(),
+        "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else None,
     }
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    version, words, gauss = state["python"]
+    random.setstate((version, tuple(words), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])

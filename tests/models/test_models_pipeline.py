@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 from diffusers import AutoencoderKL
+from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from models.images import make_grid
@@ -89,3 +90,26 @@ def test_pyfunc_save_load_predict(saved_parts, tmp_path):
     again = model.unwrap_python_model().predict(None, ["a red circle"], {"num_inference_steps": 2, "seed": 3})
     assert again["image"][0] == out["image"][0]
     assert [p.name for p in signature().params.params] == list(PYFUNC_PARAMS_SCHEMA)
+
+
+@pytest.mark.parametrize(
+    "prompts, params, limit",
+    [
+        (["a"] * 17, {}, r"17 prompts; a request takes 1 to 16"),
+        ([], {}, r"0 prompts"),
+        (["x" * 2001], {}, r"2001 characters; the limit is 2000"),
+        (["a", "b"], {"num_images_per_prompt": 9}, r"2 prompts x num_images_per_prompt=9 images"),
+        (["a"], {"num_images_per_prompt": 0}, r"num_images_per_prompt=0"),
+        (["a"], {"num_inference_steps": 0}, r"num_inference_steps=0; allowed"),
+        (["a"], {"num_inference_steps": 10_000}, r"num_inference_steps=10000; allowed"),
+        (["a"], {"guidance_scale": float("nan")}, r"guidance_scale=nan; allowed"),
+        (["a"], {"guidance_scale": 1e9}, r"guidance_scale=1000000000.0; allowed"),
+        (["a"], {"seed": -1}, r"seed=-1; allowed"),
+        (["a"], {"steps": 3}, r"unknown params \['steps'\]"),
+    ],
+)
+def test_a_served_model_refuses_requests_past_its_limits_before_any_work(prompts, params, limit):
+    """No pipeline is loaded: a refused request never reaches the model."""
+    with pytest.raises(MlflowException, match=limit) as refused:
+        TextToImageModel().predict(None, prompts, params)
+    assert refused.value.get_http_status_code() == 400
