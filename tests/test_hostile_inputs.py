@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 
 import pyarrow as pa
@@ -97,7 +98,34 @@ def test_imagefolder_csv_rows_with_invalid_utf8_are_rejected_alone(tmp_path):
     (root / "metadata.csv").write_bytes(b"file_name,text\n" + b"\n".join(body) + b"\n")
     report, accepted, rejected = ingest(tmp_path, "imagefolder", root)
     assert accepted == ["img0.png", "img2.png"]
-    assert rejected == {"metadata.csv:3": "malformed_metadata"}
+    assert rejected == {"img1.png": "malformed_metadata"}
+
+
+def test_names_and_captions_that_are_not_valid_utf8_are_rejected_not_fatal(tmp_path):
+    """Undecodable bytes in a file name, or a JSON escape of a lone surrogate, make strings that no
+    manifest, JSON log or table can hold: each such item is rejected and told with escapes."""
+    root = tmp_path / "side"
+    root.mkdir()
+    for i, name in enumerate([b"good.png", b"caf\xe9.png"]):
+        (root / os.fsdecode(name)).write_bytes(png_bytes((20, 20), seed=i))
+        (root / os.fsdecode(name[:-4] + b".txt")).write_text(f"picture {i}")
+    report, accepted, rejected = ingest(tmp_path, "sidecar", root)
+    assert accepted == ["good.png"] and rejected == {"caf\\udce9.png": "malformed_metadata"}
+
+    folder = tmp_path / "folder"
+    rows = make_dataset(folder, n=3)
+    lines = [
+        json.dumps(rows[0]),
+        '{"file_name": "img1.png", "text": "\\ud800 lone"}',
+        '{"file_name": "\\ud800.png", "text": "a lone name"}',
+        '{"file_name": "a\\u0000b.png"}',
+    ]
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    report, accepted, rejected = ingest(tmp_path, "imagefolder", folder)
+    assert accepted == ["img0.png"]
+    malformed = ["img1.png", "metadata.jsonl:3", "metadata.jsonl:4"]
+    assert rejected == dict.fromkeys(malformed, "malformed_metadata")
+    assert report["total"] == 4
 
 
 def test_metadata_behind_a_symlink_pointing_out_is_not_read(tmp_path):

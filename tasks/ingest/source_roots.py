@@ -129,7 +129,7 @@ class Root:
         if info is None or info.get("islink"):  # not walked (imagefolder), or a link: ask the file system
             try:
                 link = stat.S_ISLNK(os.lstat(path).st_mode)
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 link = False
         else:
             link = False

@@ -63,6 +63,22 @@ class ReadLimits:
         return cls(data.max_file_bytes, data.max_caption_bytes, data.max_metadata_bytes)
 
 
+# Lone surrogates: what undecodable bytes in a file name or a CSV become, or a JSON "\udXXX" escape. No
+# valid text holds them, and the manifest (parquet) cannot store them.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_BAD_NAME = re.compile("[\ud800-\udfff\x00]")  # and NUL, which no file name holds
+
+
+def _not_text(item: str, name: str, where: str) -> Reject | None:
+    """A reject for a name that is not valid UTF-8 (or holds NUL), told with escapes: rejects go to JSON
+    and tables."""
+    if _BAD_NAME.search(name):
+        detail = f"the name is not valid UTF-8 or holds NUL ({where})"
+        escaped = (t.encode("utf-8", "backslashreplace").decode("utf-8") for t in (item, detail))
+        return Reject(next(escaped), "malformed_metadata", next(escaped))
+    return None
+
+
 def _too_large(item: str, size: int, limit: int, setting: str, where: str) -> Reject | None:
     if size <= limit:
         return None
@@ -74,11 +90,16 @@ def _caption_problem(item: str, caption: object, limits: ReadLimits, where: str)
     if caption is not None and not isinstance(caption, str):
         kind = type(caption).__name__
         return Reject(item, "malformed_metadata", f"the caption is {kind}, not text ({where})")
-    size = len(caption.encode("utf-8", errors="surrogateescape")) if caption else 0
+    if caption and _SURROGATE.search(caption):
+        return Reject(item, "malformed_metadata", f"the caption is not valid UTF-8 ({where})")
+    size = len(caption.encode("utf-8")) if caption else 0
     return _too_large(item, size, limits.max_caption_bytes, "max_caption_bytes", where)
 
 
 def _listed(root: Root, name: str, caption: object, where: str, limits: ReadLimits) -> SourceItem | Reject:
+    refused = _not_text(where, name, f"listed at {where}")  # checked first: the file system refuses it too
+    if refused:
+        return refused
     try:
         ref = root.locate(name).limited(limits.max_file_bytes, "data.max_file_bytes")
     except OutsideRoot:
@@ -140,15 +161,10 @@ def imagefolder_items(root: Root, limits: ReadLimits) -> Iterator[SourceItem | R
             where = f"metadata.csv:{lineno}"
             if not row.get("file_name") or None in row:  # None key: more fields than the header
                 yield Reject(where, "malformed_metadata", f"row {str(row)[:200]}")
-            elif any(_SURROGATE.search(v) for v in row.values() if isinstance(v, str)):
-                yield Reject(where, "malformed_metadata", "invalid UTF-8")
             else:
                 yield _listed(root, row["file_name"], row.get("text"), where, limits)
     else:
         raise FileNotFoundError(f"data.path: {root.describe()} has neither metadata.jsonl nor metadata.csv")
-
-
-_SURROGATE = re.compile("[\udc80-\udcff]")
 
 
 def sidecar_items(root: Root, limits: ReadLimits) -> Iterator[SourceItem | Reject]:
@@ -197,9 +213,11 @@ def parquet_items(
                     if not isinstance(data, bytes):
                         yield Reject(where, "missing_image", f"no image bytes in column {image_column!r}")
                         continue
-                    refused = _too_large(
-                        str(item), len(data), limits.max_file_bytes, "max_file_bytes", where
-                    ) or _caption_problem(str(item), caption, limits, where)
+                    refused = (
+                        _not_text(where, str(item), where)
+                        or _too_large(str(item), len(data), limits.max_file_bytes, "max_file_bytes", where)
+                        or _caption_problem(str(item), caption, limits, where)
+                    )
                     yield refused or SourceItem(str(item), data, caption, where)
 
 
@@ -216,6 +234,9 @@ def _tar_caption(members: dict[str, bytes]) -> object:
 
 def _tar_sample(shard: str, key: str, members: dict[str, bytes], limits: ReadLimits) -> SourceItem | Reject:
     where = f"{shard}:{key}"
+    refused = _not_text(where, where, "a tar member")
+    if refused:
+        return refused
     ext = next((e for e in ("jpg", "jpeg", "png", "webp") if e in members), None)
     if ext is None:
         return Reject(where, "missing_image", f"no image among {sorted(members)}")
@@ -259,7 +280,10 @@ def _tar_samples(root: Root, shard: str, limits: ReadLimits) -> Iterator[SourceI
             else:
                 limit, setting = limits.max_file_bytes, "max_file_bytes"
             if refused is None:
-                refused = _too_large(f"{shard}:{member_key}", member.size, limit, setting, member.name)
+                item = f"{shard}:{member_key}"
+                refused = _not_text(item, item, "a tar member") or _too_large(
+                    item, member.size, limit, setting, member.name
+                )
             if refused is None:
                 members[ext] = tar.extractfile(member).read()
         if key is not None:
