@@ -158,7 +158,7 @@ def load_or_create_credentials(state_dir: Path) -> tuple[str, str]:
         pass
     except (ValueError, KeyError, TypeError):
         print(f"{path} is unreadable: new S3 credentials are made")
-        path.unlink()
+        path.unlink(missing_ok=True)
     private_dir(path.parent)
     access, secret = "LDM" + secrets.token_hex(9).upper(), secrets.token_hex(20)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".credentials-")  # mode 0600
