@@ -22,6 +22,7 @@ from models.device import autocast, pick_device
 from models.images import make_grid, to_model_space, to_uint8
 from models.latents import set_normalisation
 from models.vae import build_vae, psnr, vae_loss
+from tasks.common.atomic_dir import replaced_dir
 from tasks.common.config import Config
 from tasks.common.curves import Curve
 from tasks.common.ingested import StoredImages, image_groups
@@ -124,21 +125,22 @@ def run_train_vae(
         val = [to_model_space(images[:512]) for _, images in image_groups(ingested, "val")]
     except ValueError:  # no val split (val_fraction 0): report on a train subset rather than nothing
         val = [to_model_space(group[:256]) for group in train]
-    out.mkdir(parents=True, exist_ok=True)
-    vae, facts = (
-        kept_vae(keep[1], keep[0], device, out) if keep else train_new_vae(cfg, train, device, out, tracker)
-    )
-
-    with torch.no_grad():
-        recon = [torch.cat([vae(b.to(device)).sample.float().cpu() for b in g.split(256)]) for g in val]
-    norm = {k: facts.pop(k) for k in ("scaling_factor", "latents_mean", "latents_std")}
-    metrics = {
-        "val_psnr": psnr(torch.cat([r.flatten() for r in recon]), torch.cat([g.flatten() for g in val])),
-        **{k: v for k, v in norm.items() if v is not None},
-        **facts,
-    }
-    vae.to("cpu").save_pretrained(out, safe_serialization=True)
-    (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+    with replaced_dir(out) as staging:  # the previous VAE stays until this one is complete
+        vae, facts = (
+            kept_vae(keep[1], keep[0], device, staging)
+            if keep
+            else train_new_vae(cfg, train, device, staging, tracker)
+        )
+        with torch.no_grad():
+            recon = [torch.cat([vae(b.to(device)).sample.float().cpu() for b in g.split(256)]) for g in val]
+        norm = {k: facts.pop(k) for k in ("scaling_factor", "latents_mean", "latents_std")}
+        metrics = {
+            "val_psnr": psnr(torch.cat([r.flatten() for r in recon]), torch.cat([g.flatten() for g in val])),
+            **{k: v for k, v in norm.items() if v is not None},
+            **facts,
+        }
+        vae.to("cpu").save_pretrained(staging, safe_serialization=True)
+        (staging / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     if tracker:
         tracker.log_metrics({k: metrics[k] for k in ("val_psnr", "scaling_factor", "train_seconds")})
         tracker.log_dict(norm, "latent_normalisation.json")

@@ -72,3 +72,25 @@ def test_a_block_that_raises_leaves_the_output_and_no_staging(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out"] and (
         out / "kept"
     ).read_text() == "the previous output"
+
+
+def test_a_vae_training_that_fails_saving_keeps_the_previous_vae(tmp_path, monkeypatch):
+    from diffusers import AutoencoderKL
+    from projects import TINY
+
+    from tasks.train_vae import run_train_vae
+
+    cfg = config_from_dict(TINY)
+    run_ingest(cfg, tmp_path / "ingested")
+    out = tmp_path / "vae"
+    run_train_vae(cfg, tmp_path / "ingested", out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(AutoencoderKL, "save_pretrained", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        run_train_vae(config_from_dict(TINY | {"seed": 1}), tmp_path / "ingested", out)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert not list(tmp_path.glob(".vae.*"))

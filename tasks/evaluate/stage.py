@@ -28,6 +28,7 @@ from models.pipeline import LatentDiffusionPipeline, save_sampling_config
 from models.pyfunc import TextToImageModel, signature
 from models.text_encoder import load_text_encoder
 from tasks.common import tracking
+from tasks.common.atomic_dir import replaced_dir
 from tasks.common.captions import CaptionTable
 from tasks.common.config import Config
 from tasks.common.keys import content_key
@@ -157,15 +158,14 @@ def run_evaluate(
     metrics = measure.scores(samples)
     print(report(metrics))
 
-    out = paths.eval
-    out.mkdir(parents=True, exist_ok=True)
-    make_grid(samples[:64], ncols=8).save(out / SAMPLES)
-    (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
-    plots = write_sweep(guidance_sweep(measure, pipe), out) if cfg.eval.guidance_sweep else []
+    with replaced_dir(paths.eval) as staging:  # the previous evaluation stays until this one is complete
+        make_grid(samples[:64], ncols=8).save(staging / SAMPLES)
+        (staging / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+        plots = write_sweep(guidance_sweep(measure, pipe), staging) if cfg.eval.guidance_sweep else []
     if tracker:
         tracker.log_metrics(metrics)
-        for path in [out / SAMPLES, *plots]:
-            tracker.log_artifact(path)
+        for path in [SAMPLES, *(p.name for p in plots)]:
+            tracker.log_artifact(paths.eval / path)
         gate_and_register(cfg, paths, pipe, tracker, measure, metrics)
     return metrics
 
