@@ -7,7 +7,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import boto3
@@ -155,6 +160,53 @@ def test_generate_writes_an_image(project):
     with Image.open(root / "grid.png") as img:
         assert img.format == "PNG"
         assert img.size[0] >= 16 * 2 and img.size[1] >= 16
+
+
+def test_the_served_champion_refuses_requests_past_its_limits_over_http(project):
+    """`mlflow models serve` on 127.0.0.1 (stopped at the end): a request past a limit gets HTTP 400
+    naming the limit before any sampling; a request within them gets its PNGs."""
+    root, env, _ = project
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve_env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "models", "serve", "-m", "models:/ldmflow@champion", "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port)],
+        cwd=root, env=serve_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+
+    def invoke(body: dict) -> tuple[int, dict]:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as refused:
+            return refused.code, json.loads(refused.read())
+
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, server.stderr.read().decode()[-3000:]
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow models serve did not answer in 180 s"
+                time.sleep(1)
+        status, answer = invoke({"inputs": {"prompt": ["a red circle"] * 17}})
+        assert status == 400 and "17 prompts; a request takes 1 to 16" in answer["message"]
+        params = {"num_inference_steps": 0, "guidance_scale": 1e9}
+        status, answer = invoke({"inputs": {"prompt": ["a red circle"]}, "params": params})
+        assert status == 400 and "num_inference_steps=0" in answer["message"]
+        assert "guidance_scale=1000000000.0" in answer["message"]
+        status, answer = invoke({"inputs": {"prompt": ["a circle"]}, "params": {"num_inference_steps": 2}})
+        assert status == 200 and len(answer["predictions"]) == 1
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        server.stderr.close()
 
 
 def test_config_error_names_the_key(project):
