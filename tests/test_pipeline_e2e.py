@@ -169,7 +169,8 @@ def test_the_served_champion_refuses_requests_past_its_limits_over_http(project)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    serve_env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
+    registry = f"sqlite:///{root / 'mlflow.db'}"  # both: tests before this one set MLflow's variables
+    serve_env = {**env, "MLFLOW_TRACKING_URI": registry, "MLFLOW_REGISTRY_URI": registry}
     server = subprocess.Popen(
         [str(BIN / "mlflow"), "models", "serve", "-m", "models:/ldmflow@champion", "--env-manager", "local",
          "-h", "127.0.0.1", "-p", str(port)],
@@ -204,8 +205,9 @@ def test_the_served_champion_refuses_requests_past_its_limits_over_http(project)
         status, answer = invoke({"inputs": {"prompt": ["a circle"]}, "params": {"num_inference_steps": 2}})
         assert status == 200 and len(answer["predictions"]) == 1
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
         server.stderr.close()
 
 
