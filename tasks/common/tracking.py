@@ -28,6 +28,7 @@ from tasks.common.paths import ProjectPaths, private_dir
 PARENT_RUN_ENV = "LDMFLOW_PARENT_RUN_ID"
 # who made a run: close_stale_runs closes the ones whose process is gone
 PROJECT_TAG, HOST_TAG, PID_TAG = "ldmflow.project", "ldmflow.host", "ldmflow.pid"
+_swept: set[tuple[str, str, str]] = set()  # (tracking URI, experiment, project) this process has swept
 CHAMPION = "champion"  # the registry alias of the best model so far (tasks/evaluate/champion.py moves it)
 
 
@@ -141,9 +142,12 @@ def run(
     cfg: Config, paths: ProjectPaths, name: str, parent_run_id: str | None = None, tags: dict | None = None
 ) -> Iterator[Run]:
     """A run that ends FINISHED, or FAILED if the body raises. Nested when a parent id is given. Runs a
-    killed process left RUNNING are closed first (see close_stale_runs)."""
+    killed process left RUNNING are closed first (see close_stale_runs), once per process and project."""
     client, experiment_id = connect(cfg, paths)
-    close_stale_runs(client, experiment_id, paths)
+    swept = (tracking_uri(cfg, paths), experiment_id, str(paths.root))
+    if swept not in _swept:
+        close_stale_runs(client, experiment_id, paths)
+        _swept.add(swept)
     owner = {PROJECT_TAG: str(paths.root), HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
     all_tags = {"ldmflow.stage": name, **owner, **(tags or {})}
     if parent_run_id:

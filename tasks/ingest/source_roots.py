@@ -36,6 +36,11 @@ class TooLarge(OSError):
     """A file above its byte limit (`data.max_file_bytes`, `data.max_caption_bytes`, ...)."""
 
 
+def over_limit(size: int, limit: int, setting: str) -> str | None:
+    """Why `size` bytes are refused under `setting`, or None when they are within it."""
+    return f"{size} bytes, above {setting}={limit}" if size > limit else None
+
+
 @dataclass(frozen=True)
 class FileRef:
     """One file of a source: read by whichever process decodes it."""
@@ -59,8 +64,9 @@ class FileRef:
 
     def limited(self, limit: int, setting: str) -> FileRef:
         """This reference, read at most `limit` bytes; TooLarge (naming `setting`) when it is larger."""
-        if self.size is not None and self.size > limit:
-            raise TooLarge(f"{self.size} bytes, above {setting}={limit}")
+        refused = over_limit(self.size, limit, setting) if self.size is not None else None
+        if refused:
+            raise TooLarge(refused)
         return FileRef(self.fs, self.path, self.stamp, self.size, limit)
 
 

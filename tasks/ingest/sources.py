@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tasks.common.config import DataConfig
-from tasks.ingest.source_roots import FileRef, MissingFile, OutsideRoot, Root, TooLarge, open_root
+from tasks.ingest.source_roots import FileRef, MissingFile, OutsideRoot, Root, TooLarge, open_root, over_limit
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 SOURCES = ("imagefolder", "sidecar", "parquet", "webdataset")
@@ -69,20 +69,23 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _BAD_NAME = re.compile("[\ud800-\udfff\x00]")  # and NUL, which no file name holds
 
 
-def _not_text(item: str, name: str, where: str) -> Reject | None:
-    """A reject for a name that is not valid UTF-8 (or holds NUL), told with escapes: rejects go to JSON
-    and tables."""
-    if _BAD_NAME.search(name):
-        detail = f"the name is not valid UTF-8 or holds NUL ({where})"
-        escaped = (t.encode("utf-8", "backslashreplace").decode("utf-8") for t in (item, detail))
-        return Reject(next(escaped), "malformed_metadata", next(escaped))
-    return None
+def _as_text(found: SourceItem | Reject) -> SourceItem | Reject:
+    """`found`, unless a name or place in it is not valid UTF-8 (or holds NUL): no manifest, JSON log or
+    table can hold such a string, so the item is rejected, and a reject is told with escapes."""
+    if isinstance(found, SourceItem):
+        if not _BAD_NAME.search(found.name + found.where):
+            return found
+        detail = f"the name is not valid UTF-8 or holds NUL ({found.where})"
+        found = Reject(found.where, "malformed_metadata", detail)
+    if not _BAD_NAME.search(found.item + found.detail):
+        return found
+    item, detail = (t.encode("utf-8", "backslashreplace").decode("utf-8") for t in (found.item, found.detail))
+    return Reject(item, found.reason, detail)
 
 
 def _too_large(item: str, size: int, limit: int, setting: str, where: str) -> Reject | None:
-    if size <= limit:
-        return None
-    return Reject(item, "too_large", f"{size} bytes, above data.{setting}={limit} ({where})")
+    refused = over_limit(size, limit, f"data.{setting}")
+    return Reject(item, "too_large", f"{refused} ({where})") if refused else None
 
 
 def _caption_problem(item: str, caption: object, limits: ReadLimits, where: str) -> Reject | None:
@@ -96,20 +99,27 @@ def _caption_problem(item: str, caption: object, limits: ReadLimits, where: str)
     return _too_large(item, size, limits.max_caption_bytes, "max_caption_bytes", where)
 
 
-def _listed(root: Root, name: str, caption: object, where: str, limits: ReadLimits) -> SourceItem | Reject:
-    refused = _not_text(where, name, f"listed at {where}")  # checked first: the file system refuses it too
-    if refused:
-        return refused
+def _located(root: Root, name: str, limit: int, setting: str, item: str, told: str) -> FileRef | Reject:
+    """`name`'s file in the root, to be read at most `limit` bytes (`data.<setting>`); a Reject of `item`
+    saying why not (`told`: where the name was found)."""
     try:
-        ref = root.locate(name).limited(limits.max_file_bytes, "data.max_file_bytes")
+        return root.locate(name).limited(limit, f"data.{setting}")
     except OutsideRoot:
-        return Reject(name, "path_outside_root", f"listed at {where}")
+        return Reject(item, "path_outside_root", told)
     except MissingFile:
-        return Reject(name, "missing_file", f"listed at {where}")
+        return Reject(item, "missing_file", told)
     except TooLarge as err:
-        return Reject(name, "too_large", f"{err} (listed at {where})")
-    refused = _caption_problem(name, caption, limits, f"listed at {where}")
-    return refused or SourceItem(name, ref, caption, where)
+        return Reject(item, "too_large", f"{err} ({told})")
+
+
+def _listed(root: Root, name: str, caption: object, where: str, limits: ReadLimits) -> SourceItem | Reject:
+    if _BAD_NAME.search(name):  # before the file system sees it: it refuses NUL
+        return Reject(where, "malformed_metadata", f"the name is not valid UTF-8 or holds NUL ({where})")
+    told = f"listed at {where}"
+    ref = _located(root, name, limits.max_file_bytes, "max_file_bytes", name, told)
+    if isinstance(ref, Reject):
+        return ref
+    return _caption_problem(name, caption, limits, told) or SourceItem(name, ref, caption, where)
 
 
 def _metadata(root: Root, name: str, limits: ReadLimits) -> bytes:
@@ -176,15 +186,9 @@ def sidecar_items(root: Root, limits: ReadLimits) -> Iterator[SourceItem | Rejec
         found = _listed(root, name, None, name, limits)
         txt = name.rpartition(".")[0] + ".txt"
         if isinstance(found, SourceItem) and txt in texts:
-            try:
-                caption = root.locate(txt).limited(limits.max_caption_bytes, "data.max_caption_bytes")
-                found = SourceItem(found.name, found.image, caption, found.where)
-            except OutsideRoot:
-                found = Reject(name, "path_outside_root", f"caption file {txt}")
-            except MissingFile:
-                found = Reject(name, "missing_file", f"caption file {txt}")
-            except TooLarge as err:
-                found = Reject(name, "too_large", f"caption file {txt}: {err}")
+            limit = limits.max_caption_bytes
+            caption = _located(root, txt, limit, "max_caption_bytes", name, f"caption file {txt}")
+            found = caption if isinstance(caption, Reject) else SourceItem(name, found.image, caption, name)
         yield found
 
 
@@ -213,11 +217,9 @@ def parquet_items(
                     if not isinstance(data, bytes):
                         yield Reject(where, "missing_image", f"no image bytes in column {image_column!r}")
                         continue
-                    refused = (
-                        _not_text(where, str(item), where)
-                        or _too_large(str(item), len(data), limits.max_file_bytes, "max_file_bytes", where)
-                        or _caption_problem(str(item), caption, limits, where)
-                    )
+                    refused = _too_large(
+                        str(item), len(data), limits.max_file_bytes, "max_file_bytes", where
+                    ) or _caption_problem(str(item), caption, limits, where)
                     yield refused or SourceItem(str(item), data, caption, where)
 
 
@@ -234,9 +236,6 @@ def _tar_caption(members: dict[str, bytes]) -> object:
 
 def _tar_sample(shard: str, key: str, members: dict[str, bytes], limits: ReadLimits) -> SourceItem | Reject:
     where = f"{shard}:{key}"
-    refused = _not_text(where, where, "a tar member")
-    if refused:
-        return refused
     ext = next((e for e in ("jpg", "jpeg", "png", "webp") if e in members), None)
     if ext is None:
         return Reject(where, "missing_image", f"no image among {sorted(members)}")
@@ -280,10 +279,7 @@ def _tar_samples(root: Root, shard: str, limits: ReadLimits) -> Iterator[SourceI
             else:
                 limit, setting = limits.max_file_bytes, "max_file_bytes"
             if refused is None:
-                item = f"{shard}:{member_key}"
-                refused = _not_text(item, item, "a tar member") or _too_large(
-                    item, member.size, limit, setting, member.name
-                )
+                refused = _too_large(f"{shard}:{member_key}", member.size, limit, setting, member.name)
             if refused is None:
                 members[ext] = tar.extractfile(member).read()
         if key is not None:
@@ -301,9 +297,11 @@ def items(data: DataConfig, root: Root | None = None) -> Iterator[SourceItem | R
     root = root or open_root(path, data.endpoint_url)
     limits = ReadLimits.of(data)
     if source == "parquet":
-        return parquet_items(root, data.image_column, data.caption_column, limits)
-    if source == "webdataset":
-        return webdataset_items(root, limits)
-    if root.only is not None:
+        found = parquet_items(root, data.image_column, data.caption_column, limits)
+    elif source == "webdataset":
+        found = webdataset_items(root, limits)
+    elif root.only is not None:
         raise ValueError(f"data.path: {root.describe(root.only)} is a file; {source} reads a folder")
-    return imagefolder_items(root, limits) if source == "imagefolder" else sidecar_items(root, limits)
+    else:
+        found = imagefolder_items(root, limits) if source == "imagefolder" else sidecar_items(root, limits)
+    return map(_as_text, found)
