@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 
 from tasks.common.paths import ProjectPaths, private_dir
 
@@ -14,6 +15,13 @@ def prepare(paths: ProjectPaths) -> None:
     os.environ.setdefault("PREFECT_HOME", str(paths.prefect_home))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_API_ENABLE_HTTP2", "false")
+    if not os.environ.get("PREFECT_API_URL"):
+        # the temporary server listens on 127.0.0.1 for as long as the run: its API would take flow runs,
+        # with any parameters, from anyone on the host. It and this process's clients (and their
+        # children, which inherit the environment) share a password made for this run.
+        password = f"ldmflow:{secrets.token_urlsafe(24)}"
+        os.environ.setdefault("PREFECT_SERVER_API_AUTH_STRING", password)
+        os.environ.setdefault("PREFECT_API_AUTH_STRING", os.environ["PREFECT_SERVER_API_AUTH_STRING"])
     # the temporary server needs ~15 s to start on 2 busy cores; Prefect's default patience is 20 s
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("DO_NOT_TRACK", "1")

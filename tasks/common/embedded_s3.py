@@ -4,6 +4,7 @@ State lives in one folder (the project uses `.ldmflow/s3`, git-ignored)::
 
     data/              weed's -dir (objects, filer and master metadata)
     credentials.json   access/secret key, generated on first start (mode 0600), reused afterwards
+    security.toml, tls/  what closes weed's internal ports to all but weed itself (weed_security.py)
     server.pid         pid of the running weed process
     server.json        its ports and endpoint
     weed.log           weed's stdout and stderr
@@ -11,8 +12,9 @@ State lives in one folder (the project uses `.ldmflow/s3`, git-ignored)::
 
 Every weed port derives from the S3 port P (master P+1, volume P+2, filer P+3, admin P+5, each gRPC
 port +10000), so a user's server on 8333 and a test server on another P never collide. WebDAV, the
-Iceberg and Lance endpoints and telemetry are turned off. The server runs detached (its own session)
-so it outlives the command that started it; `stop` ends it by pid.
+Iceberg and Lance endpoints and telemetry are turned off. Only the S3 port answers a client without weed's
+own certificate (weed_security.py). The server runs detached (its own session) so it outlives the command
+that started it; `stop` ends it by pid.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.common.paths import private_dir
+from tasks.common.weed_security import write_security_toml
 
 DEFAULT_S3_PORT = 8333
 REGION = "us-east-1"
@@ -299,6 +302,7 @@ def _start_unlocked(
         named = ", ".join(f"{name} {p}" for name, p in busy.items())
         raise S3ServerError(f"cannot start the S3 server on port {s3_port}: ports already in use: {named}")
     access, secret = load_or_create_credentials(state_dir)
+    write_security_toml(state_dir)  # weed reads it from its working directory, the state dir
     paths["data"].mkdir(parents=True, exist_ok=True)
     cmd = [
         weed_binary(),
