@@ -1,5 +1,5 @@
 """`ldmflow` command line: run the pipeline, run one stage for DVC, sample a registered model, show its
-lineage, manage S3."""
+lineage, manage S3, collect garbage."""
 
 from __future__ import annotations
 
@@ -189,6 +189,40 @@ def cmd_s3(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    """List (and with --delete, remove) what the project no longer needs: see tasks/gc.py."""
+    from contextlib import ExitStack
+
+    from flows.run_lock import project_run
+    from tasks import gc
+    from tasks.common.embedded_s3 import serving
+    from tasks.common.storage import object_store_from_config
+
+    paths = ProjectPaths.at(".")
+    cfg = load_config(args.params, args.overrides)
+    with ExitStack() as held:
+        held.enter_context(project_run(paths, "ldmflow gc", wait=False))
+        if cfg.storage.endpoint_url is None:
+            held.enter_context(serving(paths.s3_state, cfg.storage.embedded_port))
+        store = object_store_from_config(cfg.storage, paths.s3_state)
+        found = gc.collect(store, paths)
+        for item in found.garbage:
+            print(f"{item.size:>14,}  {item.kind}: {item.where}")
+        for why in found.unread:
+            print(f"kept every cache shard: a recorded manifest cannot be read: {why}")
+        kinds = sorted({item.kind for item in found.garbage})
+        for kind in kinds:
+            items = [g for g in found.garbage if g.kind == kind]
+            print(f"{kind}: {len(items)}, {sum(g.size for g in items):,} bytes")
+        total = sum(g.size for g in found.garbage)
+        if args.delete:
+            gc.remove(found.garbage, store)
+            print(f"removed {len(found.garbage)} item(s), {total:,} bytes")
+        else:
+            print(f"would remove {len(found.garbage)} item(s), {total:,} bytes (a dry run: --delete removes)")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the pipeline as a Prefect deployment on the cron from params (needs a Prefect server)."""
     import os
@@ -273,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     s3.add_argument("--port", type=int, default=None, help="default: storage.embedded_port in params")
     _add_params_args(s3)
     s3.set_defaults(func=cmd_s3)
+
+    collect = sub.add_parser(
+        "gc", help="list local checkpoint copies, finished runs' checkpoints and unnamed cache shards"
+    )
+    collect.add_argument("--delete", action="store_true", help="remove them (default: a dry run)")
+    _add_params_args(collect)
+    collect.set_defaults(func=cmd_gc)
 
     serve = sub.add_parser(
         "serve", help="serve the pipeline on the cron in params (orchestration.schedule_cron)"

@@ -24,6 +24,12 @@ def test_a_first_model_becomes_champion_when_it_clears_the_floor():
     assert not missed.promote and "floor" in missed.reason
 
 
+def test_a_model_under_the_floor_is_told_beside_the_champion_it_leaves_in_place():
+    verdict = decide(GateConfig(floor=0.2), 0.1, version("3", 0.9), ALIKE, never)
+    assert not verdict.promote and (verdict.champion, verdict.champion_value) == ("3", 0.9)
+    assert "misses the floor" in verdict.reason and "champion v3's 0.9000 stays" in verdict.reason
+
+
 @pytest.mark.parametrize(("new", "promote"), [(0.61, True), (0.55, False), (0.3, False)])
 def test_champion_moves_only_for_a_gain_larger_than_min_delta(new, promote):
     verdict = decide(GateConfig(min_delta=0.05, floor=0.1), new, version("3", 0.5), ALIKE, never)

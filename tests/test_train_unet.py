@@ -1,5 +1,6 @@
 """U-Net training through the stage's own entry (`ldmflow stage train_unet`) on real caches in the test
-S3 server: resuming after kill -9, and DDP over 2 CPU processes (gloo) under torchrun."""
+S3 server: resuming after kill -9 (the killed run leaves the previous model in place), and DDP over 2 CPU
+processes (gloo) under torchrun."""
 
 from __future__ import annotations
 
@@ -66,18 +67,23 @@ def run(root: Path, env: dict, argv: list[str]) -> None:
     assert proc.returncode == 0, f"{' '.join(argv)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
 
 
-def steps_log(root: Path) -> list[dict]:
-    return [json.loads(line) for line in (root / "artifacts/unet/samples.jsonl").read_text().splitlines()]
+def steps_log(root: Path, folder: str = "artifacts/unet") -> list[dict]:
+    return [json.loads(line) for line in (root / folder / "samples.jsonl").read_text().splitlines()]
+
+
+def unet_files(root: Path) -> dict[str, bytes]:
+    out = root / "artifacts/unet"
+    return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
 
 def test_kill_9_then_resume_latest_matches_an_uninterrupted_run(project):
     root, env, store = project
     steps = ["unet.steps=40", "unet.checkpoint_every=10", "unet.checkpoints_total_limit=2"]
     run(root, env, [str(BIN / "ldmflow"), *stage_command(*steps, "storage.prefix=whole")])
-    whole = steps_log(root)
+    whole, before = steps_log(root), unet_files(root)
 
-    log = root / "artifacts/unet/samples.jsonl"
-    log.unlink()
+    staging = ".unet.staging"  # where a run writes until it completes
+    log = root / "artifacts" / staging / "samples.jsonl"
     argv = [str(BIN / "ldmflow"), *stage_command(*steps, "storage.prefix=killed")]
     proc = subprocess.Popen(argv, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
@@ -89,8 +95,9 @@ def test_kill_9_then_resume_latest_matches_an_uninterrupted_run(project):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     proc.stderr.close()
-    killed_at = len(steps_log(root))
+    killed_at = len(steps_log(root, f"artifacts/{staging}"))
     assert 14 <= killed_at < 40
+    assert unet_files(root) == before  # the killed run left the previous model whole
 
     run(root, env, argv)  # unet.resume is `latest` by default
     resumed = steps_log(root)
@@ -98,6 +105,7 @@ def test_kill_9_then_resume_latest_matches_an_uninterrupted_run(project):
     assert kept == {"step-00000020", "step-00000030"}  # checkpoints_total_limit=2
     assert [r["step"] for r in resumed] == list(range(40))
     assert json.loads((root / "artifacts/unet/metrics.json").read_text())["resumed_from_step"] == 10
+    assert not log.parent.exists()  # swapped in
     for a, b in zip(whole, resumed, strict=True):
         assert a["samples"] == b["samples"], f"step {a['step']}: other samples after the resume"
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6), f"step {a['step']}"

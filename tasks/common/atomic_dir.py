@@ -37,14 +37,22 @@ def swap_in(new: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def staging_dir(out: Path, keep: bool = False) -> Path:
+    """The folder to write `out` into before `swap_in` (a swap killed midway is recovered first): emptied,
+    unless `keep` (a resumed stage carries on with what its killed attempt wrote there)."""
+    recover(out)
+    staging = _aside(out, "staging")
+    if not keep:
+        shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True, exist_ok=True)
+    return staging
+
+
 @contextmanager
 def replaced_dir(out: Path) -> Iterator[Path]:
     """An empty staging folder for the block to write `out` into; swapped in when the block completes,
     removed when it raises."""
-    recover(out)
-    staging = _aside(out, "staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = staging_dir(out)
     try:
         yield staging
     except BaseException:

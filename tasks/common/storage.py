@@ -209,17 +209,22 @@ class ObjectStore:
     def exists(self, key: str) -> bool:
         return self.head(key) is not None
 
-    def list_keys(self, prefix: str = "") -> list[str]:
-        """Every key starting with `prefix` (a full key prefix), sorted; paginated under the hood."""
-        keys: list[str] = []
+    def list_sizes(self, prefix: str = "") -> dict[str, int]:
+        """Every key starting with `prefix` (a full key prefix) -> its size in bytes, sorted by key;
+        paginated under the hood."""
+        sizes: dict[str, int] = {}
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=prefix
             ):
-                keys.extend(obj["Key"] for obj in page.get("Contents", []))
+                sizes.update((obj["Key"], obj["Size"]) for obj in page.get("Contents", []))
         except ClientError as err:
             raise self._fail(f"ListObjectsV2 {prefix}", err) from err
-        return sorted(keys)
+        return dict(sorted(sizes.items()))
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        """Every key starting with `prefix` (a full key prefix), sorted."""
+        return list(self.list_sizes(prefix))
 
     def delete(self, key: str) -> None:
         """Remove the object (no error when it is absent)."""

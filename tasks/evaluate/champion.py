@@ -52,18 +52,21 @@ def decide(
     measure_champion: Callable[[str], float],  # champion version -> its value, measured now
 ) -> Verdict:
     metric = gate.metric
+    old, versus, how = None, "", ""
+    if champion is not None:
+        tags = champion.tags or {}
+        alike = all(tags.get(k) == v for k, v in measured_alike.items()) and metric_tag(metric) in tags
+        old = float(tags[metric_tag(metric)]) if alike else measure_champion(champion.version)
+        how = "" if alike else " (measured again now: it was judged by another judge or settings)"
+        versus = f"champion v{champion.version}'s {old:.4f}"
     if not _clears(metric, value, gate.floor):
         worst = "at least" if GATED_METRICS[metric] == "higher" else "at most"
-        return Verdict(False, metric, value, champion and champion.version, None,
-                       f"{metric} {value:.4f} misses the floor ({worst} {gate.floor})")  # fmt: skip
+        kept = f"; {versus} stays{how}" if versus else ""
+        return Verdict(False, metric, value, champion and champion.version, old,
+                       f"{metric} {value:.4f} misses the floor ({worst} {gate.floor}){kept}")  # fmt: skip
     if champion is None:
         reason = f"first model to clear the floor ({metric} {value:.4f})"
         return Verdict(True, metric, value, None, None, reason)
-    tags = champion.tags or {}
-    alike = all(tags.get(k) == v for k, v in measured_alike.items()) and metric_tag(metric) in tags
-    old = float(tags[metric_tag(metric)]) if alike else measure_champion(champion.version)
-    how = "" if alike else " (measured again now: it was judged by another judge or settings)"
-    versus = f"champion v{champion.version}'s {old:.4f}"
     promote = _better(metric, value, old, gate.min_delta)
     verb = "beats" if promote else "does not beat"
     margin = "" if promote else f" by more than {gate.min_delta}"

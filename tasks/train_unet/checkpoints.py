@@ -9,7 +9,8 @@ A checkpoint is read as data: only the file names in FILES are downloaded, tenso
 reported and the one before it is tried.
 
 Only the newest `total_limit` complete checkpoints are kept; incomplete ones older than the newest
-complete one are removed with them.
+complete one are removed with them. A run that reaches its last step writes `<prefix>/finished.json`:
+its checkpoints are no longer needed (`ldmflow gc` removes them).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from safetensors import SafetensorError
 from tasks.common.config import Config
 from tasks.common.keys import content_key, file_sha256
 from tasks.common.storage import ObjectNotFound, ObjectStore, StorageError
+from tasks.train_unet import FINISHED
 from tasks.train_unet.data import TrainingSet
 from tasks.train_unet.trainer import UnetTraining, rng_state, set_rng_state
 
@@ -78,6 +80,10 @@ class Checkpoints:
         self.store.put_bytes(f"{where}/{MARKER}", json.dumps(marker, indent=2).encode())
         self._prune()
         return self.store.uri(f"{where}/{MARKER}")
+
+    def finish(self, step: int) -> None:
+        """Mark this run complete: its checkpoints are garbage from now on."""
+        self.store.put_bytes(f"{self.prefix}/{FINISHED}", json.dumps({"step": step}).encode())
 
     def _prune(self) -> None:
         complete, seen = self._listed()

@@ -5,6 +5,10 @@ and how a global batch becomes this process's micro-batches), latent_stream.py (
 from object storage), trainer.py (the U-Net, its optimisation step, saving), checkpoints.py, validation.py
 and reporting.py. Writes `artifacts/unet/` (the EMA weights as a diffusers model dir, the training noise
 scheduler under `scheduler/`) and `artifacts/unet/metrics.json`.
+
+The output is written into a staging folder beside it (tasks/common/atomic_dir.py) and swapped in whole at
+the end: a killed run leaves the previous model in place. A run that resumes from a checkpoint carries on
+in the staging folder its killed attempt left, so its curves keep the steps before the checkpoint.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 from pathlib import Path
 
 from models.device import PeakMemory
+from tasks.common.atomic_dir import staging_dir, swap_in
 from tasks.common.config import Config
 from tasks.common.curves import Curve
 from tasks.common.paths import ProjectPaths
@@ -52,14 +57,15 @@ def run_train_unet(
     position = run.position
     main, rank, processes = acc.is_main_process, acc.process_index, acc.num_processes
     tracker = tracker if main else None
+    staging = staging_dir(out, keep=position.step > 0) if main else out
     params = sum(p.numel() for p in training.model.parameters())
     if tracker:
         tracker.log_metrics({"unet_parameters": params, "train_samples": len(data.items),
                              "global_batch": run.global_batch, "processes": processes,
                              "resumed_from_step": position.step})  # fmt: skip
     curves = {
-        "train": Curve(out / TRAIN_CURVE, ["train_loss", "lr"], position.step),
-        "val": Curve(out / VAL_CURVE, ["val_loss"], position.step),
+        "train": Curve(staging / TRAIN_CURVE, ["train_loss", "lr"], position.step),
+        "val": Curve(staging / VAL_CURVE, ["val_loss"], position.step),
     } if main else {}  # fmt: skip
 
     def validate(step: int, grid: bool) -> dict[str, float]:
@@ -76,7 +82,7 @@ def run_train_unet(
                           max_bytes=u.shard_cache_mb * 2**20, window=u.shuffle_window,
                           prefetch=u.prefetch_shards)  # fmt: skip
     batches = stream.batches(position.epoch, position.batch)
-    samples_log = SamplesLog(out / SAMPLES_LOG, position.step) if main and u.log_samples else None
+    samples_log = SamplesLog(staging / SAMPLES_LOG, position.step) if main and u.log_samples else None
     sample_ids = data.items["sample_id"].to_numpy()
     memory, speed, loss = PeakMemory(acc.device), Speed(run.global_batch, u.steps), float("nan")
     memory.reset()
@@ -127,8 +133,10 @@ def run_train_unet(
         "peak_memory_mb": round(memory_peak, 1) if memory_peak else None,
     }
     if main:
-        training.save_model(out)
-        (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+        training.save_model(staging)
+        (staging / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+        swap_in(staging, out)
+        run.checkpoints.finish(u.steps)
         if tracker and speed.steps:
             summary = ("train_seconds", "steps_per_second", "peak_memory_mb")
             tracker.log_metrics({k: metrics[k] for k in summary if metrics[k] is not None})
