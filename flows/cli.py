@@ -177,7 +177,7 @@ def cmd_s3(args: argparse.Namespace) -> int:
     state = ProjectPaths.at(".").s3_state
     if args.action == "start":
         port = args.port or load_config(args.params, args.overrides).storage.embedded_port
-        ep = embedded_s3.ensure_running(state, s3_port=port)
+        ep = embedded_s3.ensure_running(state, s3_port=port, pin=True)
         print(f"S3 server running at {ep.endpoint_url} (credentials in {state / 'credentials.json'})")
     elif args.action == "stop":
         embedded_s3.stop(state)

@@ -7,7 +7,9 @@ State lives in one folder (the project uses `.ldmflow/s3`, git-ignored)::
     security.toml, tls/  what closes weed's internal ports to all but weed itself (weed_security.py)
     server.pid         pid of the running weed process
     server.json        its ports and endpoint
-    weed.log           weed's stdout and stderr
+    weed.log           weed's stdout and stderr (and the idle watchdog's)
+    users/<pid>        the processes using the server now (`serving`)
+    pinned             present when someone asked for the server to stay (`ldmflow s3 start`)
     (also admin/, .lock and weed's own glog files)
 
 Every weed port derives from the S3 port P (master P+1, volume P+2, filer P+3, admin P+5, each gRPC
@@ -15,6 +17,10 @@ port +10000), so a user's server on 8333 and a test server on another P never co
 Iceberg and Lance endpoints and telemetry are turned off. Only the S3 port answers a client without weed's
 own certificate (weed_security.py). The server runs detached (its own session) so it outlives the command
 that started it; `stop` ends it by pid.
+
+Nobody has to remember to stop it. `serving` stops the server when its block ends and no other process
+uses it; a server started for a run (not pinned) also gets a watchdog (s3_idle.py) that stops it once no
+process has used it for IDLE_TIMEOUT_S, so a run killed with -9 does not leave it running for good.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.common.paths import private_dir
+from tasks.common.processes import pid_alive
 from tasks.common.weed_security import write_security_toml
 
 DEFAULT_S3_PORT = 8333
@@ -47,6 +54,7 @@ GRPC_OFFSET = 10000
 PORT_OFFSETS: dict[str, int] = {"s3": 0, "master": 1, "volume": 2, "filer": 3, "admin": 5}
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
+IDLE_TIMEOUT_S = 300.0  # an unpinned server with no live user for this long is stopped
 _CHILDREN: dict[int, subprocess.Popen] = {}  # servers this process started, so it can reap them
 
 
@@ -131,6 +139,8 @@ def _paths(state_dir: Path) -> dict[str, Path]:
         "server": state_dir / "server.json",
         "log": state_dir / "weed.log",
         "lock": state_dir / ".lock",
+        "users": state_dir / "users",
+        "pinned": state_dir / "pinned",
     }
 
 
@@ -197,12 +207,8 @@ def _alive(pid: int) -> bool:
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
             return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        return True
     cmdline = Path(f"/proc/{pid}/cmdline")
     if cmdline.exists():  # guard against pid reuse where /proc is available
         try:
@@ -253,6 +259,35 @@ def _answers(endpoint: S3Endpoint, timeout: float = 2.0) -> bool:
     return True
 
 
+def live_users(state_dir: Path) -> list[int]:
+    """The pids registered as using the server (`serving`) that still run; the others' files are removed."""
+    users = []
+    for entry in _paths(state_dir)["users"].glob("*"):
+        if entry.name.isdigit() and pid_alive(int(entry.name)):
+            users.append(int(entry.name))
+        else:
+            entry.unlink(missing_ok=True)
+    return sorted(users)
+
+
+def pinned(state_dir: Path) -> bool:
+    return _paths(state_dir)["pinned"].exists()
+
+
+def _start_watchdog(state_dir: Path, weed_pid: int, idle_timeout_s: float) -> None:
+    """tasks/common/s3_idle.py, detached like weed, logging into weed.log."""
+    with open(_paths(state_dir)["log"], "ab") as log:
+        watchdog = ["tasks.common.s3_idle", str(state_dir), str(weed_pid), str(idle_timeout_s)]
+        subprocess.Popen(
+            [sys.executable, "-m", *watchdog],
+            cwd=Path(__file__).resolve().parents[2],  # the project's code, whatever the caller's cwd
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 # ---------------------------------------------------------------------------------------------- public API
 
 
@@ -277,7 +312,8 @@ def start(
     timeout: float = START_TIMEOUT_S,
     volume_size_mb: int | None = None,
 ) -> S3Endpoint:
-    """Start `weed mini` detached for this state dir and wait until authenticated S3 calls succeed.
+    """Start `weed mini` detached for this state dir and wait until authenticated S3 calls succeed. It runs
+    until `stop` (pinned: the idle watchdog leaves it alone).
 
     SeaweedFS gives every bucket at least one volume of its own and caps the volume count at about
     free disk / volume size (weed picks 64-1024 MB): `volume_size_mb=64` allows many more buckets
@@ -285,12 +321,17 @@ def start(
     """
     state_dir = Path(state_dir).resolve()
     with _locked(state_dir):
-        return _start_unlocked(state_dir, s3_port, timeout, volume_size_mb)
+        return _start_unlocked(state_dir, s3_port, timeout, volume_size_mb, idle_timeout_s=None)
 
 
 def _start_unlocked(
-    state_dir: Path, s3_port: int, timeout: float, volume_size_mb: int | None = None
+    state_dir: Path,
+    s3_port: int,
+    timeout: float,
+    volume_size_mb: int | None = None,
+    idle_timeout_s: float | None = IDLE_TIMEOUT_S,
 ) -> S3Endpoint:
+    """Start weed; with `idle_timeout_s` (not pinned) its idle watchdog too, else it is pinned."""
     paths = _paths(state_dir)
     pid = _read_pid(state_dir)
     if pid is not None and _alive(pid):
@@ -359,6 +400,11 @@ def _start_unlocked(
         if _answers(endpoint, timeout=1.0):
             info["ready_s"] = round(time.monotonic() - t0, 2)
             paths["server"].write_text(json.dumps(info, indent=2) + "\n")
+            if idle_timeout_s is None:
+                paths["pinned"].touch()
+            else:
+                paths["pinned"].unlink(missing_ok=True)
+                _start_watchdog(state_dir, proc.pid, idle_timeout_s)
             return endpoint
         time.sleep(0.2)
     _stop_pid(proc.pid)
@@ -412,21 +458,32 @@ def stop(state_dir: Path, timeout: float = STOP_TIMEOUT_S) -> bool:
 
 
 def ensure_running(
-    state_dir: Path, s3_port: int = DEFAULT_S3_PORT, volume_size_mb: int | None = None
+    state_dir: Path, s3_port: int = DEFAULT_S3_PORT, volume_size_mb: int | None = None, pin: bool = False
 ) -> S3Endpoint:
-    """The running server of this state dir (whatever its port), started first when there is none."""
+    """The running server of this state dir (whatever its port), started first when there is none. One
+    started here stops itself after IDLE_TIMEOUT_S without users, unless `pin` (which pins a running one)."""
     state_dir = Path(state_dir).resolve()
     with _locked(state_dir):
         endpoint = status(state_dir)
-        if endpoint is not None:
-            return endpoint
-        return _start_unlocked(state_dir, s3_port, START_TIMEOUT_S, volume_size_mb)
+        if endpoint is None:
+            idle = None if pin else IDLE_TIMEOUT_S
+            endpoint = _start_unlocked(state_dir, s3_port, START_TIMEOUT_S, volume_size_mb, idle)
+        elif pin:
+            _paths(state_dir)["pinned"].touch()
+        return endpoint
 
 
 @contextlib.contextmanager
 def serving(state_dir: Path, s3_port: int = DEFAULT_S3_PORT) -> Iterator[None]:
-    """This state dir's server for the block: started (on `s3_port`) if it is not up, and then stopped
-    again (one that was already running is left running)."""
+    """This state dir's server for the block: started (on `s3_port`) if it is not up. This process counts
+    as a user meanwhile; at the end, a server the block started is stopped unless another user remains
+    (a pinned one, or one it did not start, is left running)."""
+    state_dir = Path(state_dir).resolve()
+    users = _paths(state_dir)["users"]
+    private_dir(state_dir)
+    users.mkdir(exist_ok=True)
+    me = users / str(os.getpid())
+    me.touch()
     started = status(state_dir) is None
     if started:
         print(f"starting the embedded S3 server ({state_dir})")
@@ -434,7 +491,9 @@ def serving(state_dir: Path, s3_port: int = DEFAULT_S3_PORT) -> Iterator[None]:
     try:
         yield
     finally:
-        if started:
+        me.unlink(missing_ok=True)
+        others = [pid for pid in live_users(state_dir) if pid != os.getpid()]
+        if started and not others and not pinned(state_dir):
             stop(state_dir)
 
 

@@ -24,6 +24,7 @@ from PIL import Image
 
 from tasks.common.config import Config, ConfigError
 from tasks.common.paths import ProjectPaths, private_dir
+from tasks.common.processes import pid_alive
 
 PARENT_RUN_ENV = "LDMFLOW_PARENT_RUN_ID"
 # who made a run: close_stale_runs closes the ones whose process is gone
@@ -103,16 +104,6 @@ class Run:
             self.client.set_tag(self.run_id, k, v)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
 def close_stale_runs(client: MlflowClient, experiment_id: str, paths: ProjectPaths) -> list[str]:
     """Mark KILLED the runs of this project, made on this host, that are still RUNNING although the
     process that made them is gone (killed, crashed): their ids. Runs of other projects or hosts (a
@@ -128,7 +119,7 @@ def close_stale_runs(client: MlflowClient, experiment_id: str, paths: ProjectPat
     ):
         tags = found.data.tags
         pid = tags.get(PID_TAG, "")
-        if tags.get(HOST_TAG) == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+        if tags.get(HOST_TAG) == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
             client.set_tag(found.info.run_id, "ldmflow.end", f"process {pid} was gone: marked KILLED")
             client.set_terminated(found.info.run_id, status="KILLED")
             stale.append(found.info.run_id)
