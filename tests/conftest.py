@@ -103,3 +103,37 @@ def prefect_api_url(prefect_server: None) -> str:
 
 
 # ------------------------------------------------------------------------------------ end of orchestration
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Faults: tests marked `faults` record each fault or bad input they try and what came of it; the rows are
+# printed as one table at the end of the run (and written as JSON to $LDMFLOW_FAULT_TABLE when set, which
+# benchmarks/faults.py reads).
+# ---------------------------------------------------------------------------------------------------------
+_FAULT_ROWS: list[dict[str, str]] = []
+
+
+@pytest.fixture
+def fault(request: pytest.FixtureRequest):
+    """`fault(what, outcome)`: one row of the table; `outcome` says what was observed (refused, rejected
+    with a reason, recovered, nothing lost), so write it from what the test measured."""
+    if request.node.get_closest_marker("faults") is None:
+        raise RuntimeError(f"{request.node.nodeid} records faults: mark it @pytest.mark.faults")
+
+    def record(what: str, outcome: str) -> None:
+        _FAULT_ROWS.append({"fault": what, "outcome": outcome, "test": request.node.nodeid})
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    if not _FAULT_ROWS:
+        return
+    import json
+
+    width = min(max(len(r["fault"]) for r in _FAULT_ROWS), 70)
+    terminalreporter.section(f"faults and bad inputs tried ({len(_FAULT_ROWS)})")
+    for row in _FAULT_ROWS:
+        terminalreporter.write_line(f"{row['fault']:<{width}}  {row['outcome']}")
+    if os.environ.get("LDMFLOW_FAULT_TABLE"):
+        Path(os.environ["LDMFLOW_FAULT_TABLE"]).write_text(json.dumps(_FAULT_ROWS, indent=2) + "\n")

@@ -143,8 +143,9 @@ KILL_AFTER_PUTS = textwrap.dedent(
 )
 
 
+@pytest.mark.faults
 def test_a_cache_stage_killed_midway_reruns_to_every_shard_valid_and_none_twice(
-    tmp_path, object_store, s3_server
+    tmp_path, object_store, s3_server, fault
 ):
     cfg = synthetic_cfg(object_store, count=60)
     save_tiny_vae(tmp_path / "vae", seed=0)
@@ -169,5 +170,6 @@ def test_a_cache_stage_killed_midway_reruns_to_every_shard_valid_and_none_twice(
     assert rerun["shard_hits"] == 3 and rerun["shard_misses"] == 3 and rerun["items_computed"] == 30
     manifest = pd.read_parquet(tmp_path / "latents" / "manifest.parquet")
     assert set(manifest["shard"]) == stored_shards(object_store, "latents")  # 6 shards, none twice
+    fault("kill -9 in cache_latents after 3 of 6 shards", "recovered: the rerun reused 3, wrote 3")
     for shard, sha in dict(zip(manifest["shard"], manifest["shard_sha256"], strict=True)).items():
         gather(object_store, [shard], [sha], [0], "mean")

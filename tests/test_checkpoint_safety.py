@@ -44,8 +44,9 @@ def good_checkpoint(training, checkpoints: Checkpoints, step: int, folder: pathl
     save_checkpoint(training, checkpoints, Position(step, 1, 2), folder / f"save-{step}", {})
 
 
+@pytest.mark.faults
 def test_a_checkpoint_that_would_run_code_is_refused_and_the_one_before_resumed(
-    tmp_path, object_store, training
+    tmp_path, object_store, training, fault
 ):
     checkpoints = Checkpoints(object_store, object_store.key("checkpoints", "run"), total_limit=3)
     good_checkpoint(training, checkpoints, 10, tmp_path)
@@ -62,9 +63,11 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_the_one_before_resumed(
     position = resume_latest(training, checkpoints, tmp_path / "resume")
     assert not pwned.exists(), "unpickling the checkpoint ran code"
     assert (position.step, position.epoch, position.batch) == (10, 1, 2)
+    fault("newest checkpoint's state.pt pickles code", f"refused, no code ran; resumed at {position.step}")
 
 
-def test_file_names_in_checkpoint_json_are_allow_listed(tmp_path, object_store, training):
+@pytest.mark.faults
+def test_file_names_in_checkpoint_json_are_allow_listed(tmp_path, object_store, training, fault):
     checkpoints = Checkpoints(object_store, object_store.key("checkpoints", "names"), total_limit=3)
     good_checkpoint(training, checkpoints, 10, tmp_path)
     where = checkpoints.prefix + "/step-00000020"
@@ -75,13 +78,17 @@ def test_file_names_in_checkpoint_json_are_allow_listed(tmp_path, object_store, 
         with pytest.raises(CorruptCheckpoint, match=r"not among"):
             checkpoints.load(20, tmp_path / "a" / "b")
         assert not outside.exists()
-    assert resume_latest(training, checkpoints, tmp_path / "resume").step == 10
+    step = resume_latest(training, checkpoints, tmp_path / "resume").step
+    assert step == 10
+    fault("checkpoint.json names ../ and absolute files", f"refused, nothing written; resumed at step {step}")
 
 
-def test_no_usable_checkpoint_starts_from_step_0(tmp_path, object_store, training):
+@pytest.mark.faults
+def test_no_usable_checkpoint_starts_from_step_0(tmp_path, object_store, training, fault):
     checkpoints = Checkpoints(object_store, object_store.key("checkpoints", "none"), total_limit=3)
     object_store.put_bytes(checkpoints.prefix + "/step-00000010/checkpoint.json", b"{not json")
     assert resume_latest(training, checkpoints, tmp_path / "resume") == Position()
+    fault("the only checkpoint is corrupt (checkpoint.json not JSON)", "reported; training starts at step 0")
 
 
 def test_rng_state_round_trips_through_json():

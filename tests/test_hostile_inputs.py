@@ -18,14 +18,28 @@ from tasks.common.config import config_from_dict
 from tasks.common.ingested import read_ingested, read_rejects
 from tasks.ingest.stage import run_ingest
 
+pytestmark = pytest.mark.faults
+_fault = None  # the running test's `fault` recorder (set by the autouse fixture below)
+
+
+@pytest.fixture(autouse=True)
+def _record_rejects(fault):
+    global _fault
+    _fault = fault
+    yield
+    _fault = None
+
 
 def ingest(tmp_path, source: str, root, **data) -> tuple[dict, list[str], dict[str, str]]:
-    """(report, accepted sample ids, {rejected item: reason})."""
+    """(report, accepted sample ids, {rejected item: reason}); each reject goes into the faults table."""
     cfg = config_from_dict({"data": {"source": source, "path": str(root), "resolution": 16, **data}})
     out = tmp_path / f"out-{source}-{len(list(tmp_path.iterdir()))}"
     report = run_ingest(cfg, out)
     accepted = read_ingested(out)[0]["sample_id"].tolist() if report["accepted"] else []
-    return report, accepted, {r["item"]: r["reason"] for r in read_rejects(out)}
+    rejects = read_rejects(out)
+    for r in rejects:
+        _fault(f"{source} input: {r['detail'][:80]}", f"rejected ({r['reason']}); {len(accepted)} good kept")
+    return report, accepted, {r["item"]: r["reason"] for r in rejects}
 
 
 def test_webdataset_bad_json_captions_and_oversized_members_are_rejected_one_by_one(tmp_path):
@@ -128,14 +142,15 @@ def test_names_and_captions_that_are_not_valid_utf8_are_rejected_not_fatal(tmp_p
     assert report["total"] == 4
 
 
-def test_metadata_behind_a_symlink_pointing_out_is_not_read(tmp_path):
+def test_metadata_behind_a_symlink_pointing_out_is_not_read(tmp_path, fault):
     root = tmp_path / "folder"
     rows = make_dataset(root, n=2)
     secret = tmp_path / "elsewhere.csv"
     secret.write_text("file_name,text\n" + "\n".join(f"{r['file_name']},{r['text']}" for r in rows) + "\n")
     (root / "metadata.csv").symlink_to(secret)
-    with pytest.raises(ValueError, match=r"metadata.csv points outside data.path"):
+    with pytest.raises(ValueError, match=r"metadata.csv points outside data.path") as refused:
         ingest(tmp_path, "imagefolder", root)
+    fault("imagefolder: metadata.csv a symlink out of the root", f"refused, unread: {refused.value}"[:110])
 
 
 def test_oversized_files_and_caption_files_are_rejected_unread(tmp_path, monkeypatch):

@@ -28,7 +28,8 @@ def _holder(root, seconds: float) -> subprocess.Popen:
     return proc
 
 
-def test_a_second_run_fails_at_once_naming_the_holder(tmp_path):
+@pytest.mark.faults
+def test_a_second_run_fails_at_once_naming_the_holder(tmp_path, fault):
     holder = _holder(tmp_path, 60)
     try:
         started = time.monotonic()
@@ -36,12 +37,14 @@ def test_a_second_run_fails_at_once_naming_the_holder(tmp_path):
             with project_run(ProjectPaths.at(tmp_path), "second", wait=False):
                 pass
         assert time.monotonic() - started < 5
+        fault("two concurrent runs (on_overlap: fail)", "the second refused at once, naming the holder's pid")
     finally:
         holder.kill()
         holder.wait()
 
 
-def test_a_second_run_waits_for_the_first(tmp_path, capsys):
+@pytest.mark.faults
+def test_a_second_run_waits_for_the_first(tmp_path, capsys, fault):
     holder = _holder(tmp_path, 2)
     started = time.monotonic()
     with project_run(ProjectPaths.at(tmp_path), "second", wait=True):
@@ -49,11 +52,14 @@ def test_a_second_run_waits_for_the_first(tmp_path, capsys):
     holder.wait()
     assert "waiting for the holder" in capsys.readouterr().out
     assert lock_path(ProjectPaths.at(tmp_path)).read_text() == ""  # released: no holder left named
+    fault("two concurrent runs (on_overlap: wait)", "the second waited, then ran")
 
 
-def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+@pytest.mark.faults
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path, fault):
     holder = _holder(tmp_path, 60)
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     with project_run(ProjectPaths.at(tmp_path), "next", wait=False):
         pass
+    fault("kill -9 of the run holding the project lock", "no stale lock: the next run starts")

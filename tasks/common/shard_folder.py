@@ -3,7 +3,9 @@ arrival and named by it, with the least recently used evicted past a size bound.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -35,9 +37,21 @@ class ShardFolder:
                 f"run `ldmflow run {self.heal} --force` to recompute it"
             )
         fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".part")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, local)  # complete or absent, never half a file
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, local)  # complete or absent, never half a file
+        except OSError as err:
+            Path(tmp).unlink(missing_ok=True)
+            if err.errno != errno.ENOSPC:
+                raise
+            free = shutil.disk_usage(self.folder).free
+            raise OSError(
+                errno.ENOSPC,
+                f"no space left in {self.folder} for {self.store.uri(shard)} ({len(data):,} bytes; "
+                f"{free:,} free): free space there, or lower unet.shard_cache_mb; the run resumes from its "
+                "last checkpoint",
+            ) from err
         self._evict(keep=local)
         return local
 
