@@ -134,6 +134,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     width = min(max(len(r["fault"]) for r in _FAULT_ROWS), 70)
     terminalreporter.section(f"faults and bad inputs tried ({len(_FAULT_ROWS)})")
     for row in _FAULT_ROWS:
-        terminalreporter.write_line(f"{row['fault']:<{width}}  {row['outcome']}")
+        terminalreporter.write_line(f"{row['fault'][:width]:<{width}}  {row['outcome'][:100]}")
     if os.environ.get("LDMFLOW_FAULT_TABLE"):
         Path(os.environ["LDMFLOW_FAULT_TABLE"]).write_text(json.dumps(_FAULT_ROWS, indent=2) + "\n")

@@ -29,7 +29,8 @@ def killed_at_rename(monkeypatch, nth: int) -> None:
     monkeypatch.setattr(Path, "rename", rename)
 
 
-def test_an_ingest_killed_between_the_swaps_renames_keeps_its_previous_output(tmp_path, monkeypatch):
+@pytest.mark.faults
+def test_an_ingest_killed_between_the_swaps_renames_keeps_its_previous_output(tmp_path, monkeypatch, fault):
     write_photo_folder(tmp_path / "photos", n=12)
     cfg = config_from_dict(
         {"data": {"source": "imagefolder", "path": str(tmp_path / "photos"), "resolution": 16}}
@@ -44,9 +45,11 @@ def test_an_ingest_killed_between_the_swaps_renames_keeps_its_previous_output(tm
     again = run_ingest(cfg, out)
     assert (again["decoded"], again["reused"]) == (0, 12)  # the previous output came back and was reused
     assert not list(tmp_path.glob(".ingested.*"))
+    fault("ingest killed between its output swap's renames", "recovered: the previous output back, reused")
 
 
-def test_a_cache_stage_that_fails_writing_keeps_the_previous_manifest_and_info(tmp_path, object_store):
+@pytest.mark.faults
+def test_a_cache_stage_that_fails_writing_keeps_the_previous_manifest_and_info(tmp_path, object_store, fault):
     cfg = synthetic_cfg(object_store, count=20)
     run_ingest(cfg, tmp_path / "ingested")
     run_embed_text(cfg, tmp_path / "ingested", tmp_path / "text", object_store)
@@ -60,6 +63,9 @@ def test_a_cache_stage_that_fails_writing_keeps_the_previous_manifest_and_info(t
             run_embed_text(more, tmp_path / "ingested", tmp_path / "text", object_store)
     assert {p.name: p.read_bytes() for p in (tmp_path / "text").iterdir()} == before
     assert not list(tmp_path.glob(".text.*"))
+    fault(
+        "disk full while embed_text writes its manifest", "the previous manifest and info kept as they were"
+    )
 
 
 def test_a_block_that_raises_leaves_the_output_and_no_staging(tmp_path):
@@ -74,7 +80,8 @@ def test_a_block_that_raises_leaves_the_output_and_no_staging(tmp_path):
     ).read_text() == "the previous output"
 
 
-def test_a_vae_training_that_fails_saving_keeps_the_previous_vae(tmp_path, monkeypatch):
+@pytest.mark.faults
+def test_a_vae_training_that_fails_saving_keeps_the_previous_vae(tmp_path, monkeypatch, fault):
     from diffusers import AutoencoderKL
     from projects import TINY
 
@@ -94,3 +101,4 @@ def test_a_vae_training_that_fails_saving_keeps_the_previous_vae(tmp_path, monke
         run_train_vae(config_from_dict(TINY | {"seed": 1}), tmp_path / "ingested", out)
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert not list(tmp_path.glob(".vae.*"))
+    fault("disk full while train_vae saves", "the previous VAE kept byte for byte")

@@ -15,7 +15,8 @@ from flows.runners import task_runner
 from tasks.common.config import config_from_dict
 
 
-def test_the_local_dask_cluster_refuses_clients_without_its_certificate():
+@pytest.mark.faults
+def test_the_local_dask_cluster_refuses_clients_without_its_certificate(fault):
     cfg = config_from_dict({"orchestration": {"task_runner": "dask", "workers": 1}})
     with task_runner(cfg.orchestration) as runner:
         client = runner.client
@@ -31,3 +32,4 @@ def test_the_local_dask_cluster_refuses_clients_without_its_certificate():
             distributed.Client(address.replace("tls://", "tcp://"), timeout=3)
         with pytest.raises((OSError, TimeoutError, ValueError)):  # TLS, but not its certificate
             distributed.Client(address, security=Security.temporary(), timeout=3)
+        fault("a Dask client without the cluster's certificate", "refused (plain TCP and a foreign TLS cert)")

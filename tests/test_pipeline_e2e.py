@@ -59,7 +59,8 @@ def project(tmp_path_factory, s3_server, prefect_api_url):
     return root, env, bucket
 
 
-def test_full_run_registers_a_model(project, s3_server):
+@pytest.mark.faults
+def test_full_run_registers_a_model(project, s3_server, fault):
     root, env, bucket = project
     run = ldmflow(root, env, "run")
     outcomes = stage_outcomes(run.stdout)
@@ -72,6 +73,9 @@ def test_full_run_registers_a_model(project, s3_server):
     assert any(p.suffix == ".db" for p in written)
     holding = [p for p in written if secret in p.read_bytes()]
     assert holding == [], f"the S3 secret was written to {holding}"
+    fault(
+        "the S3 secret after a full run", f"in none of {len(written)} files (DBs, artifacts, dvc.lock, logs)"
+    )
 
     report = json.loads((root / "data/ingested/report.json").read_text())
     assert report["total"] == report["accepted"] + report["rejected"] == 96
@@ -162,7 +166,8 @@ def test_generate_writes_an_image(project):
         assert img.size[0] >= 16 * 2 and img.size[1] >= 16
 
 
-def test_the_served_champion_refuses_requests_past_its_limits_over_http(project):
+@pytest.mark.faults
+def test_the_served_champion_refuses_requests_past_its_limits_over_http(project, fault):
     """`mlflow models serve` on 127.0.0.1 (stopped at the end): a request past a limit gets HTTP 400
     naming the limit before any sampling; a request within them gets its PNGs."""
     root, env, _ = project
@@ -198,10 +203,12 @@ def test_the_served_champion_refuses_requests_past_its_limits_over_http(project)
                 time.sleep(1)
         status, answer = invoke({"inputs": {"prompt": ["a red circle"] * 17}})
         assert status == 400 and "17 prompts; a request takes 1 to 16" in answer["message"]
+        fault("served model: 17 prompts over HTTP", f"refused: HTTP {status}, {answer['message'][:60]}")
         params = {"num_inference_steps": 0, "guidance_scale": 1e9}
         status, answer = invoke({"inputs": {"prompt": ["a red circle"]}, "params": params})
         assert status == 400 and "num_inference_steps=0" in answer["message"]
         assert "guidance_scale=1000000000.0" in answer["message"]
+        fault("served model: 0 steps, guidance 1e9 over HTTP", f"refused: HTTP {status}, naming both limits")
         status, answer = invoke({"inputs": {"prompt": ["a circle"]}, "params": {"num_inference_steps": 2}})
         assert status == 200 and len(answer["predictions"]) == 1
     finally:

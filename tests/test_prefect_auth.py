@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 PROBE = """
 import json, sys, urllib.error, urllib.request
 from pathlib import Path
@@ -37,10 +39,12 @@ print(json.dumps({"stranger": stranger, "own": own}))
 """
 
 
-def test_the_temporary_prefect_server_refuses_clients_without_the_runs_password(tmp_path):
+@pytest.mark.faults
+def test_the_temporary_prefect_server_refuses_clients_without_the_runs_password(tmp_path, fault):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     done = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path)], env=env, capture_output=True,
                           text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     answers = json.loads(done.stdout.strip().splitlines()[-1])
     assert answers == {"stranger": 401, "own": 3}
+    fault("a request to the temporary Prefect server's API", "refused: HTTP 401 without the run's password")

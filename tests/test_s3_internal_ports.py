@@ -57,7 +57,8 @@ def tls_answer(port: int, grpc: bool, cert: tuple[str, str] | None) -> str:
         return f"refused: {type(err).__name__}: {err}"
 
 
-def test_only_the_s3_port_answers_without_weeds_certificate(s3_server, s3_state_dir):
+@pytest.mark.faults
+def test_only_the_s3_port_answers_without_weeds_certificate(s3_server, s3_state_dir, fault):
     ports = internal_ports(s3_state_dir)
     assert set(ports) == {"s3.grpc"} | {
         f"{s}{g}" for s in ("master", "volume", "filer", "admin") for g in ("", ".grpc")
@@ -67,6 +68,10 @@ def test_only_the_s3_port_answers_without_weeds_certificate(s3_server, s3_state_
         plain = plain_answer(port, grpc)
         assert plain == "" or "HTTP request to an HTTPS server" in plain, (name, plain)
         assert tls_answer(port, grpc, cert=None).startswith("refused:"), name
+        fault(
+            f"unauthenticated request to weed's {name} port",
+            "refused (plain and TLS without the certificate)",
+        )
 
     files = ensure_certificates(s3_state_dir)
     own = (str(files["cert"]), str(files["key"]))
@@ -75,13 +80,15 @@ def test_only_the_s3_port_answers_without_weeds_certificate(s3_server, s3_state_
     assert not tls_answer(ports["filer.grpc"], grpc=True, cert=own).startswith("refused:")
 
 
-def test_a_forged_certificate_is_refused(s3_server, s3_state_dir, tmp_path):
+@pytest.mark.faults
+def test_a_forged_certificate_is_refused(s3_server, s3_state_dir, tmp_path, fault):
     """Another project's certificate (its own CA) does not open this project's server."""
     other = ensure_certificates(tmp_path / "other-project")
     assert other["ca"].read_bytes() != ensure_certificates(s3_state_dir)["ca"].read_bytes()
     port = internal_ports(s3_state_dir)["filer"]
     answer = tls_answer(port, grpc=False, cert=(str(other["cert"]), str(other["key"])))
     assert answer.startswith("refused:"), answer
+    fault("another project's certificate at weed's filer port", "refused")
 
 
 @pytest.mark.parametrize("part", ["tls/weed.key", "tls", "security.toml"])

@@ -62,7 +62,8 @@ def test_ensure_bucket_is_idempotent(object_store: ObjectStore):
     object_store.ensure_bucket()
 
 
-def test_anonymous_and_wrong_key_are_refused(s3_server, object_store: ObjectStore):
+@pytest.mark.faults
+def test_anonymous_and_wrong_key_are_refused(s3_server, object_store: ObjectStore, fault):
     object_store.put_bytes("k", b"secret data")
     anon = boto3.client(
         "s3",
@@ -89,6 +90,7 @@ def test_anonymous_and_wrong_key_are_refused(s3_server, object_store: ObjectStor
     )
     with pytest.raises(Exception, match="InvalidAccessKeyId|AccessDenied"):
         unknown.get_bytes("k")
+    fault("anonymous, wrong-secret and unknown-key S3 requests", "refused (AccessDenied, signature, key)")
 
 
 def test_configured_endpoint_uses_the_default_credential_chain(

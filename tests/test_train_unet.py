@@ -76,7 +76,8 @@ def unet_files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
 
-def test_kill_9_then_resume_latest_matches_an_uninterrupted_run(project):
+@pytest.mark.faults
+def test_kill_9_then_resume_latest_matches_an_uninterrupted_run(project, fault):
     root, env, store = project
     steps = ["unet.steps=40", "unet.checkpoint_every=10", "unet.checkpoints_total_limit=2"]
     run(root, env, [str(BIN / "ldmflow"), *stage_command(*steps, "storage.prefix=whole")])
@@ -115,6 +116,7 @@ def test_kill_9_then_resume_latest_matches_an_uninterrupted_run(project):
     for epoch in epochs:
         seen = [s for r in resumed if r["epoch"] == epoch for s in r["samples"]]
         assert len(seen) == len(set(seen))
+    fault(f"kill -9 in train_unet at step {killed_at}", "previous model kept; resumed at 10, same losses")
 
 
 def free_port() -> int:
