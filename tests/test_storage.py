@@ -178,14 +178,14 @@ def test_serving_leaves_a_server_it_did_not_start_running(s3_state_dir, s3_serve
 def test_a_server_started_for_a_run_stops_itself_once_nobody_uses_it(tmp_path, monkeypatch):
     """A run killed with -9 cannot stop the server it started: the idle watchdog does, once no process
     has used it for the timeout. A live user (`serving`) or a pin (`ldmflow s3 start`) keeps it up."""
-    monkeypatch.setattr(embedded_s3, "IDLE_TIMEOUT_S", 3.0)
+    monkeypatch.setattr(embedded_s3, "IDLE_TIMEOUT_S", 2.0)
     state = tmp_path / "s3"
     user = subprocess.Popen(["sleep", "60"])  # stands for a run using the server
     try:
         embedded_s3.ensure_running(state, s3_port=embedded_s3.find_free_s3_port())
         (state / "users").mkdir(exist_ok=True)
         (state / "users" / str(user.pid)).touch()
-        time.sleep(8)
+        time.sleep(4)
         assert embedded_s3.status(state) is not None  # in use: kept
         user.kill()  # the run dies without stopping anything
         user.wait()
@@ -193,10 +193,10 @@ def test_a_server_started_for_a_run_stops_itself_once_nobody_uses_it(tmp_path, m
         while embedded_s3.status(state) is not None and time.monotonic() < deadline:
             time.sleep(0.5)
         assert embedded_s3.status(state) is None
-        assert "no user for 3 s: stopping the S3 server" in (state / "weed.log").read_text()
+        assert "no user for 2 s: stopping the S3 server" in (state / "weed.log").read_text()
 
         embedded_s3.ensure_running(state, s3_port=embedded_s3.find_free_s3_port(), pin=True)
-        time.sleep(8)
+        time.sleep(4)
         assert embedded_s3.status(state) is not None  # pinned: runs until `stop`
     finally:
         user.kill()
