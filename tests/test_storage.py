@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 import subprocess
 import time
@@ -200,4 +201,19 @@ def test_a_server_started_for_a_run_stops_itself_once_nobody_uses_it(tmp_path, m
         assert embedded_s3.status(state) is not None  # pinned: runs until `stop`
     finally:
         user.kill()
+        embedded_s3.stop(state)
+
+
+def test_serving_leaves_the_server_to_a_user_that_remains(tmp_path):
+    """The run that started the server must not stop it under another process still using it."""
+    state = tmp_path / "s3"
+    other = subprocess.Popen(["sleep", "60"])  # stands for another process inside `serving`
+    try:
+        with embedded_s3.serving(state, s3_port=embedded_s3.find_free_s3_port()):
+            (state / "users" / str(other.pid)).touch()
+        assert embedded_s3.status(state) is not None  # still in use: left running
+        assert not (state / "users" / str(os.getpid())).exists()  # this process is no longer a user
+    finally:
+        other.kill()
+        other.wait()
         embedded_s3.stop(state)
