@@ -197,7 +197,7 @@ def test_a_server_started_for_a_run_stops_itself_once_nobody_uses_it(tmp_path, m
         assert "no user for 2 s: stopping the S3 server" in (state / "weed.log").read_text()
 
         embedded_s3.ensure_running(state, s3_port=embedded_s3.find_free_s3_port(), pin=True)
-        time.sleep(4)
+        time.sleep(3)
         assert embedded_s3.status(state) is not None  # pinned: runs until `stop`
     finally:
         user.kill()
