@@ -59,7 +59,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
     from flows.run_lock import project_run
     from flows.runtime import prepare
-    from tasks.common.embedded_s3 import serving
+    from tasks.common.embedded_s3 import serving_unless_configured
     from tasks.common.stage_run import run_stage
     from tasks.graph import STAGES
 
@@ -72,8 +72,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
     with ExitStack() as held:
         if first:
             held.enter_context(project_run(paths, f"ldmflow stage {args.name}", wait))
-            if cfg.storage.endpoint_url is None and "storage" in STAGES[args.name].params:
-                held.enter_context(serving(paths.s3_state, cfg.storage.embedded_port))
+            if "storage" in STAGES[args.name].params:
+                held.enter_context(serving_unless_configured(cfg.storage, paths.s3_state))
         result = run_stage(args.name, cfg, paths)
     print(json.dumps(result, indent=2, default=str))
     return 0
@@ -191,19 +191,14 @@ def cmd_s3(args: argparse.Namespace) -> int:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     """List (and with --delete, remove) what the project no longer needs: see tasks/gc.py."""
-    from contextlib import ExitStack
-
     from flows.run_lock import project_run
     from tasks import gc
-    from tasks.common.embedded_s3 import serving
+    from tasks.common.embedded_s3 import serving_unless_configured
     from tasks.common.storage import object_store_from_config
 
     paths = ProjectPaths.at(".")
     cfg = load_config(args.params, args.overrides)
-    with ExitStack() as held:
-        held.enter_context(project_run(paths, "ldmflow gc", wait=False))
-        if cfg.storage.endpoint_url is None:
-            held.enter_context(serving(paths.s3_state, cfg.storage.embedded_port))
+    with project_run(paths, "ldmflow gc", wait=False), serving_unless_configured(cfg.storage, paths.s3_state):
         store = object_store_from_config(cfg.storage, paths.s3_state)
         found = gc.collect(store, paths)
         for item in found.garbage:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from pathlib import Path
 
 from prefect import flow
@@ -12,8 +11,9 @@ from flows.notify import on_pipeline_failure
 from flows.run_lock import project_run
 from flows.runners import task_runner
 from flows.stage_flows import STAGE_FLOWS
-from tasks.common import embedded_s3, tracking
+from tasks.common import tracking
 from tasks.common.config import Config, load_config
+from tasks.common.embedded_s3 import serving_unless_configured
 from tasks.common.paths import ProjectPaths
 from tasks.graph import ORDER, with_upstream
 from tasks.ingest.listing import write_listing
@@ -36,9 +36,8 @@ def pipeline(
     overrides = list(overrides or [])
     cfg = load_config(paths.root / params_file, overrides)
     wait = cfg.orchestration.on_overlap == "wait"
-    with project_run(paths, "ldmflow pipeline run", wait), ExitStack() as stack:
-        if cfg.storage.endpoint_url is None:
-            stack.enter_context(embedded_s3.serving(paths.s3_state, cfg.storage.embedded_port))
+    run_alone = project_run(paths, "ldmflow pipeline run", wait)
+    with run_alone, serving_unless_configured(cfg.storage, paths.s3_state):
         return _run_stages(cfg, paths, stages, params_file, overrides, force)
 
 

@@ -45,7 +45,7 @@ class Collection:
 
 def local_checkpoints(paths: ProjectPaths) -> list[Garbage]:
     """Each run identity's local checkpoint folder, with its size."""
-    root = paths.state / "checkpoints"
+    root = paths.local_checkpoints
     found = []
     for folder in sorted(p for p in root.glob("*") if p.is_dir()):
         size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())

@@ -42,10 +42,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tasks.common.paths import private_dir
 from tasks.common.processes import pid_alive
 from tasks.common.weed_security import write_security_toml
+
+if TYPE_CHECKING:
+    from tasks.common.config import StorageConfig
 
 DEFAULT_S3_PORT = 8333
 REGION = "us-east-1"
@@ -291,6 +295,12 @@ def _start_watchdog(state_dir: Path, weed_pid: int, idle_timeout_s: float) -> No
 # ---------------------------------------------------------------------------------------------- public API
 
 
+def server_pid(state_dir: Path) -> int | None:
+    """The pid of this state dir's running server, or None."""
+    pid = _read_pid(state_dir)
+    return pid if pid is not None and _alive(pid) else None
+
+
 def status(state_dir: Path) -> S3Endpoint | None:
     """The running server of this state dir, or None (a stale pid file counts as not running)."""
     pid = _read_pid(state_dir)
@@ -495,6 +505,14 @@ def serving(state_dir: Path, s3_port: int = DEFAULT_S3_PORT) -> Iterator[None]:
         others = [pid for pid in live_users(state_dir) if pid != os.getpid()]
         if started and not others and not pinned(state_dir):
             stop(state_dir)
+
+
+def serving_unless_configured(storage: StorageConfig, state_dir: Path) -> contextlib.AbstractContextManager:
+    """`serving` when `storage` names no endpoint (the embedded server is the project's storage), else
+    nothing to do: a configured endpoint is somebody else's to run."""
+    if storage.endpoint_url is not None:
+        return contextlib.nullcontext()
+    return serving(state_dir, storage.embedded_port)
 
 
 class EmbeddedS3:

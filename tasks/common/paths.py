@@ -69,6 +69,10 @@ class ProjectPaths:
         return self.state / "shards"
 
     @property
+    def local_checkpoints(self) -> Path:
+        return self.state / "checkpoints"
+
+    @property
     def prefect_home(self) -> Path:
         return self.state / "prefect"
 

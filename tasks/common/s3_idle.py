@@ -17,7 +17,7 @@ def watch(state_dir: Path, weed_pid: int, idle_s: float) -> None:
     idle_since = time.monotonic()
     while True:
         time.sleep(max(0.5, min(5.0, idle_s / 4)))
-        if embedded_s3._read_pid(state_dir) != weed_pid or not embedded_s3._alive(weed_pid):
+        if embedded_s3.server_pid(state_dir) != weed_pid:
             return  # stopped, or replaced by another server with its own watchdog
         if embedded_s3.pinned(state_dir) or embedded_s3.live_users(state_dir):
             idle_since = time.monotonic()

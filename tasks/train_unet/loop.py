@@ -44,15 +44,18 @@ def run_train_unet(
     tracker: Run | None = None,
     local_shards: Path | None = None,
     vae_dir: Path | None = None,
+    local_checkpoints: Path | None = None,
 ) -> dict:
-    """Train the U-Net on the caches; latent shards stream through `local_shards` (a local folder).
+    """Train the U-Net on the caches; latent shards stream through `local_shards` (a local folder), and
+    checkpoints are written to `local_checkpoints` before they go to the object store.
     `vae_dir` decodes the validation grid (none without it).
 
     Under torchrun / `accelerate launch` every process runs this; only the main one logs and writes.
     """
     u, local_shards = cfg.unet, local_shards or out.parent / ".shard-cache"
+    local_checkpoints = local_checkpoints or out.parent / ".checkpoints"
     # 1. setup: the data, the model and its optimiser, this run's checkpoint if any, validation
-    run = set_up(cfg, latents_dir, text_dir, store, local_shards, vae_dir, tracker)
+    run = set_up(cfg, latents_dir, text_dir, store, local_shards, local_checkpoints, vae_dir, tracker)
     acc, data, training, validation = run.accelerator, run.data, run.training, run.validation
     position = run.position
     main, rank, processes = acc.is_main_process, acc.process_index, acc.num_processes
@@ -162,5 +165,6 @@ def main(cfg: Config, paths: ProjectPaths, tracker: Run | None) -> dict:
     if cfg.unet.init == "champion":
         cfg = start_from_champion(cfg, paths, tracker)
     return run_train_unet(
-        cfg, paths.latents, paths.text, paths.unet, store, tracker, paths.shard_cache, paths.vae
-    )
+        cfg, paths.latents, paths.text, paths.unet, store, tracker, paths.shard_cache, paths.vae,
+        paths.local_checkpoints,
+    )  # fmt: skip

@@ -52,6 +52,7 @@ def set_up(
     text_dir: Path,
     store: ObjectStore,
     local_shards: Path,
+    local_checkpoints: Path,
     vae_dir: Path | None,
     tracker: Run | None,
 ) -> Setup:
@@ -71,7 +72,7 @@ def set_up(
     # 3. the last checkpoint of this very run, if any
     identity = run_identity(cfg, data, global_batch)
     checkpoints = Checkpoints(store, store.key("checkpoints", identity), u.checkpoints_total_limit)
-    local = local_shards.parent / "checkpoints" / identity / f"rank{acc.process_index}"
+    local = local_checkpoints / identity / f"rank{acc.process_index}"
     position = resume_latest(training, checkpoints, local / "resume") if u.resume == "latest" else Position()
 
     # 4. validation (the grid goes to MLflow only, so it needs the VAE only with a tracker)
