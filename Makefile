@@ -18,7 +18,7 @@ run: setup
 	$(VENV)/bin/ldmflow run
 
 test: setup
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 lint: setup
 	$(VENV)/bin/ruff check flows tasks models tests benchmarks

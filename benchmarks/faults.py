@@ -24,7 +24,8 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         table = Path(tmp) / "faults.json"
         env = {**os.environ, "LDMFLOW_FAULT_TABLE": str(table)}
-        command = [sys.executable, "-m", "pytest", "-q", "-m", "faults", "-p", "no:cacheprovider", *argv]
+        workers = ["-n", "2", "--dist", "loadfile", "-p", "no:cacheprovider"]  # as `make test` runs them
+        command = [sys.executable, "-m", "pytest", "-q", "-m", "faults", *workers, *argv]
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
         rows = json.loads(table.read_text()) if table.is_file() else []
     print("| fault or bad input | outcome |\n|---|---|")

@@ -106,11 +106,26 @@ def prefect_api_url(prefect_server: None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Order: modules with end-to-end tests run first. `make test` spreads modules over two pytest-xdist workers
+# (`--dist loadfile --no-loadscope-reorder`: a module's tests stay together and in order, and modules go
+# out in this order); the long ones started first let both workers finish at about the same time.
+# ---------------------------------------------------------------------------------------------------------
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    long_running = {item.path for item in items if item.get_closest_marker("e2e")}
+    items.sort(key=lambda item: item.path not in long_running)  # stable: order within a module is kept
+
+
+# --------------------------------------------------------------------------------------------- end of order
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Faults: tests marked `faults` record each fault or bad input they try and what came of it; the rows are
 # printed as one table at the end of the run (and written as JSON to $LDMFLOW_FAULT_TABLE when set, which
-# benchmarks/faults.py reads).
+# benchmarks/faults.py reads). They travel in the test reports' user_properties, so rows recorded on
+# pytest-xdist workers reach the table too.
 # ---------------------------------------------------------------------------------------------------------
 _FAULT_ROWS: list[dict[str, str]] = []
+_FAULT_PROPERTY = "ldmflow.fault"
 
 
 @pytest.fixture
@@ -121,19 +136,26 @@ def fault(request: pytest.FixtureRequest):
         raise RuntimeError(f"{request.node.nodeid} records faults: mark it @pytest.mark.faults")
 
     def record(what: str, outcome: str) -> None:
-        _FAULT_ROWS.append({"fault": what, "outcome": outcome, "test": request.node.nodeid})
+        row = {"fault": what, "outcome": outcome, "test": request.node.nodeid}
+        request.node.user_properties.append((_FAULT_PROPERTY, row))
 
     return record
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "teardown":  # the last report of a test: it carries every row the test recorded
+        _FAULT_ROWS.extend(row for name, row in report.user_properties if name == _FAULT_PROPERTY)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    if not _FAULT_ROWS:
+    if not _FAULT_ROWS or hasattr(config, "workerinput"):  # an xdist worker: the controller prints it
         return
     import json
 
-    width = min(max(len(r["fault"]) for r in _FAULT_ROWS), 70)
-    terminalreporter.section(f"faults and bad inputs tried ({len(_FAULT_ROWS)})")
-    for row in _FAULT_ROWS:
+    rows = sorted(_FAULT_ROWS, key=lambda r: r["test"])  # workers finish in any order
+    width = min(max(len(r["fault"]) for r in rows), 70)
+    terminalreporter.section(f"faults and bad inputs tried ({len(rows)})")
+    for row in rows:
         terminalreporter.write_line(f"{row['fault'][:width]:<{width}}  {row['outcome'][:100]}")
     if os.environ.get("LDMFLOW_FAULT_TABLE"):
-        Path(os.environ["LDMFLOW_FAULT_TABLE"]).write_text(json.dumps(_FAULT_ROWS, indent=2) + "\n")
+        Path(os.environ["LDMFLOW_FAULT_TABLE"]).write_text(json.dumps(rows, indent=2) + "\n")

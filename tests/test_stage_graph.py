@@ -51,16 +51,12 @@ def records(tmp_path_factory, s3_server) -> dict[str, dict]:
     root = tmp_path_factory.mktemp("graph-project")
     write_params(root, TINY, s3_server, f"graph-{os.getpid()}")
     env = cli_env(s3_server, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    found = {}
-    for name in ORDER:
-        out = root / f"{name}.json"
-        proc = subprocess.run(
-            [sys.executable, str(REPO / "tests" / "stage_probe.py"), str(root), name, str(out)],
-            env=env, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-        assert proc.returncode == 0, f"{name}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        found[name] = json.loads(out.read_text())
-    return found
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "stage_probe.py"), str(root), str(root), *ORDER],
+        env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return {name: json.loads((root / f"{name}.json").read_text()) for name in ORDER}
 
 
 def _under(module: str, deps: tuple[str, ...]) -> bool:
