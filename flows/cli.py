@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from tasks.common.config import ConfigError, load_config
+from tasks.common.config import Config, ConfigError, load_config
 from tasks.common.paths import ProjectPaths
 from tasks.graph import ORDER
 
@@ -25,6 +27,21 @@ def _add_params_args(p: argparse.ArgumentParser) -> None:
         metavar="KEY.PATH=VALUE",
         help="override one param, e.g. --set unet.steps=200 (repeatable)",
     )
+
+
+def _add_model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="model URI (default models:/<registered_model>@champion)")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+
+
+def _sampling_params(args: argparse.Namespace) -> dict:
+    """The model's request params that --steps and --guidance set (the rest keep the model's defaults)."""
+    given = {"num_inference_steps": args.steps or None, "guidance_scale": args.guidance}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -110,36 +127,126 @@ def cmd_dvc_yaml(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    from flows.runtime import prepare
+@dataclass
+class Registered:
+    """The pyfunc model `--model` names (default: the champion), its URI, and the project's config."""
 
-    paths = ProjectPaths.at(".")
-    cfg = load_config(args.params, args.overrides)
-    prepare(paths)
+    model: Any
+    uri: str
+    cfg: Config
+    paths: ProjectPaths
+
+    @classmethod
+    def load(cls, args: argparse.Namespace) -> Registered:
+        from flows.runtime import prepare
+
+        paths = ProjectPaths.at(".")
+        cfg = load_config(args.params, args.overrides)
+        prepare(paths)
+        import mlflow
+
+        from tasks.common.tracking import connect
+
+        connect(cfg, paths)
+        uri = args.model or f"models:/{cfg.tracking.registered_model}@champion"
+        return cls(mlflow.pyfunc.load_model(uri), uri, cfg, paths)
+
+    @property
+    def pipe(self):
+        """The model's LatentDiffusionPipeline."""
+        return self.model.unwrap_python_model().pipe
+
+
+def _write_grid(images, out: str, ncols: int | None, what: str) -> None:
+    from models.images import make_grid
+
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make_grid(images, ncols=ncols).save(path)
+    print(f"wrote {path} ({len(images)} image(s) of {images.shape[2]}x{images.shape[1]}: {what})")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
     import io
 
-    import mlflow
     import numpy as np
     import pandas as pd
     from PIL import Image
 
-    from models.images import make_grid
-    from tasks.common.tracking import connect
-
-    connect(cfg, paths)
-    uri = args.model or f"models:/{cfg.tracking.registered_model}@champion"
-    model = mlflow.pyfunc.load_model(uri)
-    params = {"num_images_per_prompt": args.n, "seed": args.seed}
-    if args.steps:
-        params["num_inference_steps"] = args.steps
-    if args.guidance is not None:
-        params["guidance_scale"] = args.guidance
-    result = model.predict(pd.DataFrame({"prompt": [args.prompt]}), params=params)
+    found = Registered.load(args)
+    params = {"num_images_per_prompt": args.n, "seed": args.seed, **_sampling_params(args)}
+    result = found.model.predict(pd.DataFrame({"prompt": [args.prompt]}), params=params)
     images = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in result["image"]])
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    make_grid(images).save(out)
-    print(f"wrote {out} ({len(images)} image(s) of {images.shape[2]}x{images.shape[1]} from {uri})")
+    _write_grid(images, args.out, None, f"from {found.uri}")
+    return 0
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    """One prompt and two seeds: the noise slerped; two prompts: their embeddings at one seed; one prompt
+    and four seeds: a sheet with the seeds at its corners."""
+    from models.pyfunc import request_params
+    from models.walks import prompt_walk, seed_sheet, seed_walk
+
+    if args.seeds is None:
+        args.seeds = [0] if len(args.prompts) == 2 else [0, 1]
+    if len(args.prompts) > 2:
+        print("ldmflow interpolate: one prompt, or two to walk between", file=sys.stderr)
+        return 2
+    if len(args.prompts) == 2 and len(args.seeds) != 1:
+        print("ldmflow interpolate: two prompts walk at one seed (--seeds S)", file=sys.stderr)
+        return 2
+    if len(args.prompts) == 1 and len(args.seeds) not in (2, 4):
+        print("ldmflow interpolate: one prompt walks between 2 seeds, or over a sheet of 4", file=sys.stderr)
+        return 2
+    wanted = {"num_images_per_prompt": args.frames**2 if len(args.seeds) == 4 else args.frames}
+    wanted |= _sampling_params(args)
+    p = request_params(args.prompts, wanted)  # the served model's limits and defaults
+    found = Registered.load(args)
+    pipe = found.pipe
+    sampling = {"steps": p["num_inference_steps"], "guidance": p["guidance_scale"]}
+    if len(args.prompts) == 2:
+        images = prompt_walk(pipe, tuple(args.prompts), args.seeds[0], args.frames, **sampling)
+        what = f"{args.prompts[0]!r} to {args.prompts[1]!r} at seed {args.seeds[0]}"
+    elif len(args.seeds) == 2:
+        images = seed_walk(pipe, args.prompts[0], tuple(args.seeds), args.frames, **sampling)
+        what = f"{args.prompts[0]!r}, seed {args.seeds[0]} to seed {args.seeds[1]}"
+    else:
+        images = seed_sheet(pipe, args.prompts[0], tuple(args.seeds), args.frames, **sampling)
+        what = f"{args.prompts[0]!r} over seeds {args.seeds} at the corners"
+    _write_grid(images, args.out, args.frames, f"{what}, from {found.uri}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Each token's cross-attention map over the sample it steered."""
+    from models.attention_maps import explain
+    from models.pyfunc import request_params
+    from tasks.evaluate.attention_view import attention_figure
+
+    wanted = {"seed": args.seed, **_sampling_params(args)}
+    p = request_params(args.prompts, wanted)  # the served model's limits and defaults
+    if p["guidance_scale"] == 0:
+        print("ldmflow explain: guidance 0 samples without the prompt: no attention to show", file=sys.stderr)
+        return 2
+    found = Registered.load(args)
+    explained = explain(found.pipe, args.prompts, p["seed"], p["num_inference_steps"], p["guidance_scale"])
+    attention_figure(explained, args.prompts, Path(args.out))
+    tokens = "; ".join(" ".join(e.tokens) for e in explained)
+    print(f"wrote {args.out}: the attention maps of {len(explained)} sample(s) from {found.uri} ({tokens})")
+    return 0
+
+
+def cmd_latents(args: argparse.Namespace) -> int:
+    """The model's VAE on the project's held-out images: projection, channel statistics, random decodes."""
+    from tasks.evaluate.latent_view import latent_space_view
+
+    found = Registered.load(args)
+    out, ingested = Path(args.out), found.paths.ingested
+    measured = latent_space_view(found.pipe.vae, ingested, out, found.cfg.seed)
+    pairs = zip(measured["channel_mean"], measured["channel_std"], strict=True)
+    stats = ", ".join(f"{m:+.2f}/{s:.2f}" for m, s in pairs)
+    print(f"wrote {out}: {measured['projection'].upper()} of {measured['points']} held-out latents of "
+          f"{ingested} through the VAE of {found.uri}; channel mean/std {stats}")  # fmt: skip
     return 0
 
 
@@ -276,13 +383,47 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="sample images from a registered model into a PNG grid")
     gen.add_argument("prompt")
     gen.add_argument("-n", type=int, default=4, help="number of images (default 4)")
-    gen.add_argument("--model", default=None, help="model URI (default models:/<registered_model>@champion)")
+    _add_model_arg(gen)
     gen.add_argument("--out", default="grid.png", help="output PNG (default grid.png)")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
-    gen.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    _add_sampling_args(gen)
     _add_params_args(gen)
     gen.set_defaults(func=cmd_generate)
+
+    walk = sub.add_parser(
+        "interpolate", help="a grid that walks between two seeds, two prompts, or four seeds (a sheet)"
+    )
+    walk.add_argument("prompts", nargs="+", metavar="PROMPT", help="one prompt, or two to walk between")
+    walk.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="2 or 4 seeds with one prompt (default 0 1), 1 with two (default 0)",
+    )
+    walk.add_argument("--frames", type=int, default=8, help="frames of a walk, or a sheet's side (default 8)")
+    _add_model_arg(walk)
+    walk.add_argument("--out", default="interpolation.png", help="output PNG (default interpolation.png)")
+    _add_sampling_args(walk)
+    _add_params_args(walk)
+    walk.set_defaults(func=cmd_interpolate)
+
+    why = sub.add_parser("explain", help="each prompt token's cross-attention map over its sample")
+    why.add_argument("prompts", nargs="+", metavar="PROMPT", help="one row of maps per prompt")
+    _add_model_arg(why)
+    why.add_argument("--out", default="attention.png", help="output PNG (default attention.png)")
+    why.add_argument("--seed", type=int, default=0)
+    _add_sampling_args(why)
+    _add_params_args(why)
+    why.set_defaults(func=cmd_explain)
+
+    space = sub.add_parser(
+        "latents", help="a registered model's latent space on the held-out images, as one figure"
+    )
+    _add_model_arg(space)
+    space.add_argument("--out", default="latents.png", help="output PNG (default latents.png)")
+    _add_params_args(space)
+    space.set_defaults(func=cmd_latents)
 
     lineage = sub.add_parser(
         "lineage", help="where a registered model came from: git commit, data and params hashes"

@@ -8,7 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from prefect import flow, task
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 
 from tasks.common.config import Config
@@ -18,6 +23,7 @@ from tasks.common.parallel import Pending, Ready, available_cores, in_order
 from tasks.common.paths import ProjectPaths
 from tasks.common.progress import progress
 from tasks.common.stage_run import run_stage
+from tasks.evaluate import REPORT
 from tasks.graph import ORDER
 from tasks.ingest.preprocess import DecodeJob, Prepared, decode_chunk
 from tasks.ingest.sources import Reject
@@ -97,6 +103,13 @@ def publish_ingest_report(report: dict, ingested: Path) -> None:
         )
 
 
+def publish_evaluation_report(report: Path) -> None:
+    """The evaluated model's report.md as a Prefect markdown artifact (its pictures are beside it, and in
+    the model's MLflow run)."""
+    if report.is_file():
+        create_markdown_artifact(report.read_text(), key="evaluation-report", description=f"{report}")
+
+
 def make_stage_flow(name: str):
     @flow(name=name, log_prints=True)
     def stage_flow(cfg: Config, root: str = ".", parent_run_id: str | None = None) -> dict:
@@ -109,6 +122,8 @@ def make_stage_flow(name: str):
             result = retried(name, cfg, root, parent_run_id)
         if name == "ingest":
             publish_ingest_report(result, ProjectPaths.at(root).ingested)
+        if name == "evaluate":
+            publish_evaluation_report(ProjectPaths.at(root).eval / REPORT)
         return result
 
     stage_flow.__doc__ = f"The {name} stage."

@@ -102,26 +102,39 @@ class LatentDiffusionPipeline:
             prompts = [prompts]
         if not prompts or num_images_per_prompt < 1:
             raise ValueError("generate needs at least one prompt and num_images_per_prompt >= 1")
-        # 1. text: prompts and the empty caption (the unconditional branch of guidance)
-        hidden, mask = encode_captions(self.tokenizer, self.text_encoder, list(prompts), self.max_length)
+        # 1. text: prompts (the empty caption, guidance's unconditional branch, is added in `sample`)
+        hidden, mask = self.encode(list(prompts))
         hidden = hidden.repeat_interleave(num_images_per_prompt, 0)  # [N, L, D]
         mask = mask.repeat_interleave(num_images_per_prompt, 0)  # [N, L]
-        uncond_hidden, uncond_mask = encode_captions(self.tokenizer, self.text_encoder, [""], self.max_length)
 
-        # 2. the initial noise of every image, on the CPU so a seed gives the same start on any device
-        h, w = default_latent_size(self.unet)
+        # 2. the initial noise of every image, drawn up front from the seed
         n = hidden.shape[0]
-        generator = torch.Generator().manual_seed(seed)
-        noise = torch.randn((n, self.unet.config.in_channels, h, w), generator=generator)
+        noise = self.initial_noise(n, seed)
         step = batch_size or n
         return np.concatenate([
-            self._sample(hidden[i : i + step], mask[i : i + step], uncond_hidden, uncond_mask,
-                         noise[i : i + step], num_inference_steps, guidance_scale)
+            self.sample(hidden[i : i + step], mask[i : i + step], noise[i : i + step], num_inference_steps,
+                        guidance_scale)
             for i in range(0, n, step)
         ])  # fmt: skip
 
-    def _sample(self, hidden, mask, uncond_hidden, uncond_mask, noise, num_inference_steps, guidance_scale):
-        """Reverse diffusion in latent space from `noise`, then decode: uint8 [B, H, W, 3]."""
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text encoder's hidden states [N, L, D] and attention mask [N, L] of `prompts`."""
+        return encode_captions(self.tokenizer, self.text_encoder, list(prompts), self.max_length)
+
+    def initial_noise(self, n: int, seed: int) -> torch.Tensor:
+        """x_T of `n` images [n, C, h, w], drawn on the CPU so a seed gives the same start on any device."""
+        h, w = default_latent_size(self.unet)
+        generator = torch.Generator().manual_seed(seed)
+        return torch.randn((n, self.unet.config.in_channels, h, w), generator=generator)
+
+    @torch.no_grad()
+    def sample(
+        self, hidden: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor, num_inference_steps: int,
+        guidance_scale: float,
+    ) -> np.ndarray:  # fmt: skip
+        """Images uint8 [B, H, W, 3] from prompt embeddings (`encode`) and initial noise: reverse diffusion in
+        latent space from `noise`, guided against the empty caption, then the VAE's decode."""
+        uncond_hidden, uncond_mask = self.encode([""])
         with autocast(self.device):
             latents = sample_latents(
                 self.unet,

@@ -105,6 +105,20 @@ def test_full_run_registers_a_model(project, s3_server, fault):
     grids = [a.path for a in client.list_artifacts(unet_run.info.run_id, "validation")]
     assert grids == ["validation/step-0000004.png"]  # at the end of the 4 steps
 
+    # the evaluated model's report: its metrics and views, in artifacts/eval/, its MLflow run and Prefect
+    shown = re.findall(r"!\[[^]]*\]\(([^)]+)\)", (root / "artifacts/eval/report.md").read_text())
+    assert shown == ["latents.png", "walk_seeds.png", "walk_prompts.png", "walk_sheet.png", "attention.png"]
+    assert all((root / "artifacts/eval" / image).stat().st_size > 1000 for image in shown)
+    eval_run = next(r for r in runs if r.info.run_name == "evaluate")
+    logged = {a.path for a in client.list_artifacts(eval_run.info.run_id)}
+    assert {"report.md", *shown} <= logged
+    assert {"view_seconds_latents", "view_seconds_interpolation", "view_seconds_attention"} <= set(
+        eval_run.data.metrics
+    )
+    from prefect.artifacts import Artifact
+
+    assert "## Cross-attention" in Artifact.get("evaluation-report").data  # the session's Prefect server
+
     s3 = boto3.client(
         "s3",
         endpoint_url=s3_server.endpoint_url,
@@ -164,6 +178,24 @@ def test_generate_writes_an_image(project):
     with Image.open(root / "grid.png") as img:
         assert img.format == "PNG"
         assert img.size[0] >= 16 * 2 and img.size[1] >= 16
+
+
+def test_the_champions_views_from_the_command_line(project):
+    root, env, _ = project
+    walk = ldmflow(root, env, "interpolate", "a red circle", "a blue square", "--frames=3", "--out=w.png")
+    assert "'a red circle' to 'a blue square' at seed 0" in walk.stdout
+    with Image.open(root / "w.png") as img:
+        assert img.size[0] >= 3 * 16 > img.size[1]  # one row of three frames
+    sheet = ldmflow(root, env, "interpolate", "a red circle", "--seeds", "1", "2", "3", "4", "--frames", "2")
+    assert "9 image(s)" not in sheet.stdout and "4 image(s)" in sheet.stdout  # a 2x2 sheet
+    space = ldmflow(root, env, "latents", "--out", "latents.png")
+    assert "held-out latents" in space.stdout and "channel mean/std" in space.stdout
+    assert (root / "latents.png").stat().st_size > 10_000
+    why = ldmflow(root, env, "explain", "a red circle", "a blue square", "--out", "attention.png")
+    assert "the attention maps of 2 sample(s)" in why.stdout and "circle" in why.stdout
+    assert (root / "attention.png").stat().st_size > 10_000
+    refused = ldmflow(root, env, "interpolate", "a", "b", "--seeds", "1", "2", check=False)
+    assert refused.returncode == 2 and "two prompts walk at one seed" in refused.stderr
 
 
 @pytest.mark.faults

@@ -203,6 +203,12 @@ class GateConfig(Section):
     floor: float = 0.1  # ...and reaches this (a worst acceptable value: a ceiling for FD and KID)
 
 
+class ViewsConfig(Section):
+    enabled: bool = True  # the report's views: latent space, interpolation, attention maps
+    frames: int = Field(8, ge=2)  # frames of each interpolation walk; the seed sheet is frames / 2 a side
+    attention_prompts: int = Field(4, ge=1)  # held-out captions whose attention maps are drawn
+
+
 class EvalConfig(Section):
     samples: int = Field(120, ge=2)  # held-out captions sampled, one image each
     batch_size: int = Field(64, ge=1)
@@ -215,6 +221,7 @@ class EvalConfig(Section):
     sweep_samples: int = Field(48, ge=2)
     judge: JudgeConfig = JudgeConfig()
     gate: GateConfig = GateConfig()
+    views: ViewsConfig = ViewsConfig()
 
 
 class StorageConfig(Section):

@@ -35,6 +35,7 @@ from tasks.common.keys import content_key
 from tasks.common.paths import ProjectPaths
 from tasks.common.storage import ObjectStore, object_store_from_config
 from tasks.common.tracking import CHAMPION, Run, current_champion
+from tasks.evaluate import REPORT
 from tasks.evaluate.adherence import Adherence, labelled
 from tasks.evaluate.champion import CHALLENGER, JUDGE_TAG, SETTINGS_TAG, decide, metric_tag
 from tasks.evaluate.clip import ClipReference
@@ -43,9 +44,11 @@ from tasks.evaluate.judge import ReadyJudge, ready_judge
 from tasks.evaluate.lineage import LOCK_ARTIFACT, lineage_tags
 from tasks.evaluate.scores import RealReference, choose_rows, read_rows
 from tasks.evaluate.sweep import guidance_sweep, write_sweep
+from tasks.evaluate.views import ATTENTION, LATENTS, WALKS, report_markdown, write_views
 
 METRICS = "metrics.json"
 SAMPLES = "samples.png"
+VIEW_FILES = [LATENTS, *WALKS.values(), ATTENTION]
 
 
 def load_pipeline(vae_dir: Path, unet_dir: Path, text_dir: Path, cfg: Config) -> LatentDiffusionPipeline:
@@ -88,7 +91,7 @@ class Measurement:
             self.inception = InceptionReference(e.inception_weights, self.reference.held_out, train, cfg.seed)
         # what the numbers depend on besides the model; not the gate, the sweep or the sampling batch size
         measured = e.model_dump(
-            mode="json", exclude={"gate", "guidance_sweep", "sweep_samples", "batch_size"}
+            mode="json", exclude={"gate", "guidance_sweep", "sweep_samples", "batch_size", "views"}
         )
         settings_key = content_key({"eval": measured, "seed": cfg.seed}, list(self.prompts["sample_id"]))
         self.alike = {JUDGE_TAG: ready.key, SETTINGS_TAG: settings_key}
@@ -162,9 +165,16 @@ def run_evaluate(
         make_grid(samples[:64], ncols=8).save(staging / SAMPLES)
         (staging / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
         plots = write_sweep(guidance_sweep(measure, pipe), staging) if cfg.eval.guidance_sweep else []
+        views = None
+        if cfg.eval.views.enabled:
+            captions = measure.prompts["caption"].tolist()
+            views = write_views(cfg, pipe, captions, ready.judge, paths.ingested, staging)
+        (staging / REPORT).write_text(report_markdown(metrics, views))
     if tracker:
         tracker.log_metrics(metrics)
-        for path in [SAMPLES, *(p.name for p in plots)]:
+        if views:
+            tracker.log_metrics({f"view_seconds_{name}": t for name, t in views["seconds"].items()})
+        for path in [SAMPLES, REPORT, *(p.name for p in plots), *(VIEW_FILES if views else [])]:
             tracker.log_artifact(paths.eval / path)
         gate_and_register(cfg, paths, pipe, tracker, measure, metrics)
     return metrics

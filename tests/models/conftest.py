@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from models.noise_schedule import make_train_scheduler
+from models.pipeline import LatentDiffusionPipeline
 from models.text_encoder import load_text_encoder
 from models.unet import build_unet
 from models.vae import build_vae
@@ -45,3 +47,13 @@ def tiny_vae():
 def tiny_unet():
     """Factory: a seeded 2-level cross-attention U-Net on 8x8x4 latents."""
     return _tiny_unet
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe(minilm):
+    """A LatentDiffusionPipeline of the tiny VAE and U-Net (untrained) with MiniLM, on the CPU."""
+    tokenizer, encoder = minilm
+    return LatentDiffusionPipeline(
+        _tiny_vae(), _tiny_unet(cross_attention_dim=384), tokenizer, encoder,
+        make_train_scheduler(1000, "scaled_linear").config, 16, "cpu",
+    )  # fmt: skip

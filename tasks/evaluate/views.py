@@ -1,0 +1,148 @@
+"""The evaluated model's report: its metrics and the views that show what it learned, in one `report.md`
+beside the PNGs it shows (artifacts/eval/).
+
+- the latent space of its VAE on held-out images (tasks/evaluate/latent_view.py);
+- interpolations: one prompt between two seeds, two prompts at one seed, a sheet over four seeds
+  (models/walks.py), each with how far apart neighbouring frames are against its two ends, in pixels and
+  in the judge's image space (a smooth walk moves less per frame than from end to end);
+- the cross-attention map of every token of a few held-out captions (models/attention_maps.py).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.attention_maps import explain
+from models.images import make_grid
+from models.judge import Judge, embed_images
+from models.pipeline import LatentDiffusionPipeline
+from models.walks import prompt_walk, seed_sheet, seed_walk
+from tasks.common.config import Config
+from tasks.evaluate.attention_view import attention_figure
+from tasks.evaluate.latent_view import latent_space_view
+
+LATENTS, ATTENTION = "latents.png", "attention.png"
+WALKS = {"seeds": "walk_seeds.png", "prompts": "walk_prompts.png", "sheet": "walk_sheet.png"}
+
+
+@dataclass
+class Smoothness:
+    """The largest step between neighbouring frames of a walk against the distance between its ends."""
+
+    pixel_step: float  # mean absolute difference in uint8 levels
+    pixel_ends: float
+    judge_step: float  # 1 - cosine similarity of the judge's image embeddings
+    judge_ends: float
+
+    @property
+    def smooth(self) -> bool:
+        return self.pixel_step < self.pixel_ends and self.judge_step < self.judge_ends
+
+
+def smoothness(frames: np.ndarray, judge: Judge) -> Smoothness:
+    """Of a walk's frames uint8 [N, H, W, 3], in order."""
+    x = frames.astype(np.float64)
+    emb = embed_images(judge, frames).double()  # unit vectors
+    pixel_steps = [float(np.abs(x[i + 1] - x[i]).mean()) for i in range(len(x) - 1)]
+    judge_steps = [float(1 - emb[i + 1] @ emb[i]) for i in range(len(emb) - 1)]
+    return Smoothness(
+        max(pixel_steps), float(np.abs(x[-1] - x[0]).mean()), max(judge_steps), float(1 - emb[-1] @ emb[0])
+    )
+
+
+def write_views(cfg: Config, pipe: LatentDiffusionPipeline, prompts: list[str], judge: Judge, ingested: Path,
+                out: Path) -> dict:  # fmt: skip
+    """Draw every view into `out`; returns what they measured and how long each took (seconds)."""
+    v, e = cfg.eval.views, cfg.eval
+    sampling = {"steps": e.inference_steps, "guidance": e.guidance_scale}
+    distinct = list(dict.fromkeys(prompts))
+    first, second = distinct[0], distinct[1 % len(distinct)]
+    seeds = [cfg.seed + i for i in range(4)]
+    side = max(2, v.frames // 2)
+    took, measured = {}, {}
+
+    started = time.perf_counter()
+    measured["latents"] = latent_space_view(pipe.vae, ingested, out / LATENTS, cfg.seed)
+    took["latents"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    walks = {
+        "seeds": seed_walk(pipe, first, (seeds[0], seeds[1]), v.frames, **sampling),
+        "prompts": prompt_walk(pipe, (first, second), seeds[0], v.frames, **sampling),
+        "sheet": seed_sheet(pipe, first, (seeds[0], seeds[1], seeds[2], seeds[3]), side, **sampling),
+    }
+    for name, frames in walks.items():
+        make_grid(frames, ncols=side if name == "sheet" else v.frames).save(out / WALKS[name])
+    walks["sheet edge"] = walks.pop("sheet")[:side]  # its top edge: seed 0 to seed 1
+    measured["walks"] = {name: smoothness(frames, judge) for name, frames in walks.items()}
+    measured["walk_prompts"] = {"first": first, "second": second, "seeds": seeds}
+    took["interpolation"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    shown = distinct[: v.attention_prompts]
+    explained = explain(pipe, shown, cfg.seed, e.inference_steps, e.guidance_scale)
+    attention_figure(explained, shown, out / ATTENTION)
+    measured["attention_tokens"] = [found.tokens for found in explained]
+    took["attention"] = time.perf_counter() - started
+    measured["seconds"] = took
+    return measured
+
+
+def report_markdown(metrics: dict[str, float], views: dict | None) -> str:
+    """report.md: the metrics, then each view with what it measured."""
+    lines = ["# Evaluation report", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {name} | {value:.4g} |" for name, value in sorted(metrics.items())]
+    if views is None:
+        return "\n".join([*lines, "", "The views are off (`eval.views.enabled: false`)."]) + "\n"
+    return (
+        "\n".join([*lines, *_latent_section(views), *_walk_section(views), *_attention_section(views)]) + "\n"
+    )
+
+
+def _latent_section(views: dict) -> list[str]:
+    space = views["latents"]
+    pairs = zip(space["channel_mean"], space["channel_std"], strict=True)
+    channels = ", ".join(f"{m:+.2f} / {sd:.2f}" for m, sd in pairs)
+    return [
+        "", "## Latent space", "",
+        f"{space['projection'].upper()} of {space['points']} held-out latents, in the normalised space the "
+        f"U-Net samples in; per channel mean / std: {channels}. Beside it, decodes of random N(0, I) latents "
+        "and of real ones: a well-formed latent space decodes both to plausible images.",
+        "", f"![latent space]({LATENTS})",
+    ]  # fmt: skip
+
+
+def _walk_section(views: dict) -> list[str]:
+    w = views["walk_prompts"]
+    seeds, first, second = w["seeds"], repr(w["first"]), repr(w["second"])
+    lines = [
+        "", "## Interpolation", "",
+        f"{first}, seed {seeds[0]} to seed {seeds[1]} (the initial noise slerped):", "",
+        f"![seed walk]({WALKS['seeds']})", "",
+        f"{first} to {second} at seed {seeds[0]} (the text embeddings interpolated):", "",
+        f"![prompt walk]({WALKS['prompts']})", "",
+        f"{first} over a sheet with seeds {', '.join(map(str, seeds))} at its corners (slerp both ways):", "",
+        f"![seed sheet]({WALKS['sheet']})", "",
+        "| walk | largest step (pixels) | ends apart (pixels) | largest step (judge) | ends apart (judge) |",
+        "|---|---|---|---|---|",
+    ]  # fmt: skip
+    for name, d in views["walks"].items():
+        pixels = f"{d.pixel_step:.2f} | {d.pixel_ends:.2f}"
+        lines.append(f"| {name} | {pixels} | {d.judge_step:.4f} | {d.judge_ends:.4f} |")
+    lines += ["", "Pixels: mean absolute difference in uint8 levels; judge: 1 - cosine similarity of the "
+              "judge's image embeddings."]  # fmt: skip
+    return lines
+
+
+def _attention_section(views: dict) -> list[str]:
+    took = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in views["seconds"].items())
+    return [
+        "", "## Cross-attention", "",
+        "Each token's attention, summed over the U-Net's cross-attention layers and the sampling steps (the "
+        "conditional half of guidance only; padding left out), over the sample it steered:",
+        "", f"![attention maps]({ATTENTION})", "", f"The views took {took}.",
+    ]  # fmt: skip
