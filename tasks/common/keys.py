@@ -34,7 +34,16 @@ def _encode(part: bytes | str | dict | list) -> tuple[bytes, bytes]:
     raise TypeError(f"content_key parts must be bytes, str, dict or list, not {type(part).__name__}")
 
 
-def _framed(part: bytes | str | dict | list) -> bytes:
+class Framed:
+    """A key part encoded once, for a part that many keys share (the same bytes as the part itself)."""
+
+    def __init__(self, part: bytes | str | dict | list) -> None:
+        self.framed = _framed(part)
+
+
+def _framed(part: bytes | str | dict | list | Framed) -> bytes:
+    if isinstance(part, Framed):
+        return part.framed
     tag, payload = _encode(part)
     return tag + struct.pack(">Q", len(payload)) + payload
 
@@ -42,7 +51,7 @@ def _framed(part: bytes | str | dict | list) -> bytes:
 _KEY_PREFIX = b"ldmflow-content-key-v1"
 
 
-def content_key(*parts: bytes | str | dict | list) -> str:
+def content_key(*parts: bytes | str | dict | list | Framed) -> str:
     """sha256 hex over typed, length-prefixed parts: ("ab", "c") != ("a", "bc"); dicts are key-order free."""
     h = hashlib.sha256(_KEY_PREFIX)
     for part in parts:

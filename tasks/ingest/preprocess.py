@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from tasks.common.keys import content_key, sha256_hex
+from tasks.common.keys import Framed, content_key, sha256_hex
 from tasks.ingest.decode import DecodeError, DecodeLimits, decode_rgb
 from tasks.ingest.source_roots import TooLarge, read_ref
 from tasks.ingest.sources import Reject, SourceItem
@@ -46,9 +46,9 @@ class Preprocessing:
         return max((max(b) for b in self.buckets), default=self.resolution)
 
     @cached_property
-    def _key_settings(self) -> dict:
+    def _key_settings(self) -> Framed:
         settings = {"version": PREPROCESS_VERSION, "resolution": self.resolution, "crop": self.crop}
-        return settings | asdict(self.limits) | {"buckets": [list(b) for b in self.buckets]}
+        return Framed(settings | asdict(self.limits) | {"buckets": [list(b) for b in self.buckets]})
 
     def input_key(self, raw_sha256: str, sample_id: str) -> str:
         if self.crop == "center":

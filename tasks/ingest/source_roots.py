@@ -122,7 +122,7 @@ class Root:
 
     def locate(self, name: str) -> FileRef:
         normal = posixpath.normpath(name)
-        if name.startswith("/") or Path(name).is_absolute() or normal == ".." or normal.startswith("../"):
+        if name.startswith("/") or os.path.isabs(name) or normal == ".." or normal.startswith("../"):
             raise OutsideRoot(name)
         if not self.local:
             info = self.listing().get(normal)

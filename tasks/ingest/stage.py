@@ -142,8 +142,11 @@ class PreviousIngest:
         if sorted(manifest.columns) != sorted(MANIFEST_COLUMNS):  # another version: decode everything
             return
         self.shard_sizes = Counter(manifest["shard"])
-        records = manifest.to_dict("records")
-        self.rows = {r["sample_id"]: r for r in records if isinstance(r["input_key"], str)}
+        columns = list(manifest.columns)  # rows built from plain lists: to_dict("records") boxes every cell
+        for values in zip(*(manifest[c].tolist() for c in columns), strict=True):
+            row = dict(zip(columns, values, strict=True))
+            if isinstance(row["input_key"], str):
+                self.rows[row["sample_id"]] = row
 
     def key_of(self, sample_id: str) -> str | None:
         row = self.rows.get(sample_id)
