@@ -46,19 +46,23 @@ def _sampling_params(args: argparse.Namespace) -> dict:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.runtime import prepare
+    from tasks.common.embedded_s3 import serving_unless_configured
 
     paths = ProjectPaths.at(".")
-    load_config(args.params, args.overrides)  # fail fast, before Prefect's server starts
+    cfg = load_config(args.params, args.overrides)  # fail fast, before Prefect's server starts
     prepare(paths)
     from flows.pipeline import pipeline
 
-    outcome = pipeline(
-        stages=args.stages or None,
-        params_file=args.params,
-        overrides=args.overrides,
-        force=args.force,
-        root=str(paths.root),
-    )
+    # The embedded S3 server binds its six ports before Prefect's temporary server picks a free one: the
+    # other way round, Prefect's random port can land on one of them (seen: 8336, the filer's).
+    with serving_unless_configured(cfg.storage, paths.s3_state):
+        outcome = pipeline(
+            stages=args.stages or None,
+            params_file=args.params,
+            overrides=args.overrides,
+            force=args.force,
+            root=str(paths.root),
+        )
     width = max(len(s) for s in outcome)
     for stage, state in outcome.items():
         print(f"  {stage:<{width}}  {state}")
