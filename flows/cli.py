@@ -29,13 +29,17 @@ def _add_params_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_model_arg(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, out: str, sampling: bool = True, seed: bool = False) -> None:
+    """What every command that draws a registered model takes: the model, the PNG, the params; and how to
+    sample, where it samples."""
     p.add_argument("--model", default=None, help="model URI (default models:/<registered_model>@champion)")
-
-
-def _add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--out", default=out, help=f"output PNG (default {out})")
+    if seed:
+        p.add_argument("--seed", type=int, default=0)
+    if sampling:
+        p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+        p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    _add_params_args(p)
 
 
 def _sampling_params(args: argparse.Namespace) -> dict:
@@ -387,11 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="sample images from a registered model into a PNG grid")
     gen.add_argument("prompt")
     gen.add_argument("-n", type=int, default=4, help="number of images (default 4)")
-    _add_model_arg(gen)
-    gen.add_argument("--out", default="grid.png", help="output PNG (default grid.png)")
-    gen.add_argument("--seed", type=int, default=0)
-    _add_sampling_args(gen)
-    _add_params_args(gen)
+    _add_model_args(gen, "grid.png", seed=True)
     gen.set_defaults(func=cmd_generate)
 
     walk = sub.add_parser(
@@ -406,27 +406,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="2 or 4 seeds with one prompt (default 0 1), 1 with two (default 0)",
     )
     walk.add_argument("--frames", type=int, default=8, help="frames of a walk, or a sheet's side (default 8)")
-    _add_model_arg(walk)
-    walk.add_argument("--out", default="interpolation.png", help="output PNG (default interpolation.png)")
-    _add_sampling_args(walk)
-    _add_params_args(walk)
+    _add_model_args(walk, "interpolation.png")
     walk.set_defaults(func=cmd_interpolate)
 
     why = sub.add_parser("explain", help="each prompt token's cross-attention map over its sample")
     why.add_argument("prompts", nargs="+", metavar="PROMPT", help="one row of maps per prompt")
-    _add_model_arg(why)
-    why.add_argument("--out", default="attention.png", help="output PNG (default attention.png)")
-    why.add_argument("--seed", type=int, default=0)
-    _add_sampling_args(why)
-    _add_params_args(why)
+    _add_model_args(why, "attention.png", seed=True)
     why.set_defaults(func=cmd_explain)
 
     space = sub.add_parser(
         "latents", help="a registered model's latent space on the held-out images, as one figure"
     )
-    _add_model_arg(space)
-    space.add_argument("--out", default="latents.png", help="output PNG (default latents.png)")
-    _add_params_args(space)
+    _add_model_args(space, "latents.png", sampling=False)
     space.set_defaults(func=cmd_latents)
 
     lineage = sub.add_parser(

@@ -96,7 +96,7 @@ class Explanation:
 
     image: np.ndarray  # uint8 [H, W, 3]
     tokens: list[str]  # the prompt's tokens, padding left out
-    maps: np.ndarray  # float [len(tokens), H, W], each scaled to [0, 1]
+    maps: np.ndarray  # float [len(tokens), H, W], each stretched to [0, 1] (its minimum 0, its maximum 1)
 
 
 def explain(pipe: Any, prompts: list[str], seed: int, steps: int, guidance: float) -> list[Explanation]:
@@ -115,7 +115,10 @@ def explain(pipe: Any, prompts: list[str], seed: int, steps: int, guidance: floa
     for i, image in enumerate(images):
         kept = mask[i].bool().cpu()  # padding is masked: it gets no attention and no map
         tokens = pipe.tokenizer.convert_ids_to_tokens(torch.tensor(ids["input_ids"][i])[kept].tolist())
-        token_maps = maps[i][kept]
-        peak = token_maps.flatten(1).amax(1).clamp_min(1e-12)
-        out.append(Explanation(image, tokens, (token_maps / peak[:, None, None]).numpy()))
+        # each map stretched to [0, 1], as DAAM shows them: even a token that attends almost evenly shows
+        # where it attends most
+        token_maps = maps[i][kept].flatten(1)
+        low, high = token_maps.amin(1, keepdim=True), token_maps.amax(1, keepdim=True)
+        stretched = (token_maps - low) / (high - low).clamp_min(1e-12)
+        out.append(Explanation(image, tokens, stretched.view(-1, *size).numpy()))
     return out

@@ -1,5 +1,6 @@
 """Cross-attention maps drawn over their samples: one row per prompt, the sample first, then one panel per
-token of the prompt with its map laid over the sample (models/attention_maps.py records them)."""
+token of the prompt with its map laid over the sample, bright where the token is attended to most
+(models/attention_maps.py records them)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,12 @@ def attention_figure(explained: list[Explanation], prompts: list[str], out: Path
     fig = Figure(figsize=(1.5 * columns, 1.75 * len(explained)), layout="constrained")
     axes = np.atleast_2d(fig.subplots(len(explained), columns, squeeze=False))
     for row, (found, prompt) in zip(axes, zip(explained, prompts, strict=True), strict=True):
-        grey = found.image.mean(-1)
+        grey = found.image.mean(-1) / 3  # dimmed, so a bright object does not read as attention
         row[0].imshow(found.image, interpolation="nearest")
         row[0].set_title(prompt if len(prompt) <= 28 else prompt[:27] + "…", fontsize=7)
         for ax, token, heat in zip(row[1:], found.tokens, found.maps, strict=False):
-            ax.imshow(grey, cmap="gray", interpolation="nearest")
-            ax.imshow(heat, cmap="jet", alpha=0.55, vmin=0, vmax=1, interpolation="bilinear")
+            ax.imshow(grey, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            ax.imshow(heat, cmap="inferno", alpha=0.75, vmin=0, vmax=1, interpolation="bilinear")
             ax.set_title(token, fontsize=8)
         for ax in row:
             ax.axis("off")
