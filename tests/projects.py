@@ -28,7 +28,7 @@ TINY = {
     "unet": {"block_out_channels": [16, 32], "attention_head_dim": 4, "steps": 4, "batch_size": 8,
              "warmup_steps": 1, "num_train_timesteps": 50, "log_every": 2},
     "eval": {"samples": 8, "inference_steps": 3, "probe_steps": 3, "judge": {"steps": 3, "batch_size": 8},
-             "gate": {"floor": 0.0}},
+             "gate": {"floor": 0.0}, "views": {"frames": 2, "attention_prompts": 1}},
 }  # fmt: skip
 
 
@@ -52,6 +52,7 @@ def cli_env(s3_server: S3Endpoint, **extra: str) -> dict[str, str]:
         "AWS_ACCESS_KEY_ID": s3_server.access_key,
         "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
         "AWS_DEFAULT_REGION": s3_server.region,
+        "DVC_NO_ANALYTICS": "1",  # else each dvc command starts a daemon that reports usage over the net
         **extra,
     }
 

@@ -108,7 +108,9 @@ def test_full_run_registers_a_model(project, s3_server, fault):
     # the evaluated model's report: its metrics and views, in artifacts/eval/, its MLflow run and Prefect
     shown = re.findall(r"!\[[^]]*\]\(([^)]+)\)", (root / "artifacts/eval/report.md").read_text())
     assert shown == ["latents.png", "walk_seeds.png", "walk_prompts.png", "walk_sheet.png", "attention.png"]
-    assert all((root / "artifacts/eval" / image).stat().st_size > 1000 for image in shown)
+    for image in shown:
+        with Image.open(root / "artifacts/eval" / image) as picture:
+            assert picture.format == "PNG" and min(picture.size) >= 16, image
     eval_run = next(r for r in runs if r.info.run_name == "evaluate")
     logged = {a.path for a in client.list_artifacts(eval_run.info.run_id)}
     assert {"report.md", *shown} <= logged
@@ -186,8 +188,6 @@ def test_the_champions_views_from_the_command_line(project):
     assert "'a red circle' to 'a blue square' at seed 0" in walk.stdout
     with Image.open(root / "w.png") as img:
         assert img.size[0] >= 3 * 16 > img.size[1]  # one row of three frames
-    sheet = ldmflow(root, env, "interpolate", "a red circle", "--seeds", "1", "2", "3", "4", "--frames", "2")
-    assert "9 image(s)" not in sheet.stdout and "4 image(s)" in sheet.stdout  # a 2x2 sheet
     space = ldmflow(root, env, "latents", "--out", "latents.png")
     assert "held-out latents" in space.stdout and "channel mean/std" in space.stdout
     assert (root / "latents.png").stat().st_size > 10_000
