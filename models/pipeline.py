@@ -108,14 +108,8 @@ class LatentDiffusionPipeline:
         mask = mask.repeat_interleave(num_images_per_prompt, 0)  # [N, L]
 
         # 2. the initial noise of every image, drawn up front from the seed
-        n = hidden.shape[0]
-        noise = self.initial_noise(n, seed)
-        step = batch_size or n
-        return np.concatenate([
-            self.sample(hidden[i : i + step], mask[i : i + step], noise[i : i + step], num_inference_steps,
-                        guidance_scale)
-            for i in range(0, n, step)
-        ])  # fmt: skip
+        noise = self.initial_noise(hidden.shape[0], seed)
+        return self.sample(hidden, mask, noise, num_inference_steps, guidance_scale, batch_size)
 
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The text encoder's hidden states [N, L, D] and attention mask [N, L] of `prompts`."""
@@ -130,11 +124,20 @@ class LatentDiffusionPipeline:
     @torch.no_grad()
     def sample(
         self, hidden: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor, num_inference_steps: int,
-        guidance_scale: float,
+        guidance_scale: float, batch_size: int | None = None,
     ) -> np.ndarray:  # fmt: skip
-        """Images uint8 [B, H, W, 3] from prompt embeddings (`encode`) and initial noise: reverse diffusion in
-        latent space from `noise`, guided against the empty caption, then the VAE's decode."""
+        """Images uint8 [N, H, W, 3] from prompt embeddings (`encode`) and initial noise, `batch_size` at a
+        time (default: all at once): reverse diffusion in latent space from `noise`, guided against the
+        empty caption, then the VAE's decode."""
         uncond_hidden, uncond_mask = self.encode([""])
+        step = batch_size or len(noise)
+        return np.concatenate([
+            self._sample_batch(hidden[i : i + step], mask[i : i + step], uncond_hidden, uncond_mask,
+                               noise[i : i + step], num_inference_steps, guidance_scale)
+            for i in range(0, len(noise), step)
+        ])  # fmt: skip
+
+    def _sample_batch(self, hidden, mask, uncond_hidden, uncond_mask, noise, steps, guidance_scale):
         with autocast(self.device):
             latents = sample_latents(
                 self.unet,
@@ -144,7 +147,7 @@ class LatentDiffusionPipeline:
                 uncond_hidden,
                 uncond_mask,
                 shape=tuple(noise.shape),
-                num_inference_steps=num_inference_steps,
+                num_inference_steps=steps,
                 guidance_scale=guidance_scale,
                 noise=noise,
             )

@@ -11,17 +11,6 @@ from models.interpolation import fractions, lerp, slerp, slerp_sheet
 from models.pipeline import LatentDiffusionPipeline
 
 
-def _sample_all(
-    pipe: LatentDiffusionPipeline, hidden: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor, steps: int,
-    guidance: float, batch_size: int,
-) -> np.ndarray:  # fmt: skip
-    return np.concatenate([
-        pipe.sample(hidden[i : i + batch_size], mask[i : i + batch_size], noise[i : i + batch_size], steps,
-                    guidance)
-        for i in range(0, len(noise), batch_size)
-    ])  # fmt: skip
-
-
 def seed_walk(
     pipe: LatentDiffusionPipeline, prompt: str, seeds: tuple[int, int], frames: int, steps: int,
     guidance: float, batch_size: int = 8,
@@ -30,8 +19,8 @@ def seed_walk(
     a, b = (pipe.initial_noise(1, seed) for seed in seeds)
     noise = torch.cat([slerp(a, b, t) for t in fractions(frames)])
     hidden, mask = pipe.encode([prompt])
-    return _sample_all(pipe, hidden.expand(frames, -1, -1), mask.expand(frames, -1), noise, steps, guidance,
-                       batch_size)  # fmt: skip
+    hidden, mask = hidden.expand(frames, -1, -1), mask.expand(frames, -1)
+    return pipe.sample(hidden, mask, noise, steps, guidance, batch_size)
 
 
 def prompt_walk(
@@ -46,7 +35,7 @@ def prompt_walk(
     walked = torch.stack([lerp(hidden[0], hidden[1], t) for t in steps_t])
     masks = torch.stack([mask[0] if t == 0 else mask[1] if t == 1 else either for t in steps_t])
     noise = pipe.initial_noise(1, seed).expand(frames, -1, -1, -1)
-    return _sample_all(pipe, walked, masks, noise, steps, guidance, batch_size)
+    return pipe.sample(walked, masks, noise, steps, guidance, batch_size)
 
 
 def seed_sheet(
@@ -59,4 +48,4 @@ def seed_sheet(
     noise = slerp_sheet(corners, size, size)
     hidden, mask = pipe.encode([prompt])
     n = len(noise)
-    return _sample_all(pipe, hidden.expand(n, -1, -1), mask.expand(n, -1), noise, steps, guidance, batch_size)
+    return pipe.sample(hidden.expand(n, -1, -1), mask.expand(n, -1), noise, steps, guidance, batch_size)
