@@ -22,7 +22,7 @@ from tasks.common.storage import ObjectNotFound, ObjectStore, object_store_from_
 def test_round_trip_put_get_exists_list_delete(object_store: ObjectStore):
     a, b = object_store.key("latents", "a.bin"), object_store.key("latents", "sub", "b.bin")
     assert a == "cache/latents/a.bin"
-    object_store.put_bytes(a, b"\x00payload\xff", metadata={"sha256": "abc"})
+    etag = object_store.put_bytes(a, b"\x00payload\xff", metadata={"sha256": "abc"})
     object_store.put_bytes(b, b"x" * 100_000)
     object_store.put_bytes(object_store.key("text", "c.bin"), b"c")
 
@@ -31,10 +31,12 @@ def test_round_trip_put_get_exists_list_delete(object_store: ObjectStore):
     assert object_store.head(a) == {
         "size": 9,
         "metadata": {"sha256": "abc"},
-        "etag": object_store.head(a)["etag"],
+        "etag": etag,
     }
     assert object_store.head(b)["size"] == 100_000
     assert object_store.list_keys(object_store.key("latents") + "/") == [a, b]
+    # the listing's ETag is the one PUT and HEAD give (the caches compare them to trust a shard)
+    assert object_store.list_objects(a)[a] == {"size": 9, "etag": etag}
     assert len(object_store.list_keys("")) == 3
     assert object_store.uri(a) == f"s3://{object_store.bucket}/cache/latents/a.bin"
 

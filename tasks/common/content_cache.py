@@ -21,9 +21,9 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
-import pandas as pd
+import pyarrow.parquet as pq
 import torch
 
 from models.fingerprint import module_fingerprint
@@ -36,8 +36,7 @@ REF_COLUMNS = ["shard", "shard_index", "shard_sha256", "shard_etag"]
 M = TypeVar("M")
 
 
-@dataclass(frozen=True)
-class ItemRef:
+class ItemRef(NamedTuple):  # (a tuple: a manifest makes tens of thousands, a dataclass is slower to build)
     """Where one cached item lives."""
 
     shard: str  # object key
@@ -69,11 +68,11 @@ class CacheStats:
 def previous_refs(manifest: Path, key_column: str) -> dict[str, ItemRef]:
     """key -> ref from an earlier build's manifest (empty when there is none, or it predates ETags)."""
     try:
-        df = pd.read_parquet(manifest, columns=[key_column, *REF_COLUMNS])
+        table = pq.read_table(manifest, columns=[key_column, *REF_COLUMNS])
     except (FileNotFoundError, OSError, KeyError, ValueError):
         return {}
-    rows = zip(df[key_column], *(df[c] for c in REF_COLUMNS), strict=True)
-    return {key: ItemRef(shard, int(index), sha, etag) for key, shard, index, sha, etag in rows}
+    rows = zip(*(table.column(c).to_pylist() for c in [key_column, *REF_COLUMNS]), strict=True)
+    return {key: ItemRef(shard, index, sha, etag) for key, shard, index, sha, etag in rows}
 
 
 def ref_columns(refs: list[ItemRef]) -> dict[str, list]:
@@ -86,18 +85,27 @@ def ref_columns(refs: list[ItemRef]) -> dict[str, list]:
     }
 
 
-def _intact(store: ObjectStore, ref: ItemRef) -> tuple[bool, str, str]:
-    """(intact, ETag now, why not) for a shard an earlier build wrote."""
-    head = store.head(ref.shard)
-    if head is None:
+def listed_objects(store: ObjectStore, names: list[str]) -> dict[str, dict[str, Any]]:
+    """{"size", "etag"} of every object in the folders that hold `names`: one listing per folder, where a
+    HEAD per shard would cost a request each."""
+    listed: dict[str, dict[str, Any]] = {}
+    for prefix in sorted({name.rsplit("/", 1)[0] + "/" for name in names}):
+        listed.update(store.list_objects(prefix))
+    return listed
+
+
+def _intact(store: ObjectStore, ref: ItemRef, listed: dict[str, dict[str, Any]]) -> tuple[bool, str, str]:
+    """(intact, ETag now, why not) for a shard an earlier build wrote (`listed`: see `listed_objects`)."""
+    now = listed.get(ref.shard)
+    if now is None:
         return False, "", "missing"
-    if head["etag"] == ref.etag:
+    if now["etag"] == ref.etag:
         return True, ref.etag, ""
     try:  # rewritten since: intact only if the bytes are still the ones recorded
         read_shard(store, ref.shard, ref.sha256)
     except (CorruptShard, ObjectNotFound) as err:
         return False, "", str(err)
-    return True, head["etag"], ""
+    return True, now["etag"], ""
 
 
 def _reuse_intact(
@@ -105,9 +113,10 @@ def _reuse_intact(
 ) -> dict[str, ItemRef]:
     """The refs of the wanted keys whose earlier shard is intact; broken shards are reported and removed."""
     one_ref_per_shard = {previous[k].shard: previous[k] for k in wanted if k in previous}
+    listed = listed_objects(store, list(one_ref_per_shard))
     state = {}
     for shard, ref in sorted(one_ref_per_shard.items()):
-        ok, etag, why = _intact(store, ref)
+        ok, etag, why = _intact(store, ref, listed)
         state[shard] = (ok, etag)
         if not ok:
             print(f"{kind} cache: shard {store.uri(shard)} is {why}: its items are computed again")
@@ -117,7 +126,8 @@ def _reuse_intact(
     for key in wanted:
         ref = previous.get(key)
         if ref is not None and state[ref.shard][0]:
-            found[key] = ItemRef(ref.shard, ref.index, ref.sha256, state[ref.shard][1])
+            etag = state[ref.shard][1]
+            found[key] = ref if ref.etag == etag else ItemRef(ref.shard, ref.index, ref.sha256, etag)
     stats.shard_hits += sum(ok for ok, _ in state.values())
     return found
 
@@ -211,9 +221,7 @@ def store_shards_here(jobs: list[ShardJob], desc: str) -> list[ShardResult]:
     which shards may already be stored (only those get a HEAD), and each shard uploads in the
     background while the next one is encoded. When S3 is slower than encoding, encoding waits: at most
     `SHARDS_HELD` encoded shards are in memory at once, however many the stage makes."""
-    listed: set[str] = set()
-    for prefix in sorted({job.name.rsplit("/", 1)[0] + "/" for job in jobs}):
-        listed.update(jobs[0].store.list_keys(prefix))
+    listed = listed_objects(jobs[0].store, [job.name for job in jobs]) if jobs else {}
     with ThreadPoolExecutor(1, thread_name_prefix="shard-upload") as uploader:
         pending: list[Future[ShardResult]] = []
         for job in progress(jobs, desc=desc, unit="shard"):

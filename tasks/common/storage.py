@@ -209,22 +209,29 @@ class ObjectStore:
     def exists(self, key: str) -> bool:
         return self.head(key) is not None
 
-    def list_sizes(self, prefix: str = "") -> dict[str, int]:
-        """Every key starting with `prefix` (a full key prefix) -> its size in bytes, sorted by key;
-        paginated under the hood."""
-        sizes: dict[str, int] = {}
+    def list_objects(self, prefix: str = "") -> dict[str, dict[str, Any]]:
+        """Every key starting with `prefix` (a full key prefix) -> {"size", "etag"}, sorted by key;
+        paginated under the hood (a thousand keys a request, so far cheaper than a HEAD per key)."""
+        objects: dict[str, dict[str, Any]] = {}
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=prefix
             ):
-                sizes.update((obj["Key"], obj["Size"]) for obj in page.get("Contents", []))
+                objects.update(
+                    (obj["Key"], {"size": obj["Size"], "etag": obj.get("ETag")})
+                    for obj in page.get("Contents", [])
+                )
         except ClientError as err:
             raise self._fail(f"ListObjectsV2 {prefix}", err) from err
-        return dict(sorted(sizes.items()))
+        return dict(sorted(objects.items()))
+
+    def list_sizes(self, prefix: str = "") -> dict[str, int]:
+        """Every key starting with `prefix` -> its size in bytes, sorted by key."""
+        return {key: obj["size"] for key, obj in self.list_objects(prefix).items()}
 
     def list_keys(self, prefix: str = "") -> list[str]:
         """Every key starting with `prefix` (a full key prefix), sorted."""
-        return list(self.list_sizes(prefix))
+        return list(self.list_objects(prefix))
 
     def delete(self, key: str) -> None:
         """Remove the object (no error when it is absent)."""
