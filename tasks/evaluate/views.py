@@ -31,16 +31,16 @@ WALKS = {"seeds": "walk_seeds.png", "prompts": "walk_prompts.png", "sheet": "wal
 
 @dataclass
 class Smoothness:
-    """The largest step between neighbouring frames of a walk against the distance between its ends."""
+    """How far neighbouring frames of a walk are apart (the largest step and the mean one) against the
+    distance between its two ends. A walk can be smooth on average and still jump once: a prompt walk
+    between two colours passes through the hues between them, which the judge tells apart."""
 
     pixel_step: float  # mean absolute difference in uint8 levels
+    pixel_mean_step: float
     pixel_ends: float
     judge_step: float  # 1 - cosine similarity of the judge's image embeddings
+    judge_mean_step: float
     judge_ends: float
-
-    @property
-    def smooth(self) -> bool:
-        return self.pixel_step < self.pixel_ends and self.judge_step < self.judge_ends
 
 
 def smoothness(frames: np.ndarray, judge: Judge) -> Smoothness:
@@ -50,8 +50,9 @@ def smoothness(frames: np.ndarray, judge: Judge) -> Smoothness:
     pixel_steps = [float(np.abs(x[i + 1] - x[i]).mean()) for i in range(len(x) - 1)]
     judge_steps = [float(1 - emb[i + 1] @ emb[i]) for i in range(len(emb) - 1)]
     return Smoothness(
-        max(pixel_steps), float(np.abs(x[-1] - x[0]).mean()), max(judge_steps), float(1 - emb[-1] @ emb[0])
-    )
+        max(pixel_steps), float(np.mean(pixel_steps)), float(np.abs(x[-1] - x[0]).mean()),
+        max(judge_steps), float(np.mean(judge_steps)), float(1 - emb[-1] @ emb[0]),
+    )  # fmt: skip
 
 
 def write_views(cfg: Config, pipe: LatentDiffusionPipeline, prompts: list[str], judge: Judge, ingested: Path,
@@ -127,14 +128,19 @@ def _walk_section(views: dict) -> list[str]:
         f"![prompt walk]({WALKS['prompts']})", "",
         f"{first} over a sheet with seeds {', '.join(map(str, seeds))} at its corners (slerp both ways):", "",
         f"![seed sheet]({WALKS['sheet']})", "",
-        "| walk | largest step (pixels) | ends apart (pixels) | largest step (judge) | ends apart (judge) |",
-        "|---|---|---|---|---|",
+        "| walk | pixels: largest step | mean step | ends apart "
+        "| judge: largest step | mean step | ends apart |",
+        "|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for name, d in views["walks"].items():
-        pixels = f"{d.pixel_step:.2f} | {d.pixel_ends:.2f}"
-        lines.append(f"| {name} | {pixels} | {d.judge_step:.4f} | {d.judge_ends:.4f} |")
-    lines += ["", "Pixels: mean absolute difference in uint8 levels; judge: 1 - cosine similarity of the "
-              "judge's image embeddings."]  # fmt: skip
+        pixels = f"{d.pixel_step:.2f} | {d.pixel_mean_step:.2f} | {d.pixel_ends:.2f}"
+        judged = f"{d.judge_step:.4f} | {d.judge_mean_step:.4f} | {d.judge_ends:.4f}"
+        lines.append(f"| {name} | {pixels} | {judged} |")
+    lines += [
+        "",
+        "Pixels: mean absolute difference in uint8 levels; judge: 1 - cosine similarity of the "
+        "judge's image embeddings. A smooth walk's steps are all shorter than its ends are apart.",
+    ]
     return lines
 
 
