@@ -8,10 +8,12 @@ TORCH_VERSION := 2.13.0
 setup: $(VENV)/.installed
 
 # torch first, through pip: where a local CPU wheel is on pip's find-links it is used (uv does not look there).
+# Bytecode compiled at install: where PYTHONDONTWRITEBYTECODE is set, every process (each `ldmflow`, Prefect
+# server, test worker) would otherwise compile torch, diffusers and MLflow from source again, about 10 s each.
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check "torch==$(TORCH_VERSION)" uv
-	$(VENV)/bin/uv pip install --quiet --python $(VENV)/bin/python -r requirements.lock -e .
+	$(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(VENV)/bin/python -r requirements.lock -e .
 	touch $@
 
 run: setup

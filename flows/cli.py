@@ -192,9 +192,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_interpolate(args: argparse.Namespace) -> int:
     """One prompt and two seeds: the noise slerped; two prompts: their embeddings at one seed; one prompt
     and four seeds: a sheet with the seeds at its corners."""
-    from models.pyfunc import request_params
-    from models.walks import prompt_walk, seed_sheet, seed_walk
-
     if args.seeds is None:
         args.seeds = [0] if len(args.prompts) == 2 else [0, 1]
     if len(args.prompts) > 2:
@@ -206,6 +203,9 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     if len(args.prompts) == 1 and len(args.seeds) not in (2, 4):
         print("ldmflow interpolate: one prompt walks between 2 seeds, or over a sheet of 4", file=sys.stderr)
         return 2
+    from models.pyfunc import request_params  # (torch: after the arguments are checked)
+    from models.walks import prompt_walk, seed_sheet, seed_walk
+
     wanted = {"num_images_per_prompt": args.frames**2 if len(args.seeds) == 4 else args.frames}
     wanted |= _sampling_params(args)
     p = request_params(args.prompts, wanted)  # the served model's limits and defaults
