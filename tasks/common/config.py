@@ -205,7 +205,7 @@ class GateConfig(Section):
 
 class ViewsConfig(Section):
     enabled: bool = True  # the report's views: latent space, interpolation, attention maps
-    frames: int = Field(8, ge=2)  # frames of each interpolation walk; the seed sheet is frames / 2 a side
+    frames: int = Field(8, ge=2)  # frames of each interpolation walk, and of each side of the seed sheet
     attention_prompts: int = Field(4, ge=1)  # held-out captions whose attention maps are drawn
 
 

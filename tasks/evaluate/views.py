@@ -63,7 +63,6 @@ def write_views(cfg: Config, pipe: LatentDiffusionPipeline, prompts: list[str], 
     distinct = list(dict.fromkeys(prompts))
     first, second = distinct[0], distinct[1 % len(distinct)]
     seeds = [cfg.seed + i for i in range(4)]
-    side = max(2, v.frames // 2)
     took, measured = {}, {}
 
     started = time.perf_counter()
@@ -74,11 +73,11 @@ def write_views(cfg: Config, pipe: LatentDiffusionPipeline, prompts: list[str], 
     walks = {
         "seeds": seed_walk(pipe, first, (seeds[0], seeds[1]), v.frames, **sampling),
         "prompts": prompt_walk(pipe, (first, second), seeds[0], v.frames, **sampling),
-        "sheet": seed_sheet(pipe, first, (seeds[0], seeds[1], seeds[2], seeds[3]), side, **sampling),
+        "sheet": seed_sheet(pipe, first, (seeds[0], seeds[1], seeds[2], seeds[3]), v.frames, **sampling),
     }
     for name, frames in walks.items():
-        make_grid(frames, ncols=side if name == "sheet" else v.frames).save(out / WALKS[name])
-    walks["sheet edge"] = walks.pop("sheet")[:side]  # its top edge: seed 0 to seed 1
+        make_grid(frames, ncols=v.frames).save(out / WALKS[name])
+    walks["sheet, left edge"] = walks.pop("sheet")[:: v.frames]  # seed 0 down to seed 2 (row-major)
     measured["walks"] = {name: smoothness(frames, judge) for name, frames in walks.items()}
     measured["walk_prompts"] = {"first": first, "second": second, "seeds": seeds}
     took["interpolation"] = time.perf_counter() - started
@@ -126,7 +125,8 @@ def _walk_section(views: dict) -> list[str]:
         f"![seed walk]({WALKS['seeds']})", "",
         f"{first} to {second} at seed {seeds[0]} (the text embeddings interpolated):", "",
         f"![prompt walk]({WALKS['prompts']})", "",
-        f"{first} over a sheet with seeds {', '.join(map(str, seeds))} at its corners (slerp both ways):", "",
+        f"{first} over a sheet with seeds {', '.join(map(str, seeds))} at its corners (top left, top right, "
+        "bottom left, bottom right; slerp both ways):", "",
         f"![seed sheet]({WALKS['sheet']})", "",
         "| walk | pixels: largest step | mean step | ends apart "
         "| judge: largest step | mean step | ends apart |",
