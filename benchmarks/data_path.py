@@ -194,9 +194,8 @@ def main() -> None:
                 with torch.no_grad():
                     pixels = to_model_space(images[pixel_rows[rows].numpy()]).to(device)
                     latents = vae.encode(pixels).latent_dist.mean.float()
-                    encode_captions(
-                        tokenizer, encoder, list(items["caption"].iloc[rows]), cfg.text.max_length
-                    )
+                    encode_captions(tokenizer, encoder, list(items["caption"].iloc[rows]),
+                                    data.captions.length, clip_skip=cfg.text.clip_skip)  # fmt: skip
                 train(latents, rows)
 
             rates = rates_in_turns({"ram": from_ram, "stream": from_stream, "fly": on_the_fly}, args.steps,

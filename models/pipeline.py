@@ -19,9 +19,16 @@ from models.text_encoder import encode_captions, load_text_encoder
 from models.unet import check_cross_attention_dim, default_latent_size
 
 
-def save_sampling_config(path: str | Path, scheduler_config: dict[str, Any], max_length: int) -> None:
-    """Write what sampling needs besides the weights: the noise schedule and the token length."""
-    payload = {"scheduler": dict(scheduler_config), "max_length": int(max_length)}
+def save_sampling_config(
+    path: str | Path, scheduler_config: dict[str, Any], max_length: int, clip_skip: int = 0
+) -> None:
+    """Write what sampling needs besides the weights: the noise schedule, the token length and the text
+    encoder layer read."""
+    payload = {
+        "scheduler": dict(scheduler_config),
+        "max_length": int(max_length),
+        "clip_skip": int(clip_skip),
+    }
     Path(path).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
@@ -45,6 +52,7 @@ class LatentDiffusionPipeline:
         scheduler_config: dict[str, Any],
         max_length: int,
         device: torch.device | str,
+        clip_skip: int = 0,
     ):
         check_cross_attention_dim(unet, text_encoder.config.hidden_size)
         if unet.config.in_channels != vae.config.latent_channels:
@@ -59,6 +67,7 @@ class LatentDiffusionPipeline:
         self.text_encoder = text_encoder.to(self.device).eval()
         self.scheduler_config = dict(scheduler_config)
         self.max_length = int(max_length)
+        self.clip_skip = int(clip_skip)  # the text encoder layer the U-Net was trained on (0: the last)
 
     @classmethod
     def from_dirs(
@@ -81,6 +90,7 @@ class LatentDiffusionPipeline:
             scheduler_config=cfg["scheduler"],
             max_length=cfg["max_length"],
             device=device,
+            clip_skip=cfg.get("clip_skip", 0),  # (models registered before clip_skip read the last layer)
         )
 
     @torch.no_grad()
@@ -113,7 +123,9 @@ class LatentDiffusionPipeline:
 
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The text encoder's hidden states [N, L, D] and attention mask [N, L] of `prompts`."""
-        return encode_captions(self.tokenizer, self.text_encoder, list(prompts), self.max_length)
+        return encode_captions(
+            self.tokenizer, self.text_encoder, list(prompts), self.max_length, clip_skip=self.clip_skip
+        )
 
     def initial_noise(self, n: int, seed: int) -> torch.Tensor:
         """x_T of `n` images [n, C, h, w], drawn on the CPU so a seed gives the same start on any device."""

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 from diffusers import UNet2DConditionModel
+
+from models.pretrained import load_part
 
 
 def _norm_groups(widths: list[int]) -> int:
@@ -86,13 +87,7 @@ def check_cross_attention_dim(unet: UNet2DConditionModel, hidden_size: int) -> N
 
 def load_pretrained_unet(source: str) -> UNet2DConditionModel:
     """A diffusers U-Net from a local dir (the U-Net's own, or a pipeline's with `unet/`), or a hub id."""
-    path = Path(source)
-    if path.is_dir():
-        subfolder = "unet" if (path / "unet" / "config.json").is_file() else None
-        if subfolder is None and not (path / "config.json").is_file():
-            raise FileNotFoundError(f"unet.pretrained={source}: no config.json there or in unet/")
-        return UNet2DConditionModel.from_pretrained(path, subfolder=subfolder)
-    return UNet2DConditionModel.from_pretrained(source, subfolder="unet")
+    return load_part(UNet2DConditionModel, source, "unet", "unet.pretrained")
 
 
 def check_unet_fits(unet: UNet2DConditionModel, latent_channels: int, text_hidden_size: int) -> None:

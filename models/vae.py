@@ -6,7 +6,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
-from torchmetrics.functional.image import peak_signal_noise_ratio
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from models.pretrained import load_part
 
 
 def build_vae(
@@ -39,6 +41,17 @@ def build_vae(
     )
 
 
+def load_pretrained_vae(source: str) -> AutoencoderKL:
+    """An AutoencoderKL from its folder, a pipeline folder with `vae/` (Stable Diffusion's), or a hub id."""
+    return load_part(AutoencoderKL, source, "vae", "vae.pretrained")
+
+
+def decoder_parameters(vae: AutoencoderKL) -> list[torch.nn.Parameter]:
+    """What `vae.finetune: decoder` trains: the decoder and the convolution before it. The encoder stays as
+    it is, so every latent it gives (and every cached one) keeps its meaning."""
+    return [*vae.decoder.parameters(), *(vae.post_quant_conv.parameters() if vae.post_quant_conv else [])]
+
+
 def vae_loss(
     vae: AutoencoderKL,
     images: torch.Tensor,
@@ -69,3 +82,14 @@ def psnr(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
     if a_t.shape != b_t.shape:
         raise ValueError(f"psnr needs equal shapes, got {tuple(a_t.shape)} and {tuple(b_t.shape)}")
     return float(peak_signal_noise_ratio(a_t, b_t, data_range=2.0))
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean structural similarity of image batches [N, 3, H, W] in [-1, 1] (torchmetrics' Gaussian SSIM; an
+    11-pixel window, shrunk to fit images smaller than that)."""
+    if a.shape != b.shape:
+        raise ValueError(f"ssim needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
+    side = min(a.shape[-2:])
+    kernel = min(11, side if side % 2 else side - 1)  # odd
+    value = structural_similarity_index_measure(a.double(), b.double(), data_range=2.0, kernel_size=kernel)
+    return float(value)

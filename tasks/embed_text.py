@@ -1,6 +1,7 @@
 """embed_text stage: per-token text embeddings for every distinct caption (and the empty one) in S3.
 
-A caption's key hashes the caption, the encoder weights' fingerprint and the tokenizer settings.
+A caption's key hashes the caption, the encoder weights' fingerprint and the tokenizer settings (with
+`text.clip_skip`, the layer read too).
 Shards hold `hidden` (float16 [N, L, D]) and `mask` (int8 [N, L]).
 Writes `artifacts/text/manifest.parquet` (caption -> shard) and `artifacts/text/cache.json`.
 """
@@ -16,7 +17,13 @@ import torch
 
 from models.device import pick_device
 from models.fingerprint import module_fingerprint
-from models.text_encoder import encode_captions, load_text_encoder, tokenizer_settings
+from models.text_encoder import (
+    check_clip_skip,
+    encode_captions,
+    load_text_encoder,
+    resolve_max_length,
+    tokenizer_settings,
+)
 from tasks.common.atomic_dir import recover, replaced_dir
 from tasks.common.config import Config
 from tasks.common.content_cache import (
@@ -56,10 +63,11 @@ class CaptionEncoder:
     encoder: str
     fingerprint: str
     max_length: int
+    clip_skip: int = 0
 
     def __call__(self, captions: list[str]) -> dict[str, torch.Tensor]:
         tokenizer, model = ENCODERS.get(self.encoder, self.fingerprint)
-        hidden, mask = encode_captions(tokenizer, model, captions, self.max_length)
+        hidden, mask = encode_captions(tokenizer, model, captions, self.max_length, clip_skip=self.clip_skip)
         return {"hidden": hidden.half().cpu(), "mask": mask.to(torch.int8).cpu()}
 
 
@@ -75,15 +83,17 @@ def run_embed_text(
     tokenizer, encoder = load_text_encoder(cfg.text.encoder, pick_device())
     fingerprint = module_fingerprint(encoder)
     ENCODERS.keep(cfg.text.encoder, fingerprint, (tokenizer, encoder))  # shard jobs in this process use it
-    settings = tokenizer_settings(tokenizer, cfg.text.max_length)
+    max_length, clip_skip = resolve_max_length(tokenizer, cfg.text.max_length), cfg.text.clip_skip
+    check_clip_skip(encoder, clip_skip)
+    settings = tokenizer_settings(tokenizer, max_length, clip_skip)
     keys = text_keys(captions, fingerprint, settings)
-    encode = CaptionEncoder(cfg.text.encoder, fingerprint, cfg.text.max_length)
+    encode = CaptionEncoder(cfg.text.encoder, fingerprint, max_length, clip_skip)
 
     # over-long captions are kept (truncated to text.max_length tokens) and counted
     lengths = [len(ids) for ids in tokenizer(captions, truncation=False)["input_ids"]]
-    truncated = sum(n > cfg.text.max_length for n in lengths)
+    truncated = sum(n > max_length for n in lengths)
     if truncated:
-        limit = f"text.max_length={cfg.text.max_length}"
+        limit = f"text.max_length={max_length}"
         print(f"{truncated} of {len(captions)} distinct captions exceed {limit} tokens (kept, truncated)")
     recover(out)  # a build killed mid-swap
     previous = previous_refs(out / MANIFEST, "text_key")  # what the last build stored, kept if intact
@@ -96,7 +106,8 @@ def run_embed_text(
         "encoder_fingerprint": fingerprint,
         "tokenizer": settings,
         "hidden_size": int(encoder.config.hidden_size),
-        "max_length": cfg.text.max_length,
+        "max_length": max_length,
+        "clip_skip": clip_skip,
         "bucket": store.bucket,
         "captions": len(captions),
         "captions_truncated": truncated,

@@ -53,7 +53,9 @@ STAGES: dict[str, Stage] = {
             code=(
                 "tasks/train_vae.py",
                 "models/vae.py",
+                "models/pretrained.py",
                 "models/latents.py",
+                "models/latent_space.py",
                 "models/images.py",
                 "models/device.py",
             ),
@@ -94,6 +96,7 @@ STAGES: dict[str, Stage] = {
             code=(
                 "tasks/train_unet",
                 "models/unet.py",
+                "models/pretrained.py",
                 "models/noise_schedule.py",
                 "models/objectives.py",
                 "models/sample_draws.py",
@@ -121,6 +124,7 @@ STAGES: dict[str, Stage] = {
                 "models/sampling.py",
                 "models/text_encoder.py",
                 "models/unet.py",
+                "models/pretrained.py",
                 "models/latents.py",
                 "models/images.py",
                 "models/device.py",

@@ -1,10 +1,13 @@
-"""train_vae stage: fit a diffusers AutoencoderKL on the ingested train split.
+"""train_vae stage: fit a diffusers AutoencoderKL on the ingested train split, from scratch or from a
+pretrained one (`vae.pretrained`: Stable Diffusion's, say), fine-tuning all of it, its decoder only, or
+nothing (`vae.finetune`); or keep the registry champion's (`vae.init: champion`).
 
 Images are read from the ingested shards a batch at a time, so memory does not grow with the data.
 
 Writes `artifacts/vae/` (the diffusers model dir, whose config holds the latent statistics estimated
 on the train split: per-channel `latents_mean`/`latents_std`, or SD's global `scaling_factor` = 1/std;
-see models/latents.py) and `artifacts/vae/metrics.json` (validation PSNR among others).
+see models/latents.py) and `artifacts/vae/metrics.json` (validation PSNR and SSIM, and the per-channel
+mean and std of the held-out images' normalised latents, among others).
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from diffusers import AutoencoderKL
 
 from models.device import autocast, pick_device
 from models.images import make_grid, to_model_space, to_uint8
-from models.latents import set_normalisation
-from models.vae import build_vae, psnr, vae_loss
+from models.latents import set_normalisation, to_diffusion_space
+from models.vae import build_vae, decoder_parameters, load_pretrained_vae, psnr, ssim, vae_loss
 from tasks.common.atomic_dir import replaced_dir
 from tasks.common.config import Config
 from tasks.common.curves import Curve
@@ -33,6 +36,7 @@ from tasks.common.tracking import Run, champion_part
 METRICS = "metrics.json"
 TRAIN_CURVE = "curves/train_loss.csv"  # dvc plots
 CURVE_COLUMNS = ["train_loss", "recon_l1", "recon_mse", "kl"]
+NORMALISATION_KEYS = ("scaling_factor", "latents_mean", "latents_std")
 
 
 def batches(images: StoredImages, limit: int, batch_size: int) -> Iterator[torch.Tensor]:
@@ -51,25 +55,16 @@ def sample_batch(groups: list[StoredImages], batch_size: int, gen: torch.Generat
     return to_model_space(group[torch.randint(len(group), (batch_size,), generator=gen).numpy()])
 
 
-def train_new_vae(
-    cfg: Config, train: list[StoredImages], device: torch.device, out: Path, tracker: Run | None
-) -> tuple[AutoencoderKL, dict]:
-    """A VAE trained from scratch on `train`, its latent statistics set from the data; and what to report."""
+def fit(
+    vae: AutoencoderKL, params: list[torch.nn.Parameter], cfg: Config, train: list[StoredImages],
+    device: torch.device, out: Path, tracker: Run | None,
+) -> tuple[float, float]:  # fmt: skip
+    """Train `params` of `vae` for `vae.steps` on random batches (with replacement); the loss curve goes to
+    `out`. Returns (the last loss, seconds)."""
     v = cfg.vae
-    # 1. model and optimiser
-    vae = build_vae(
-        block_out_channels=v.block_out_channels,
-        layers_per_block=v.layers_per_block,
-        norm_num_groups=v.norm_num_groups,
-        latent_channels=v.latent_channels,
-    ).to(device)
-    opt = torch.optim.AdamW(vae.parameters(), lr=v.lr)
+    opt = torch.optim.AdamW(params, lr=v.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
     gen = torch.Generator().manual_seed(cfg.seed)
-    if tracker:
-        tracker.log_metrics({"vae_parameters": sum(p.numel() for p in vae.parameters())})
-
-    # 2. training: random batches with replacement across steps
     start = time.perf_counter()
     curve = Curve(out / TRAIN_CURVE, CURVE_COLUMNS)
     vae.train()
@@ -87,20 +82,63 @@ def train_new_vae(
             curve.write(step, train_loss=loss.item(), **parts)
             if tracker:
                 tracker.log_metrics({"train_loss": loss.item(), **parts}, step=step)
-    seconds = time.perf_counter() - start
     curve.close()
-
-    # 3. latent statistics of the train split into the model's own config
     vae.eval()
+    return float(loss.item()), time.perf_counter() - start
+
+
+def _estimated_normalisation(cfg: Config, vae: AutoencoderKL, train: list[StoredImages], device) -> dict:
+    """The latent statistics of the train split, into the model's own config."""
     with torch.no_grad():
         stats_batches = (b.to(device) for group in train for b in batches(group, 2048, 256))
-        norm = set_normalisation(vae, stats_batches, v.latent_norm)
-    return vae, {
-        **norm,
-        "final_train_loss": float(loss.item()),
-        "steps": v.steps,
-        "train_seconds": round(seconds, 2),
-    }
+        return set_normalisation(vae, stats_batches, cfg.vae.latent_norm)
+
+
+def _configured_normalisation(vae: AutoencoderKL) -> dict:
+    return {k: vae.config.get(k) for k in NORMALISATION_KEYS}
+
+
+def train_new_vae(
+    cfg: Config, train: list[StoredImages], device: torch.device, out: Path, tracker: Run | None
+) -> tuple[AutoencoderKL, dict]:
+    """A VAE trained from scratch on `train`, its latent statistics set from the data; and what to report."""
+    v = cfg.vae
+    vae = build_vae(
+        block_out_channels=v.block_out_channels,
+        layers_per_block=v.layers_per_block,
+        norm_num_groups=v.norm_num_groups,
+        latent_channels=v.latent_channels,
+    ).to(device)
+    if tracker:
+        tracker.log_metrics({"vae_parameters": sum(p.numel() for p in vae.parameters())})
+    loss, seconds = fit(vae, list(vae.parameters()), cfg, train, device, out, tracker)
+    norm = _estimated_normalisation(cfg, vae, train, device)
+    return vae, {**norm, "final_train_loss": loss, "steps": v.steps, "train_seconds": round(seconds, 2)}
+
+
+def pretrained_vae(
+    cfg: Config, train: list[StoredImages], device: torch.device, out: Path, tracker: Run | None
+) -> tuple[AutoencoderKL, dict]:
+    """`vae.pretrained`, fine-tuned as `vae.finetune` says (all of it, its decoder, or none), its latent
+    statistics from its config or (`vae.rescale`) estimated on `train`; and what to report."""
+    v = cfg.vae
+    vae = load_pretrained_vae(v.pretrained).to(device).eval()
+    facts: dict = {"pretrained": v.pretrained, "finetune": v.finetune, "steps": 0, "train_seconds": 0.0}
+    if v.finetune == "none":
+        Curve(out / TRAIN_CURVE, CURVE_COLUMNS).close()  # no training: an empty curve
+    else:
+        params = list(vae.parameters()) if v.finetune == "all" else decoder_parameters(vae)
+        vae.requires_grad_(False)
+        for param in params:
+            param.requires_grad_(True)
+        loss, seconds = fit(vae, params, cfg, train, device, out, tracker)
+        facts |= {"final_train_loss": loss, "steps": v.steps, "train_seconds": round(seconds, 2)}
+    if tracker:
+        tracker.log_metrics(
+            {"vae_parameters_trained": sum(p.numel() for p in vae.parameters() if p.requires_grad)}
+        )
+    norm = _estimated_normalisation(cfg, vae, train, device) if v.rescale else _configured_normalisation(vae)
+    return vae, {**norm, **facts}
 
 
 def kept_vae(folder: Path, version: str, device: torch.device, out: Path) -> tuple[AutoencoderKL, dict]:
@@ -108,8 +146,32 @@ def kept_vae(folder: Path, version: str, device: torch.device, out: Path) -> tup
     every cached one) keep their meaning for the champion's U-Net."""
     vae = AutoencoderKL.from_pretrained(folder).to(device).eval()
     Curve(out / TRAIN_CURVE, CURVE_COLUMNS).close()  # no training: an empty curve
-    norm = {k: vae.config.get(k) for k in ("scaling_factor", "latents_mean", "latents_std")}
-    return vae, {**norm, "kept_champion_version": int(version), "steps": 0, "train_seconds": 0.0}
+    return vae, {**_configured_normalisation(vae), "kept_champion_version": int(version), "steps": 0,
+                 "train_seconds": 0.0}  # fmt: skip
+
+
+@torch.no_grad()
+def validate(
+    vae: AutoencoderKL, val: list[torch.Tensor], device: torch.device
+) -> tuple[dict, list[torch.Tensor]]:
+    """PSNR and SSIM of the held-out images' reconstructions (from the posterior mean), and the per-channel
+    mean and std of their normalised latents (about 0 and 1 when the statistics fit this data)."""
+    recon, channels = [], []
+    for group in val:
+        parts = []
+        for batch in group.split(256):
+            z = vae.encode(batch.to(device)).latent_dist.mode()
+            parts.append(vae.decode(z).sample.float().cpu())
+            channels.append(to_diffusion_space(z.float(), vae.config).cpu().transpose(0, 1).flatten(1))
+        recon.append(torch.cat(parts))
+    per_channel = torch.cat(channels, dim=1).double()  # [C, every position of every image]
+    metrics = {
+        "val_psnr": psnr(torch.cat([r.flatten() for r in recon]), torch.cat([g.flatten() for g in val])),
+        "val_ssim": sum(ssim(r, g) * len(g) for r, g in zip(recon, val, strict=True)) / sum(map(len, val)),
+        "val_latent_mean": per_channel.mean(1).tolist(),
+        "val_latent_std": per_channel.std(1).tolist(),
+    }
+    return metrics, recon
 
 
 def run_train_vae(
@@ -126,23 +188,21 @@ def run_train_vae(
     except ValueError:  # no val split (val_fraction 0): report on a train subset rather than nothing
         val = [to_model_space(group[:256]) for group in train]
     with replaced_dir(out) as staging:  # the previous VAE stays until this one is complete
-        vae, facts = (
-            kept_vae(keep[1], keep[0], device, staging)
-            if keep
-            else train_new_vae(cfg, train, device, staging, tracker)
-        )
-        with torch.no_grad():
-            recon = [torch.cat([vae(b.to(device)).sample.float().cpu() for b in g.split(256)]) for g in val]
-        norm = {k: facts.pop(k) for k in ("scaling_factor", "latents_mean", "latents_std")}
-        metrics = {
-            "val_psnr": psnr(torch.cat([r.flatten() for r in recon]), torch.cat([g.flatten() for g in val])),
-            **{k: v for k, v in norm.items() if v is not None},
-            **facts,
-        }
+        if keep:
+            vae, facts = kept_vae(keep[1], keep[0], device, staging)
+        elif cfg.vae.pretrained:
+            vae, facts = pretrained_vae(cfg, train, device, staging, tracker)
+        else:
+            vae, facts = train_new_vae(cfg, train, device, staging, tracker)
+        measured, recon = validate(vae, val, device)
+        norm = {k: facts.pop(k) for k in NORMALISATION_KEYS}
+        metrics = {**measured, **{k: v for k, v in norm.items() if v is not None}, **facts}
         vae.to("cpu").save_pretrained(staging, safe_serialization=True)
         (staging / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     if tracker:
-        tracker.log_metrics({k: metrics[k] for k in ("val_psnr", "scaling_factor", "train_seconds")})
+        tracker.log_metrics(
+            {k: metrics[k] for k in ("val_psnr", "val_ssim", "scaling_factor", "train_seconds")}
+        )
         tracker.log_dict(norm, "latent_normalisation.json")
         # originals, then reconstructions, of the largest group
         largest = max(range(len(val)), key=lambda i: len(val[i]))

