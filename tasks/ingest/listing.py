@@ -21,19 +21,23 @@ from pathlib import Path
 from tasks.common.config import DataConfig
 from tasks.ingest.source_roots import Root, file_stamp, open_root
 
+_json_string = json.encoder.encode_basestring_ascii  # a str as json.dumps writes it (ensure_ascii)
+
 
 def source_listing(data: DataConfig, root: Root | None = None) -> dict:
     """The listing of `data`'s source; `root`: the source's root already opened (ingest lists it once)."""
     if data.source == "synthetic":
         return {"source": "synthetic"}
     root = root or open_root(data.path, data.endpoint_url)
-    digest, files = hashlib.sha256(), 0
-    for name, info in sorted(root.listing().items()):
-        if root.only is not None and name != root.only:
-            continue
-        digest.update(json.dumps([name, file_stamp(info)]).encode() + b"\n")
-        files += 1
-    return {"source": data.source, "files": files, "sha256": digest.hexdigest()}
+    # one line per file, as json.dumps([name, stamp]) writes it (built here with json's own string encoder:
+    # calling json.dumps for each of tens of thousands of files costs a fifth of a nightly ingest)
+    lines = [
+        f"[{_json_string(name)}, {_json_string(file_stamp(info))}]\n"
+        for name, info in sorted(root.listing().items())
+        if root.only is None or name == root.only
+    ]
+    digest = hashlib.sha256("".join(lines).encode())
+    return {"source": data.source, "files": len(lines), "sha256": digest.hexdigest()}
 
 
 def write_listing(data: DataConfig, path: Path, root: Root | None = None) -> bool:
