@@ -62,5 +62,5 @@ def content_key(*parts: bytes | str | dict | list | Framed) -> str:
 def content_keys(firsts: Iterable[bytes | str], *shared: bytes | str | dict | list) -> list[str]:
     """`content_key(first, *shared)` for every first part, encoding the shared parts once (a cache stage
     keys tens of thousands of items with the same model fingerprint and settings)."""
-    tail = b"".join(_framed(part) for part in shared)
-    return [hashlib.sha256(_KEY_PREFIX + _framed(first) + tail).hexdigest() for first in firsts]
+    framed = [Framed(part) for part in shared]
+    return [content_key(first, *framed) for first in firsts]
