@@ -62,12 +62,14 @@ class FileRef:
             raise TooLarge(f"{self.path}: more than {self.limit} bytes")
         return data
 
-    def limited(self, limit: int, setting: str) -> FileRef:
-        """This reference, read at most `limit` bytes; TooLarge (naming `setting`) when it is larger."""
-        refused = over_limit(self.size, limit, setting) if self.size is not None else None
-        if refused:
-            raise TooLarge(refused)
-        return FileRef(self.fs, self.path, self.stamp, self.size, limit)
+
+def _ref(fs, path: str, stamp: str, size: int | None, limit: int | None, setting: str) -> FileRef:
+    """A reference to a listed file, read at most `limit` bytes; TooLarge (naming `setting`) when its listed
+    size is already over."""
+    refused = over_limit(size, limit, setting) if size is not None and limit is not None else None
+    if refused:
+        raise TooLarge(refused)
+    return FileRef(fs, path, stamp, size, limit)
 
 
 def file_stamp(info: os.stat_result | dict) -> str:
@@ -120,7 +122,13 @@ class Root:
             return self.fs.isfile(self._path(name))
         return name in self.listing()
 
-    def locate(self, name: str) -> FileRef:
+    def locate(self, name: str, limit: int | None = None, setting: str = "") -> FileRef:
+        """`name`'s file, to be read at most `limit` bytes. OutsideRoot when the name points out of the root,
+        MissingFile when no file is behind it, TooLarge (naming `setting`) when the file is over `limit`."""
+        if self.local and self._listing is not None:  # a convention walked the folder (sidecar)
+            info = self._listing.get(name)  # a walked name is relative and normal, and a file
+            if info is not None and not info.get("islink") and self._inside(name, link=False):
+                return _ref(self.fs, self._path(name), file_stamp(info), info.get("size"), limit, setting)
         normal = posixpath.normpath(name)
         if name.startswith("/") or os.path.isabs(name) or normal == ".." or normal.startswith("../"):
             raise OutsideRoot(name)
@@ -128,28 +136,21 @@ class Root:
             info = self.listing().get(normal)
             if info is None:
                 raise MissingFile(name)
-            return FileRef(self.fs, self._path(normal), file_stamp(info), info.get("size"))
+            return _ref(self.fs, self._path(normal), file_stamp(info), info.get("size"), limit, setting)
         path = self._path(normal)
-        walked = self._listing is not None  # a convention listed the folder (sidecar): its infos are known
-        info = self._listing.get(normal) if walked else None
-        if info is None or info.get("islink"):  # not walked (imagefolder), or a link: ask the file system
-            try:
-                link = stat.S_ISLNK(os.lstat(path).st_mode)
-            except (FileNotFoundError, NotADirectoryError):
-                link = False
-        else:
+        try:
+            link = stat.S_ISLNK(os.lstat(path).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
             link = False
         if not self._inside(normal, link):
             raise OutsideRoot(name)
-        if info is None or link:
-            try:
-                info = os.stat(path)
-            except (FileNotFoundError, NotADirectoryError):
-                raise MissingFile(name) from None
-            if not stat.S_ISREG(info.st_mode):
-                raise MissingFile(name)
-        size = info.st_size if isinstance(info, os.stat_result) else info.get("size")
-        return FileRef(self.fs, path, file_stamp(info), size)
+        try:
+            info = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise MissingFile(name) from None
+        if not stat.S_ISREG(info.st_mode):
+            raise MissingFile(name)
+        return _ref(self.fs, path, file_stamp(info), info.st_size, limit, setting)
 
     def _inside(self, normal: str, link: bool) -> bool:
         """A local file is inside the root unless it is a symlink pointing out or its folder resolves

@@ -103,7 +103,7 @@ def _located(root: Root, name: str, limit: int, setting: str, item: str, told: s
     """`name`'s file in the root, to be read at most `limit` bytes (`data.<setting>`); a Reject of `item`
     saying why not (`told`: where the name was found)."""
     try:
-        return root.locate(name).limited(limit, f"data.{setting}")
+        return root.locate(name, limit, f"data.{setting}")
     except OutsideRoot:
         return Reject(item, "path_outside_root", told)
     except MissingFile:
@@ -126,7 +126,7 @@ def _metadata(root: Root, name: str, limits: ReadLimits) -> bytes:
     """A metadata file's bytes: it must lie inside the root (not a symlink pointing out) and within
     `data.max_metadata_bytes`."""
     try:
-        ref = root.locate(name).limited(limits.max_metadata_bytes, "data.max_metadata_bytes")
+        ref = root.locate(name, limits.max_metadata_bytes, "data.max_metadata_bytes")
         return ref.read()
     except OutsideRoot:
         raise ValueError(f"{root.describe(name)} points outside data.path; it is not read") from None
