@@ -33,7 +33,8 @@ def _add_model_args(p: argparse.ArgumentParser, out: str, sampling: bool = True,
     """What every command that draws a registered model takes: the model, the PNG, the params; and how to
     sample, where it samples."""
     p.add_argument("--model", default=None, help="model URI (default models:/<registered_model>@champion)")
-    p.add_argument("--out", default=out, help=f"output PNG (default {out})")
+    kind = "PNG" if out.endswith(".png") else "folder"
+    p.add_argument("--out", default=out, help=f"output {kind} (default {out})")
     if seed:
         p.add_argument("--seed", type=int, default=0)
     if sampling:
@@ -258,6 +259,21 @@ def cmd_latents(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """A registered model as a diffusers pipeline folder (models/export.py) that users load offline."""
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        print(f"ldmflow export: {out} exists and is not an empty folder; name a new one", file=sys.stderr)
+        return 2
+    from models.export import export_pipeline
+
+    found = Registered.load(args)
+    export_pipeline(found.pipe, out)
+    print(f"wrote {out}: the diffusers pipeline of {found.uri}; load it with "
+          f"DiffusionPipeline.from_pretrained({str(out)!r}, trust_remote_code=True)")  # fmt: skip
+    return 0
+
+
 def cmd_lineage(args: argparse.Namespace) -> int:
     """Where a registered model came from: its lineage tags, and the commands that bring them back."""
     from flows.runtime import prepare
@@ -419,6 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_args(space, "latents.png", sampling=False)
     space.set_defaults(func=cmd_latents)
+
+    export = sub.add_parser("export", help="a registered model as a diffusers pipeline folder")
+    _add_model_args(export, "pipeline", sampling=False)
+    export.set_defaults(func=cmd_export)
 
     lineage = sub.add_parser(
         "lineage", help="where a registered model came from: git commit, data and params hashes"

@@ -1,4 +1,9 @@
-"""Text -> image: encode the prompt, run guided DDIM in latent space, decode with the VAE."""
+"""Text -> image: encode the prompt, run guided DDIM in latent space, decode with the VAE.
+
+The sampler is a diffusers pipeline, and this module and the ones it imports ship inside every exported
+pipeline folder (models/export.py). So they import one another relatively, and nothing else of ldmflow:
+diffusers copies beside this file only the modules it imports itself.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +13,30 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DiffusionPipeline,
+    ImagePipelineOutput,
+    UNet2DConditionModel,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from PIL import Image
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from models.device import autocast, pick_device
-from models.images import to_uint8
-from models.latents import from_diffusion_space
-from models.sampling import sample_latents
-from models.text_encoder import encode_captions, load_text_encoder
-from models.unet import check_cross_attention_dim, default_latent_size
+from .device import autocast, pick_device
+from .images import to_uint8
+from .latents import from_diffusion_space
+from .sampling import sample_latents, sampling_scheduler
+from .text_encoder import encode_captions, load_text_encoder
+from .unet import check_cross_attention_dim, default_latent_size
 
 
 def save_sampling_config(
     path: str | Path, scheduler_config: dict[str, Any], max_length: int, clip_skip: int = 0
 ) -> None:
     """Write what sampling needs besides the weights: the noise schedule, the token length and the text
-    encoder layer read."""
+    encoder layer read (the layout of models registered before the pipeline folder)."""
     payload = {
         "scheduler": dict(scheduler_config),
         "max_length": int(max_length),
@@ -40,8 +53,11 @@ def _read_sampling_config(path_or_dict: str | Path | dict[str, Any]) -> dict[str
     return cfg
 
 
-class LatentDiffusionPipeline:
-    """The sampler's parts (VAE, U-Net, tokenizer + text encoder, noise schedule) and `generate`."""
+class LatentDiffusionPipeline(DiffusionPipeline):
+    """The sampler's parts (VAE, U-Net, tokenizer + text encoder, noise schedule), `generate`, and
+    diffusers' `__call__`. Sampling is DDIM (`sampling_scheduler`) whatever schedule trained the U-Net."""
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
 
     def __init__(
         self,
@@ -49,25 +65,38 @@ class LatentDiffusionPipeline:
         unet: UNet2DConditionModel,
         tokenizer: PreTrainedTokenizerBase,
         text_encoder: PreTrainedModel,
-        scheduler_config: dict[str, Any],
-        max_length: int,
-        device: torch.device | str,
+        scheduler: SchedulerMixin | dict[str, Any],
+        max_length: int = 77,
+        device: torch.device | str | None = None,
         clip_skip: int = 0,
     ):
+        super().__init__()
         check_cross_attention_dim(unet, text_encoder.config.hidden_size)
         if unet.config.in_channels != vae.config.latent_channels:
             raise ValueError(
                 f"U-Net in_channels is {unet.config.in_channels} but the VAE has "
                 f"{vae.config.latent_channels} latent channels"
             )
-        self.device = torch.device(device)
-        self.vae = vae.to(self.device).eval()
-        self.unet = unet.to(self.device).eval()
-        self.tokenizer = tokenizer
-        self.text_encoder = text_encoder.to(self.device).eval()
-        self.scheduler_config = dict(scheduler_config)
-        self.max_length = int(max_length)
-        self.clip_skip = int(clip_skip)  # the text encoder layer the U-Net was trained on (0: the last)
+        config = scheduler if isinstance(scheduler, dict) else scheduler.config
+        self.register_modules(
+            vae=vae.eval(),
+            unet=unet.eval(),
+            tokenizer=tokenizer,
+            text_encoder=text_encoder.eval(),
+            scheduler=sampling_scheduler(config),
+        )
+        # the token length, and the text encoder layer the U-Net was trained on (0: the last)
+        self.register_to_config(max_length=int(max_length), clip_skip=int(clip_skip))
+        if device is not None:
+            self.to(torch.device(device))
+
+    @property
+    def max_length(self) -> int:
+        return self.config.max_length
+
+    @property
+    def clip_skip(self) -> int:
+        return self.config.clip_skip
 
     @classmethod
     def from_dirs(
@@ -78,20 +107,65 @@ class LatentDiffusionPipeline:
         sampling_config_path_or_dict: str | Path | dict[str, Any],
         device: torch.device | str | None = None,
     ) -> LatentDiffusionPipeline:
-        """Load the diffusers VAE/U-Net dirs, the transformers encoder dir and the sampling config."""
+        """Load the diffusers VAE/U-Net dirs, the transformers encoder dir and the sampling config (the
+        parts of a model registered before the pipeline folder)."""
         device = device if isinstance(device, torch.device) else pick_device(device)
         cfg = _read_sampling_config(sampling_config_path_or_dict)
-        tokenizer, text_encoder = load_text_encoder(str(text_encoder_dir), device=device)
+        tokenizer, text_encoder = load_text_encoder(str(text_encoder_dir))
         return cls(
             vae=AutoencoderKL.from_pretrained(str(vae_dir)),
             unet=UNet2DConditionModel.from_pretrained(str(unet_dir)),
             tokenizer=tokenizer,
             text_encoder=text_encoder,
-            scheduler_config=cfg["scheduler"],
+            scheduler=cfg["scheduler"],
             max_length=cfg["max_length"],
             device=device,
             clip_skip=cfg.get("clip_skip", 0),  # (models registered before clip_skip read the last layer)
         )
+
+    @classmethod
+    def from_folder(
+        cls, folder: str | Path, device: torch.device | str | None = None
+    ) -> LatentDiffusionPipeline:
+        """A pipeline folder this class saved (models/export.py), each part from its subfolder: ldmflow's
+        own way in, which runs none of the code shipped in the folder."""
+        device = device if isinstance(device, torch.device) else pick_device(device)
+        index = json.loads((Path(folder) / "model_index.json").read_text())
+        tokenizer, text_encoder = load_text_encoder(str(folder))  # text_encoder/ beside tokenizer/
+        return cls(
+            vae=AutoencoderKL.from_pretrained(folder, subfolder="vae"),
+            unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet"),
+            tokenizer=tokenizer,
+            text_encoder=text_encoder,
+            scheduler=DDIMScheduler.from_pretrained(folder, subfolder="scheduler"),
+            max_length=index["max_length"],
+            device=device,
+            clip_skip=index.get("clip_skip", 0),
+        )
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        num_images_per_prompt: int = 1,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 4.0,
+        seed: int = 0,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        """diffusers' call: `generate`'s images (the same for the same seed) as PIL images, or uint8 arrays
+        [N, H, W, 3] with output_type="np"."""
+        images = self.generate(
+            [prompt] if isinstance(prompt, str) else list(prompt),
+            num_images_per_prompt=num_images_per_prompt,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            seed=seed,
+        )
+        if output_type == "pil":
+            images = [Image.fromarray(image) for image in images]
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
 
     @torch.no_grad()
     def generate(
@@ -153,7 +227,7 @@ class LatentDiffusionPipeline:
         with autocast(self.device):
             latents = sample_latents(
                 self.unet,
-                self.scheduler_config,
+                self.scheduler.config,
                 hidden,
                 mask,
                 uncond_hidden,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TypeVar
 
-from diffusers import ModelMixin
+from diffusers import AutoencoderKL, ModelMixin, UNet2DConditionModel
 
 M = TypeVar("M", bound=ModelMixin)
 
@@ -21,3 +21,13 @@ def load_part(cls: type[M], source: str, part: str, setting: str) -> M:
             raise FileNotFoundError(f"{setting}={source}: no config.json there or in {part}/")
         return cls.from_pretrained(path, subfolder=subfolder)
     return cls.from_pretrained(source, subfolder=part)
+
+
+def load_pretrained_vae(source: str) -> AutoencoderKL:
+    """An AutoencoderKL from its folder, a pipeline folder with `vae/` (Stable Diffusion's), or a hub id."""
+    return load_part(AutoencoderKL, source, "vae", "vae.pretrained")
+
+
+def load_pretrained_unet(source: str) -> UNet2DConditionModel:
+    """A diffusers U-Net from a local dir (the U-Net's own, or a pipeline's with `unet/`), or a hub id."""
+    return load_part(UNet2DConditionModel, source, "unet", "unet.pretrained")

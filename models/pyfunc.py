@@ -1,4 +1,5 @@
-"""The registered text-to-image model: an MLflow pyfunc whose artifacts are diffusers/transformers dirs."""
+"""The registered text-to-image model: an MLflow pyfunc whose artifact is a diffusers pipeline folder
+(models/export.py); models registered before it have the parts as four artifacts."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ PYFUNC_PARAMS_SCHEMA: dict[str, tuple[str, Any]] = {
     "guidance_scale": ("double", 4.0),
     "seed": ("long", 0),
 }
-ARTIFACTS = ("vae", "unet", "text_encoder", "sampling")
+PIPELINE = "pipeline"  # the artifact: the pipeline folder
+PARTS = ("vae", "unet", "text_encoder", "sampling")  # the artifacts of models registered before it
 
 # What one request may ask of a served model (all its images are made in one batch).
 MAX_PROMPTS = 16
@@ -55,10 +57,13 @@ class TextToImageModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from models.pipeline import LatentDiffusionPipeline  # heavy imports only when served
 
-        missing = [a for a in ARTIFACTS if a not in context.artifacts]
-        if missing:
-            raise ValueError(f"model artifacts lack {missing}; expected {list(ARTIFACTS)}")
         a = context.artifacts
+        if PIPELINE in a:
+            self.pipe = LatentDiffusionPipeline.from_folder(a[PIPELINE])
+            return
+        missing = [part for part in PARTS if part not in a]
+        if missing:
+            raise ValueError(f"model artifacts lack {missing}; expected {PIPELINE!r} or {list(PARTS)}")
         self.pipe = LatentDiffusionPipeline.from_dirs(a["vae"], a["unet"], a["text_encoder"], a["sampling"])
 
     def predict(self, context, model_input, params=None):

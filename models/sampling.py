@@ -9,6 +9,12 @@ import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 
 
+def sampling_scheduler(scheduler_config: dict[str, Any]) -> DDIMScheduler:
+    """DDIM on the noise schedule of `scheduler_config` (the one the U-Net was trained with)."""
+    # "trailing" spacing starts at t = T-1, which matches pure noise (Lin et al. 2024, sec. 3.3)
+    return DDIMScheduler.from_config(scheduler_config, clip_sample=False, timestep_spacing="trailing")
+
+
 @torch.no_grad()
 def sample_latents(
     unet: UNet2DConditionModel,
@@ -36,8 +42,7 @@ def sample_latents(
     b = shape[0]
     if cond_hidden.shape[0] != b:
         raise ValueError(f"cond_hidden has batch {cond_hidden.shape[0]} but shape asks for {b}")
-    # "trailing" spacing starts at t = T-1, which matches pure noise (Lin et al. 2024, sec. 3.3)
-    scheduler = DDIMScheduler.from_config(scheduler_config, clip_sample=False, timestep_spacing="trailing")
+    scheduler = sampling_scheduler(scheduler_config)
     scheduler.set_timesteps(num_inference_steps, device=device)
 
     cond_hidden, cond_mask = cond_hidden.to(device), cond_mask.to(device)

@@ -6,8 +6,6 @@ import math
 
 from diffusers import UNet2DConditionModel
 
-from models.pretrained import load_part
-
 
 def _norm_groups(widths: list[int]) -> int:
     """Largest GroupNorm group count <= 32 that divides every width."""
@@ -83,11 +81,6 @@ def check_cross_attention_dim(unet: UNet2DConditionModel, hidden_size: int) -> N
             f"U-Net cross_attention_dim is {expected} but the text encoder's hidden size is {hidden_size}; "
             "train the U-Net with this encoder or use the encoder it was trained with"
         )
-
-
-def load_pretrained_unet(source: str) -> UNet2DConditionModel:
-    """A diffusers U-Net from a local dir (the U-Net's own, or a pipeline's with `unet/`), or a hub id."""
-    return load_part(UNet2DConditionModel, source, "unet", "unet.pretrained")
 
 
 def check_unet_fits(unet: UNet2DConditionModel, latent_channels: int, text_hidden_size: int) -> None:

@@ -8,8 +8,6 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from models.pretrained import load_part
-
 
 def build_vae(
     *,
@@ -39,11 +37,6 @@ def build_vae(
         latent_channels=latent_channels,
         scaling_factor=1.0,
     )
-
-
-def load_pretrained_vae(source: str) -> AutoencoderKL:
-    """An AutoencoderKL from its folder, a pipeline folder with `vae/` (Stable Diffusion's), or a hub id."""
-    return load_part(AutoencoderKL, source, "vae", "vae.pretrained")
 
 
 def decoder_parameters(vae: AutoencoderKL) -> list[torch.nn.Parameter]:

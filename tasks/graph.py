@@ -116,6 +116,7 @@ STAGES: dict[str, Stage] = {
             code=(
                 "tasks/evaluate",
                 "models/pipeline.py",
+                "models/export.py",
                 "models/pyfunc.py",
                 "models/probe.py",
                 "models/judge.py",
@@ -124,7 +125,6 @@ STAGES: dict[str, Stage] = {
                 "models/sampling.py",
                 "models/text_encoder.py",
                 "models/unet.py",
-                "models/pretrained.py",
                 "models/latents.py",
                 "models/images.py",
                 "models/device.py",

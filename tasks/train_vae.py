@@ -24,7 +24,8 @@ from diffusers import AutoencoderKL
 from models.device import autocast, pick_device
 from models.images import make_grid, to_model_space, to_uint8
 from models.latents import set_normalisation, to_diffusion_space
-from models.vae import build_vae, decoder_parameters, load_pretrained_vae, psnr, ssim, vae_loss
+from models.pretrained import load_pretrained_vae
+from models.vae import build_vae, decoder_parameters, psnr, ssim, vae_loss
 from tasks.common.atomic_dir import replaced_dir
 from tasks.common.config import Config
 from tasks.common.curves import Curve

@@ -1,21 +1,26 @@
 """Fine-tuning from a Stable Diffusion pipeline folder, through the CLI. A tiny one built from configs
 (tests/tiny_sd.py: AutoencoderKL, CLIP text model and tokenizer, UNet2DConditionModel) stands in for the
 parts ldmflow would otherwise train: its VAE is validated as it is (`vae.finetune: none`), its text encoder
-read at the tokenizer's own length and one layer early (`text.clip_skip: 1`), its U-Net fine-tuned."""
+read at the tokenizer's own length and one layer early (`text.clip_skip: 1`), its U-Net fine-tuned. The
+model it registers goes out as a diffusers pipeline folder again (`ldmflow export`)."""
 
 from __future__ import annotations
 
 import json
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 from diffusers import AutoencoderKL
+from exported import sample_exported
+from PIL import Image
 from projects import TINY, cli_env, init_project, write_params
 from test_pipeline_e2e import ldmflow, stage_outcomes
 from tiny_sd import write_sd_pipeline
 
 from models.fingerprint import module_fingerprint
+from models.images import make_grid
 
 pytestmark = pytest.mark.e2e
 SD = ["vae.pretrained=sd", "vae.finetune=none", "text.encoder=sd", "text.max_length=null", "text.clip_skip=1",
@@ -43,6 +48,18 @@ def test_a_tiny_sd_pipeline_fine_tunes_through_the_cli(tmp_path, s3_server, pref
     text = json.loads((root / "artifacts/text/cache.json").read_text())
     assert text["max_length"] == 77 and text["clip_skip"] == 1 and text["hidden_size"] == 32
     assert "registered ldmflow version 1" in run.stdout + run.stderr
+
+    # the registered model as a diffusers pipeline folder: a fresh process without ldmflow loads it with
+    # DiffusionPipeline.from_pretrained and draws, for a seed, the very images `ldmflow generate` draws
+    ldmflow(root, env, "generate", "a small red circle", "-n", "2", "--seed", "3", "--steps", "5",
+            "--out", "generated.png")  # fmt: skip
+    ldmflow(root, env, "export", "--out", "exported")
+    assert json.loads((root / "exported/model_index.json").read_text())["text_encoder"][1] == "CLIPTextModel"
+    call = {"prompt": "a small red circle", "num_images_per_prompt": 2, "seed": 3, "num_inference_steps": 5}
+    images, module = sample_exported(root / "exported", tmp_path / "fresh", **call)
+    assert module.startswith("diffusers_modules.")
+    generated = np.asarray(Image.open(root / "generated.png").convert("RGB"))
+    np.testing.assert_array_equal(np.asarray(make_grid(images)), generated)  # bit for bit, on one device
 
     # the VAE was not trained, so its latents are the ones already stored: a second build encodes none
     keys = set(pd.read_parquet(root / "artifacts/latents/manifest.parquet")["latent_key"])

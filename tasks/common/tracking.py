@@ -215,6 +215,8 @@ def champion_part(cfg: Config, paths: ProjectPaths, part: str) -> tuple[str, Pat
     """One part of the registered champion (`unet`, `vae`, ...), downloaded under .ldmflow/champion/:
     (its version, the folder). None when there is no champion yet. Each process of a distributed run
     downloads its own copy, so none reads a half-written one."""
+    from models.pyfunc import PIPELINE
+
     client, _ = connect(cfg, paths)
     name = cfg.tracking.registered_model
     champion = current_champion(client, name)
@@ -222,7 +224,10 @@ def champion_part(cfg: Config, paths: ProjectPaths, part: str) -> tuple[str, Pat
         return None
     rank = os.environ.get("RANK", "0")
     folder = paths.state / "champion" / f"{name}-v{champion.version}-rank{rank}"
-    uri = f"models:/{name}/{champion.version}/artifacts/{part}"
+    artifacts = f"models:/{name}/{champion.version}/artifacts"
+    listed = {Path(a.path).name for a in mlflow.artifacts.list_artifacts(artifact_uri=artifacts)}
+    # the part inside the pipeline folder; a model registered before it has the part as its own artifact
+    uri = f"{artifacts}/{PIPELINE}/{part}" if PIPELINE in listed else f"{artifacts}/{part}"
     return champion.version, Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder)))
 
 

@@ -22,10 +22,11 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from models import pyfunc
 from models.device import pick_device
+from models.export import export_pipeline
 from models.fingerprint import module_fingerprint
 from models.images import make_grid
-from models.pipeline import LatentDiffusionPipeline, save_sampling_config
-from models.pyfunc import TextToImageModel, signature
+from models.pipeline import LatentDiffusionPipeline
+from models.pyfunc import PIPELINE, TextToImageModel, signature
 from models.text_encoder import load_text_encoder
 from tasks.common import tracking
 from tasks.common.atomic_dir import replaced_dir
@@ -60,16 +61,15 @@ def load_pipeline(vae_dir: Path, unet_dir: Path, text_dir: Path, cfg: Config) ->
             f"text encoder {info['encoder']!r} no longer matches the one the U-Net was trained with "
             f"({text_dir / 'cache.json'}); re-run embed_text and train_unet"
         )
-    device = pick_device()
     scheduler_config = dict(json.loads((unet_dir / "scheduler" / "scheduler_config.json").read_text()))
     return LatentDiffusionPipeline(
-        vae=AutoencoderKL.from_pretrained(vae_dir).to(device).eval(),
-        unet=UNet2DConditionModel.from_pretrained(unet_dir).to(device).eval(),
+        vae=AutoencoderKL.from_pretrained(vae_dir),
+        unet=UNet2DConditionModel.from_pretrained(unet_dir),
         tokenizer=tokenizer,
-        text_encoder=encoder.to(device),
-        scheduler_config=scheduler_config,
+        text_encoder=encoder,
+        scheduler=scheduler_config,
         max_length=int(info["max_length"]),
-        device=device,
+        device=pick_device(),
         clip_skip=int(info.get("clip_skip", 0)),
     )
 
@@ -212,21 +212,15 @@ def gate_and_register(cfg: Config, paths: ProjectPaths, pipe: LatentDiffusionPip
 def register(
     cfg: Config, pipe: LatentDiffusionPipeline, tracker: Run, alias: str, tags: dict[str, str]
 ) -> str:
-    """Save the sampler's parts as artifacts of a pyfunc text-to-image model and register it."""
+    """Register the sampler as a pyfunc text-to-image model whose artifact is its diffusers pipeline folder
+    (models/export.py)."""
     with tempfile.TemporaryDirectory() as tmp:
-        parts = Path(tmp)
-        pipe.vae.save_pretrained(parts / "vae")
-        pipe.unet.save_pretrained(parts / "unet")
-        pipe.text_encoder.save_pretrained(parts / "text_encoder")
-        pipe.tokenizer.save_pretrained(parts / "text_encoder")
-        save_sampling_config(parts / "sampling.json", pipe.scheduler_config, pipe.max_length, pipe.clip_skip)
-        artifacts = {name: str(parts / name) for name in ("vae", "unet", "text_encoder", "sampling.json")}
-        artifacts["sampling"] = artifacts.pop("sampling.json")
+        folder = export_pipeline(pipe, Path(tmp) / PIPELINE)
         return tracking.register_text_to_image(
             tracker,
             cfg,
             TextToImageModel(),
-            artifacts,
+            {PIPELINE: str(folder)},
             signature(),
             code_paths=[str(Path(pyfunc.__file__).parent)],  # the `models` package travels with the model
             alias=alias,

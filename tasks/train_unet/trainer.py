@@ -26,7 +26,8 @@ from safetensors.torch import load_file, save_file
 
 from models.noise_schedule import make_train_scheduler
 from models.objectives import NoiseDraw, Objective, per_sample_loss
-from models.unet import build_unet, check_unet_fits, load_pretrained_unet
+from models.pretrained import load_pretrained_unet
+from models.unet import build_unet, check_unet_fits
 from tasks.common.config import UnetConfig
 from tasks.common.launch import launched_distributed
 
