@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from models.images import to_model_space, to_uint8
 
 
 def build_vae(
@@ -45,15 +49,34 @@ def decoder_parameters(vae: AutoencoderKL) -> list[torch.nn.Parameter]:
     return [*vae.decoder.parameters(), *(vae.post_quant_conv.parameters() if vae.post_quant_conv else [])]
 
 
+@torch.no_grad()
+def reconstruct(vae: AutoencoderKL, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """uint8 images [N, H, W, 3] through the autoencoder (the posterior's mean, decoded), uint8 again."""
+    device = next(vae.parameters()).device
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = to_model_space(images[start : start + batch_size]).to(device, vae.dtype)
+        out.append(to_uint8(vae.decode(vae.encode(x).latent_dist.mode()).sample))
+    return np.concatenate(out) if out else images[:0].copy()
+
+
+class VaeLoss(NamedTuple):
+    total: torch.Tensor  # reconstruction + kl_weight * KL
+    reconstruction: torch.Tensor  # L1 + mse_weight * MSE (what an adversarial loss is balanced against)
+    parts: dict[str, float]  # recon_l1, recon_mse, kl
+    images: torch.Tensor  # the reconstructions [B, 3, H, W]
+
+
 def vae_loss(
     vae: AutoencoderKL,
     images: torch.Tensor,
     kl_weight: float,
     generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
-    """(loss, parts, reconstruction) for images [B, 3, H, W] in [-1, 1].
+    mse_weight: float = 1.0,
+) -> VaeLoss:
+    """The loss of images [B, 3, H, W] in [-1, 1]:
 
-    loss = |x - x_hat|_1 + |x - x_hat|_2^2 (per-pixel means) + kl_weight * KL(q(z|x) || N(0, I)),
+    |x - x_hat|_1 + mse_weight |x - x_hat|_2^2 (per-pixel means) + kl_weight * KL(q(z|x) || N(0, I)),
     the KL summed over latent dims and averaged over the batch; z is sampled (reparameterisation).
     """
     posterior = vae.encode(images).latent_dist  # diagonal Gaussian over [B, C, h, w]
@@ -64,9 +87,9 @@ def vae_loss(
     mse = F.mse_loss(x_hat, x)
     # KL(N(mu, s^2) || N(0, 1)) = 0.5 * sum(mu^2 + s^2 - 1 - log s^2)   (Kingma & Welling 2014, app. B)
     kl = posterior.kl().float().mean()
-    loss = l1 + mse + kl_weight * kl
+    reconstruction = l1 + mse_weight * mse
     parts = {"recon_l1": l1.item(), "recon_mse": mse.item(), "kl": kl.item()}
-    return loss, parts, recon
+    return VaeLoss(reconstruction + kl_weight * kl, reconstruction, parts, recon)
 
 
 def psnr(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:

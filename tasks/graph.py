@@ -53,6 +53,7 @@ STAGES: dict[str, Stage] = {
             code=(
                 "tasks/train_vae.py",
                 "models/vae.py",
+                "models/discriminator.py",
                 "models/pretrained.py",
                 "models/latents.py",
                 "models/latent_space.py",
@@ -118,6 +119,7 @@ STAGES: dict[str, Stage] = {
                 "models/pipeline.py",
                 "models/export.py",
                 "models/pyfunc.py",
+                "models/vae.py",
                 "models/probe.py",
                 "models/judge.py",
                 "models/judge_metrics.py",

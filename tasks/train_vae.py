@@ -22,6 +22,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from models.device import autocast, pick_device
+from models.discriminator import AdversarialLoss
 from models.images import make_grid, to_model_space, to_uint8
 from models.latents import set_normalisation, to_diffusion_space
 from models.pretrained import load_pretrained_vae
@@ -59,12 +60,22 @@ def sample_batch(groups: list[StoredImages], batch_size: int, gen: torch.Generat
 def fit(
     vae: AutoencoderKL, params: list[torch.nn.Parameter], cfg: Config, train: list[StoredImages],
     device: torch.device, out: Path, tracker: Run | None,
-) -> tuple[float, float]:  # fmt: skip
-    """Train `params` of `vae` for `vae.steps` on random batches (with replacement); the loss curve goes to
-    `out`. Returns (the last loss, seconds)."""
-    v = cfg.vae
+) -> dict[str, float]:  # fmt: skip
+    """Train `params` of `vae` for `vae.steps` on random batches (with replacement), against a PatchGAN from
+    step `vae.adversarial.start` on when `vae.adversarial.weight` is set; the loss curve goes to `out`.
+    Returns the last step's losses (the discriminator's too once it played) and the seconds taken."""
+    v, a = cfg.vae, cfg.vae.adversarial
     opt = torch.optim.AdamW(params, lr=v.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
+    adversary = None
+    if a.weight > 0:
+        with torch.random.fork_rng(
+            devices=[]
+        ):  # its initialisation leaves the VAE's random draws as they were
+            torch.manual_seed(cfg.seed)
+            adversary = AdversarialLoss(a.weight, a.channels, a.layers).to(device)
+    # the LDM paper's discriminator optimiser: Adam with beta1 0.5, at the autoencoder's learning rate
+    opt_d = torch.optim.Adam(adversary.parameters(), lr=v.lr, betas=(0.5, 0.9)) if adversary else None
     gen = torch.Generator().manual_seed(cfg.seed)
     start = time.perf_counter()
     curve = Curve(out / TRAIN_CURVE, CURVE_COLUMNS)
@@ -72,20 +83,32 @@ def fit(
     bar = progress(range(v.steps), desc="train_vae", unit="step")
     for step in bar:
         batch = sample_batch(train, v.batch_size, gen).to(device)
+        playing = adversary is not None and step >= a.start
         with autocast(device):
-            loss, parts, _ = vae_loss(vae, batch, v.kl_weight)
+            loss, reconstruction, parts, fakes = vae_loss(vae, batch, v.kl_weight, mse_weight=v.mse_weight)
+            if playing:
+                term, game = adversary.autoencoder_term(reconstruction, fakes, vae.decoder.conv_out.weight)
+                loss, parts = loss + term, parts | game
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
+        if playing:
+            with autocast(device):
+                d_loss, game = adversary.discriminator_loss(batch, fakes)
+            opt_d.zero_grad(set_to_none=True)  # (the autoencoder's backward reached the discriminator too)
+            d_loss.backward()
+            opt_d.step()
+            parts |= game
         if step % v.log_every == 0 or step == v.steps - 1:
             bar.set_postfix(loss=f"{loss.item():.4f}")
-            curve.write(step, train_loss=loss.item(), **parts)
+            curve.write(step, train_loss=loss.item(), **{k: parts[k] for k in CURVE_COLUMNS[1:]})
             if tracker:
                 tracker.log_metrics({"train_loss": loss.item(), **parts}, step=step)
     curve.close()
     vae.eval()
-    return float(loss.item()), time.perf_counter() - start
+    played = {f"final_{k}": parts[k] for k in ("g_loss", "adaptive_weight", "d_loss") if k in parts}
+    return {"final_train_loss": loss.item(), **played, "train_seconds": round(time.perf_counter() - start, 2)}
 
 
 def _estimated_normalisation(cfg: Config, vae: AutoencoderKL, train: list[StoredImages], device) -> dict:
@@ -112,9 +135,9 @@ def train_new_vae(
     ).to(device)
     if tracker:
         tracker.log_metrics({"vae_parameters": sum(p.numel() for p in vae.parameters())})
-    loss, seconds = fit(vae, list(vae.parameters()), cfg, train, device, out, tracker)
+    fitted = fit(vae, list(vae.parameters()), cfg, train, device, out, tracker)
     norm = _estimated_normalisation(cfg, vae, train, device)
-    return vae, {**norm, "final_train_loss": loss, "steps": v.steps, "train_seconds": round(seconds, 2)}
+    return vae, {**norm, **fitted, "steps": v.steps}
 
 
 def pretrained_vae(
@@ -132,8 +155,7 @@ def pretrained_vae(
         vae.requires_grad_(False)
         for param in params:
             param.requires_grad_(True)
-        loss, seconds = fit(vae, params, cfg, train, device, out, tracker)
-        facts |= {"final_train_loss": loss, "steps": v.steps, "train_seconds": round(seconds, 2)}
+        facts |= fit(vae, params, cfg, train, device, out, tracker) | {"steps": v.steps}
     if tracker:
         tracker.log_metrics(
             {"vae_parameters_trained": sum(p.numel() for p in vae.parameters() if p.requires_grad)}

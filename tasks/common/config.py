@@ -85,6 +85,15 @@ class DataConfig(Section):
     synthetic: SyntheticConfig = SyntheticConfig()
 
 
+class AdversarialConfig(Section):
+    """The LDM autoencoder's PatchGAN (models/discriminator.py)."""
+
+    weight: float = Field(0.0, ge=0)  # times the adaptive weight; 0: off (the LDM paper: 0.5)
+    start: int = Field(500, ge=0)  # the step the discriminator starts (the LDM paper's disc_start)
+    channels: int = Field(64, ge=1)  # the discriminator's first width
+    layers: int = Field(3, ge=1)  # stride-2 convolutions: 3 sees 70 px patches
+
+
 class VaeConfig(Section):
     init: Literal["scratch", "champion"] = "scratch"  # champion: keep the registry champion's VAE as it is
     # an AutoencoderKL folder, or a Stable Diffusion pipeline folder with vae/ (the widths below then unused)
@@ -99,6 +108,8 @@ class VaeConfig(Section):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     kl_weight: float = Field(1e-6, ge=0)
+    mse_weight: float = Field(1.0, ge=0)  # reconstruction: L1 + this x MSE (0: the LDM paper's L1 alone)
+    adversarial: AdversarialConfig = AdversarialConfig()
     latent_norm: Literal["channel", "global"] = "channel"
     log_every: int = Field(50, ge=1)
 

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from diffusers import AutoencoderKL
 
 from models.judge import embed_images
 from models.judge_metrics import frechet_and_kid, precision_recall
+from models.vae import reconstruct
 from tasks.common.ingested import MANIFEST, ImageShards
 from tasks.evaluate.judge import ReadyJudge
 
@@ -84,6 +86,13 @@ class RealReference:
             "recall_judge_real": recall_real,
             "floor_caption_matched": matched,
         }
+
+    def reconstruction(self, vae: AutoencoderKL) -> dict[str, float]:
+        """The VAE's reconstructions of the held-out images against the images, in the judge's space: what
+        the autoencoder alone costs, to read beside the real-vs-real floor."""
+        recon = [embed_images(self.ready.judge, reconstruct(vae, images)) for _, images in self.held_out]
+        fd, _ = frechet_and_kid(self.real_emb, torch.cat(recon), seed=self.seed)
+        return {"fd_judge_reconstruction": fd}
 
     def scores(self, samples: np.ndarray, prompts: list[str]) -> dict[str, float]:
         """Samples, one per prompt (a held-out caption), in the judge's space, framed by the real figures."""

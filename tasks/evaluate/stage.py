@@ -129,6 +129,9 @@ def report(metrics: dict[str, float]) -> str:
         f"precision {m['precision_judge']:.3f}  recall {m['recall_judge']:.3f}  "
         f"(real vs real: {m['precision_judge_real']:.3f}, {m['recall_judge_real']:.3f})",
     ]
+    if "fd_judge_reconstruction" in m:
+        lines.append(f"the VAE's reconstructions of the held-out images: FD (judge) "
+                     f"{m['fd_judge_reconstruction']:.4f}")  # fmt: skip
     if "prompt_adherence" in m:
         adherence, chance = m["prompt_adherence"], m["chance_level"]
         lines.append(f"prompt_adherence (colour and shape) {adherence:.3f} (chance {chance:.3f})")
@@ -159,7 +162,7 @@ def run_evaluate(
     print(f"judge: {'trained and stored' if ready.trained_now else 'reused'} ({store.uri(ready.key)})")
     measure = Measurement(cfg, paths.ingested, ready)
     samples = measure.samples(pipe)
-    metrics = measure.scores(samples)
+    metrics = measure.scores(samples) | measure.reference.reconstruction(pipe.vae)
     print(report(metrics))
 
     with replaced_dir(paths.eval) as staging:  # the previous evaluation stays until this one is complete

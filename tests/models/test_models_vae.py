@@ -28,7 +28,7 @@ def test_vae_loss_decreases_on_fixed_batch(tiny_vae):
     gen = torch.Generator().manual_seed(0)
     losses = []
     for _ in range(30):
-        loss, parts, recon = vae_loss(vae, x, kl_weight=1e-6, generator=gen)
+        loss, _, parts, recon = vae_loss(vae, x, kl_weight=1e-6, generator=gen)
         opt.zero_grad()
         loss.backward()
         opt.step()
