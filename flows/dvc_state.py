@@ -34,9 +34,8 @@ def ensure_remote(root: Path, storage: StorageConfig, s3_state: Path) -> str:
     from tasks.common.storage import object_store_from_config
 
     url = f"s3://{storage.bucket}/{REMOTE_FOLDER}"
-    object_store_from_config(
-        storage, s3_state
-    )  # the bucket, made if missing: a run of ingest alone made none
+    # the bucket, made when missing: a run of a stage without object storage (ingest alone) makes none
+    object_store_from_config(storage, s3_state)
     if storage.endpoint_url is None:
         from tasks.common.embedded_s3 import ensure_running
 
