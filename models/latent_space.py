@@ -74,3 +74,8 @@ def umap_installed() -> bool:
     except ImportError:
         return False
     return True
+
+
+def reconstruct(vae: AutoencoderKL, images: np.ndarray) -> np.ndarray:
+    """uint8 images [N, H, W, 3] through the autoencoder (the posterior's mean, decoded), uint8 again."""
+    return decode_normalised(vae, encode_normalised(vae, images))

@@ -10,8 +10,6 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from models.images import to_model_space, to_uint8
-
 
 def build_vae(
     *,
@@ -47,17 +45,6 @@ def decoder_parameters(vae: AutoencoderKL) -> list[torch.nn.Parameter]:
     """What `vae.finetune: decoder` trains: the decoder and the convolution before it. The encoder stays as
     it is, so every latent it gives (and every cached one) keeps its meaning."""
     return [*vae.decoder.parameters(), *(vae.post_quant_conv.parameters() if vae.post_quant_conv else [])]
-
-
-@torch.no_grad()
-def reconstruct(vae: AutoencoderKL, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """uint8 images [N, H, W, 3] through the autoencoder (the posterior's mean, decoded), uint8 again."""
-    device = next(vae.parameters()).device
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = to_model_space(images[start : start + batch_size]).to(device, vae.dtype)
-        out.append(to_uint8(vae.decode(vae.encode(x).latent_dist.mode()).sample))
-    return np.concatenate(out) if out else images[:0].copy()
 
 
 class VaeLoss(NamedTuple):

@@ -119,7 +119,6 @@ STAGES: dict[str, Stage] = {
                 "models/pipeline.py",
                 "models/export.py",
                 "models/pyfunc.py",
-                "models/vae.py",
                 "models/probe.py",
                 "models/judge.py",
                 "models/judge_metrics.py",

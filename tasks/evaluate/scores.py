@@ -14,7 +14,7 @@ from diffusers import AutoencoderKL
 
 from models.judge import embed_images
 from models.judge_metrics import frechet_and_kid, precision_recall
-from models.vae import reconstruct
+from models.latent_space import reconstruct
 from tasks.common.ingested import MANIFEST, ImageShards
 from tasks.evaluate.judge import ReadyJudge
 
