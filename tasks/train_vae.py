@@ -57,6 +57,17 @@ def sample_batch(groups: list[StoredImages], batch_size: int, gen: torch.Generat
     return to_model_space(group[torch.randint(len(group), (batch_size,), generator=gen).numpy()])
 
 
+def _adversary(cfg: Config, device: torch.device) -> tuple[AdversarialLoss, torch.optim.Optimizer]:
+    """The PatchGAN of `vae.adversarial` and its optimiser: Adam with beta1 0.5 at the autoencoder's learning
+    rate, as in the LDM paper. It is initialised from a seed of its own, so the VAE's random draws are the
+    same with it as without it."""
+    a = cfg.vae.adversarial
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        adversary = AdversarialLoss(a.weight, a.channels, a.layers).to(device)
+    return adversary, torch.optim.Adam(adversary.parameters(), lr=cfg.vae.lr, betas=(0.5, 0.9))
+
+
 def fit(
     vae: AutoencoderKL, params: list[torch.nn.Parameter], cfg: Config, train: list[StoredImages],
     device: torch.device, out: Path, tracker: Run | None,
@@ -67,15 +78,7 @@ def fit(
     v, a = cfg.vae, cfg.vae.adversarial
     opt = torch.optim.AdamW(params, lr=v.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
-    adversary = None
-    if a.weight > 0:
-        with torch.random.fork_rng(
-            devices=[]
-        ):  # its initialisation leaves the VAE's random draws as they were
-            torch.manual_seed(cfg.seed)
-            adversary = AdversarialLoss(a.weight, a.channels, a.layers).to(device)
-    # the LDM paper's discriminator optimiser: Adam with beta1 0.5, at the autoencoder's learning rate
-    opt_d = torch.optim.Adam(adversary.parameters(), lr=v.lr, betas=(0.5, 0.9)) if adversary else None
+    adversary, opt_d = _adversary(cfg, device) if a.weight > 0 else (None, None)
     gen = torch.Generator().manual_seed(cfg.seed)
     start = time.perf_counter()
     curve = Curve(out / TRAIN_CURVE, CURVE_COLUMNS)
