@@ -34,15 +34,13 @@ def ensure_remote(root: Path, storage: StorageConfig, s3_state: Path) -> str:
     from tasks.common.storage import object_store_from_config
 
     url = f"s3://{storage.bucket}/{REMOTE_FOLDER}"
-    # the bucket, made when missing: a run of a stage without object storage (ingest alone) makes none
-    object_store_from_config(storage, s3_state)
-    if storage.endpoint_url is None:
-        from tasks.common.embedded_s3 import ensure_running
-
-        ep = ensure_running(s3_state, s3_port=storage.embedded_port)
+    # the server started and the bucket made when missing: a run of a stage without object storage (ingest
+    # alone) makes neither
+    store = object_store_from_config(storage, s3_state)
+    if storage.endpoint_url is None:  # the embedded server: its endpoint and generated credentials
         shared: dict[str, str] = {}
-        local = {"url": url, "endpointurl": ep.endpoint_url, "region": ep.region,
-                 "access_key_id": ep.access_key, "secret_access_key": ep.secret_key}  # fmt: skip
+        local = {"url": url, "endpointurl": store.endpoint_url, "region": store.region,
+                 "access_key_id": store.access_key, "secret_access_key": store.secret_key}  # fmt: skip
     else:
         shared = {"url": url, "endpointurl": storage.endpoint_url, "region": storage.region}
         local = {}

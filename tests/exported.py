@@ -3,6 +3,7 @@ process that cannot import ldmflow, offline."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -25,8 +26,6 @@ print(type(pipe).__module__)
 
 def sample_exported(folder: Path, work: Path, **call) -> tuple[np.ndarray, str]:
     """(the images of `pipe(**call)` as uint8 [N, H, W, 3], the module the pipeline class came from)."""
-    import json
-
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(work / "hf")}
     env.pop("PYTHONPATH", None)
