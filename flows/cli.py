@@ -204,7 +204,8 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     if len(args.prompts) == 1 and len(args.seeds) not in (2, 4):
         print("ldmflow interpolate: one prompt walks between 2 seeds, or over a sheet of 4", file=sys.stderr)
         return 2
-    from models.pyfunc import request_params  # (torch: after the arguments are checked)
+    from models.interpolation import fractions  # (torch: after the arguments are checked)
+    from models.pyfunc import request_params
     from models.walks import prompt_walk, seed_sheet, seed_walk
 
     wanted = {"num_images_per_prompt": args.frames**2 if len(args.seeds) == 4 else args.frames}
@@ -214,10 +215,10 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     pipe = found.pipe
     sampling = {"steps": p["num_inference_steps"], "guidance": p["guidance_scale"]}
     if len(args.prompts) == 2:
-        images = prompt_walk(pipe, tuple(args.prompts), args.seeds[0], args.frames, **sampling)
+        images = prompt_walk(pipe, tuple(args.prompts), args.seeds[0], fractions(args.frames), **sampling)
         what = f"{args.prompts[0]!r} to {args.prompts[1]!r} at seed {args.seeds[0]}"
     elif len(args.seeds) == 2:
-        images = seed_walk(pipe, args.prompts[0], tuple(args.seeds), args.frames, **sampling)
+        images = seed_walk(pipe, args.prompts[0], tuple(args.seeds), fractions(args.frames), **sampling)
         what = f"{args.prompts[0]!r}, seed {args.seeds[0]} to seed {args.seeds[1]}"
     else:
         images = seed_sheet(pipe, args.prompts[0], tuple(args.seeds), args.frames, **sampling)

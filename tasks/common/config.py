@@ -222,6 +222,7 @@ class GateConfig(Section):
 class ViewsConfig(Section):
     enabled: bool = True  # the report's views: latent space, interpolation, attention maps
     frames: int = Field(8, ge=2)  # frames of each interpolation walk, and of each side of the seed sheet
+    refine: int = Field(8, ge=0)  # frames added to each pairwise walk where it moves fastest
     attention_prompts: int = Field(4, ge=1)  # held-out captions whose attention maps are drawn
 
 

@@ -18,9 +18,10 @@ import numpy as np
 
 from models.attention_maps import explain
 from models.images import make_grid
+from models.interpolation import fractions
 from models.judge import Judge, embed_images
 from models.pipeline import LatentDiffusionPipeline
-from models.walks import prompt_walk, seed_sheet, seed_walk
+from models.walks import prompt_walk, refine_walk, seed_sheet, seed_walk
 from tasks.common.config import Config
 from tasks.evaluate.attention_view import attention_figure
 from tasks.evaluate.latent_view import latent_space_view
@@ -35,6 +36,7 @@ class Smoothness:
     distance between its two ends. A walk can be smooth on average and still jump once: a prompt walk
     between two colours passes through the hues between them, which the judge tells apart."""
 
+    frames: int
     pixel_step: float  # mean absolute difference in uint8 levels
     pixel_mean_step: float
     pixel_ends: float
@@ -43,16 +45,29 @@ class Smoothness:
     judge_ends: float
 
 
+def _steps(frames: np.ndarray, judge: Judge) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """(pixel steps, judge steps, pixel ends apart, judge ends apart) of frames uint8 [N, H, W, 3]."""
+    x = frames.astype(np.float64)
+    emb = embed_images(judge, frames).double().numpy()  # unit vectors
+    pixel = np.abs(x[1:] - x[:-1]).mean(axis=(1, 2, 3))
+    judged = 1 - (emb[1:] * emb[:-1]).sum(1)
+    return pixel, judged, float(np.abs(x[-1] - x[0]).mean()), float(1 - emb[-1] @ emb[0])
+
+
 def smoothness(frames: np.ndarray, judge: Judge) -> Smoothness:
     """Of a walk's frames uint8 [N, H, W, 3], in order."""
-    x = frames.astype(np.float64)
-    emb = embed_images(judge, frames).double()  # unit vectors
-    pixel_steps = [float(np.abs(x[i + 1] - x[i]).mean()) for i in range(len(x) - 1)]
-    judge_steps = [float(1 - emb[i + 1] @ emb[i]) for i in range(len(emb) - 1)]
+    pixel, judged, pixel_ends, judge_ends = _steps(frames, judge)
     return Smoothness(
-        max(pixel_steps), float(np.mean(pixel_steps)), float(np.abs(x[-1] - x[0]).mean()),
-        max(judge_steps), float(np.mean(judge_steps)), float(1 - emb[-1] @ emb[0]),
+        len(frames), float(pixel.max()), float(pixel.mean()), pixel_ends,
+        float(judged.max()), float(judged.mean()), judge_ends,
     )  # fmt: skip
+
+
+def step_widths(frames: np.ndarray, judge: Judge) -> np.ndarray:
+    """Each step of a walk as a share of its ends' distance, the larger of pixels' and the judge's (what
+    `refine_walk` halves first)."""
+    pixel, judged, pixel_ends, judge_ends = _steps(frames, judge)
+    return np.maximum(pixel / max(pixel_ends, 1e-9), judged / max(judge_ends, 1e-9))
 
 
 def write_views(cfg: Config, pipe: LatentDiffusionPipeline, prompts: list[str], judge: Judge, ingested: Path,
@@ -70,14 +85,22 @@ def write_views(cfg: Config, pipe: LatentDiffusionPipeline, prompts: list[str], 
     took["latents"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    walks = {
-        "seeds": seed_walk(pipe, first, (seeds[0], seeds[1]), v.frames, **sampling),
-        "prompts": prompt_walk(pipe, (first, second), seeds[0], v.frames, **sampling),
-        "sheet": seed_sheet(pipe, first, (seeds[0], seeds[1], seeds[2], seeds[3]), v.frames, **sampling),
+    even = fractions(v.frames)
+    pairwise = {
+        "seeds": lambda at: seed_walk(pipe, first, (seeds[0], seeds[1]), at, **sampling),
+        "prompts": lambda at: prompt_walk(pipe, (first, second), seeds[0], at, **sampling),
     }
-    for name, frames in walks.items():
+    walks, measured["walk_fractions"] = {}, {}
+    for name, walk in pairwise.items():
+        at, frames = refine_walk(walk, even, v.refine, lambda frames: step_widths(frames, judge))
         make_grid(frames, ncols=v.frames).save(out / WALKS[name])
-    walks["sheet, left edge"] = walks.pop("sheet")[:: v.frames]  # seed 0 down to seed 2 (row-major)
+        measured["walk_fractions"][name] = at
+        walks[f"{name}, even"] = frames[[at.index(t) for t in even]]
+        if v.refine:
+            walks[f"{name}, refined"] = frames
+    sheet = seed_sheet(pipe, first, (seeds[0], seeds[1], seeds[2], seeds[3]), v.frames, **sampling)
+    make_grid(sheet, ncols=v.frames).save(out / WALKS["sheet"])
+    walks["sheet, left edge"] = sheet[:: v.frames]  # seed 0 down to seed 2 (row-major)
     measured["walks"] = {name: smoothness(frames, judge) for name, frames in walks.items()}
     measured["walk_prompts"] = {"first": first, "second": second, "seeds": seeds}
     took["interpolation"] = time.perf_counter() - started
@@ -119,29 +142,37 @@ def _latent_section(views: dict) -> list[str]:
 def _walk_section(views: dict) -> list[str]:
     w = views["walk_prompts"]
     seeds, first, second = w["seeds"], repr(w["first"]), repr(w["second"])
+    at = views["walk_fractions"]
     lines = [
         "", "## Interpolation", "",
-        f"{first}, seed {seeds[0]} to seed {seeds[1]} (the initial noise slerped):", "",
-        f"![seed walk]({WALKS['seeds']})", "",
-        f"{first} to {second} at seed {seeds[0]} (the text embeddings interpolated):", "",
-        f"![prompt walk]({WALKS['prompts']})", "",
+        f"{first}, seed {seeds[0]} to seed {seeds[1]} (the initial noise slerped), at "
+        f"{_fractions(at['seeds'])}:", "", f"![seed walk]({WALKS['seeds']})", "",
+        f"{first} to {second} at seed {seeds[0]} (the text embeddings interpolated), at "
+        f"{_fractions(at['prompts'])}:", "", f"![prompt walk]({WALKS['prompts']})", "",
         f"{first} over a sheet with seeds {', '.join(map(str, seeds))} at its corners (top left, top right, "
         "bottom left, bottom right; slerp both ways):", "",
         f"![seed sheet]({WALKS['sheet']})", "",
-        "| walk | pixels: largest step | mean step | ends apart "
+        "| walk | frames | pixels: largest step | mean step | ends apart "
         "| judge: largest step | mean step | ends apart |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for name, d in views["walks"].items():
         pixels = f"{d.pixel_step:.2f} | {d.pixel_mean_step:.2f} | {d.pixel_ends:.2f}"
         judged = f"{d.judge_step:.4f} | {d.judge_mean_step:.4f} | {d.judge_ends:.4f}"
-        lines.append(f"| {name} | {pixels} | {judged} |")
+        lines.append(f"| {name} | {d.frames} | {pixels} | {judged} |")
     lines += [
         "",
         "Pixels: mean absolute difference in uint8 levels; judge: 1 - cosine similarity of the "
-        "judge's image embeddings. A smooth walk's steps are all shorter than its ends are apart.",
+        "judge's image embeddings. A smooth walk's steps are all shorter than its ends are apart. "
+        "*even*: the walk's evenly spaced frames; *refined*: with frames added, each half-way across the "
+        "step that was widest (as a share of the ends' distance, in pixels or for the judge). Refining "
+        "shrinks the steps of a walk that only moves fast in places; a jump stays as wide.",
     ]
     return lines
+
+
+def _fractions(at: list[float]) -> str:
+    return "t = " + ", ".join(f"{t:.3g}" for t in at)
 
 
 def _attention_section(views: dict) -> list[str]:
