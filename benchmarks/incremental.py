@@ -7,7 +7,12 @@ folder and `ldmflow run` again (the nightly run). For each stage: the items it d
 seconds of its own work (`stage_work_seconds`), nightly against full. Goals: the ingest and cache stages'
 work at most 5% of the full run's, with no unchanged item decoded or encoded again.
 
+Both runs start the embedded S3 server and Prefect's temporary server, which share the cores with the
+stages, as in `make run`. With `--server-core N` the S3 server and a `prefect server start` run alone on
+core N and both runs on the other cores (see pinned_servers.py): the figure for servers on other machines.
+
     .venv/bin/python benchmarks/incremental.py [--images 2000] [--set unet.steps=300 ...] [--photos DIR]
+                                               [--server-core N]
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from ingest import make_photos  # noqa: E402
 from overhead import make_project, stage_work, timed_run  # noqa: E402
+from pinned_servers import run_cores, servers_on_core  # noqa: E402
 
 GOAL = 0.05
 # the first model becomes champion whatever it scores (floor 0): measured here is the work, not the model
@@ -59,6 +66,8 @@ def main() -> None:
     ap.add_argument("--photos", type=Path, metavar="DIR",
                     help="keep the N generated photos in DIR/N and start from them next time (the same N "
                          "gives the same photos): 20,000 take about 11 minutes to make")  # fmt: skip
+    ap.add_argument("--server-core", type=int, metavar="N",
+                    help="the S3 and Prefect servers alone on core N, the runs on the others")  # fmt: skip
     args = ap.parse_args()
     new = max(1, args.images // 100)
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,15 +82,25 @@ def main() -> None:
         print(f"{args.images} photos ready in {time.perf_counter() - started:.0f} s")
         project = Path(tmp) / "project"
         make_project(project, [*NIGHTLY, f"data.path={photos}", *args.overrides])
-        full_wall = timed_run(project)
-        full_work, full_counts = stage_work(project), counts(project)
-        add_photos(photos, args.images, new)
-        nightly_wall = timed_run(project)
-        nightly_work, nightly_counts = stage_work(project), counts(project)
+        with ExitStack() as servers:
+            where = {}
+            if args.server_core is not None:
+                env = servers.enter_context(servers_on_core(project, args.server_core, Path(tmp) / "prefect"))
+                where = {"env": env, "cores": run_cores(args.server_core)}
+            full_wall = timed_run(project, **where)
+            full_work, full_counts = stage_work(project), counts(project)
+            add_photos(photos, args.images, new)
+            nightly_wall = timed_run(project, **where)
+            nightly_work, nightly_counts = stage_work(project), counts(project)
         vae_metrics = json.loads((project / "artifacts/vae/metrics.json").read_text())
         vae_init = vae_metrics.get("kept_champion_version")
 
     print(f"{args.images} images, then {new} more (1%); {' '.join(args.overrides) or 'default params'}")
+    if args.server_core is None:
+        print("the S3 and Prefect servers shared every core with the runs")
+    else:
+        print(f"the S3 and Prefect servers ran alone on core {args.server_core}, the runs on cores "
+              f"{sorted(run_cores(args.server_core))}")  # fmt: skip
     print(f"the nightly run kept the VAE of champion version {vae_init}" if vae_init else "VAE retrained")
     print(f"{'stage':<14} {'full s':>8} {'nightly s':>10} {'ratio':>7}   done (reused): full -> nightly")
     gated = ("ingest", "cache_latents", "embed_text")

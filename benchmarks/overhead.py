@@ -44,9 +44,12 @@ def make_project(project: Path, overrides: list[str]) -> None:
     init_project(project, dict(os.environ))
 
 
-def timed_run(project: Path) -> float:
+def timed_run(project: Path, env: dict[str, str] | None = None, cores: set[int] | None = None) -> float:
+    """Seconds of `ldmflow run` in `project` (with `env`, on `cores` when given)."""
+    pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
     start = time.perf_counter()
-    done = subprocess.run([str(BIN / "ldmflow"), "run"], cwd=project, capture_output=True, text=True)
+    done = subprocess.run([str(BIN / "ldmflow"), "run"], cwd=project, capture_output=True, text=True, env=env,
+                          preexec_fn=pin)  # fmt: skip
     seconds = time.perf_counter() - start
     if done.returncode:
         raise SystemExit(
