@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -49,8 +50,10 @@ def decoder_parameters(vae: AutoencoderKL) -> list[torch.nn.Parameter]:
 
 class VaeLoss(NamedTuple):
     total: torch.Tensor  # reconstruction + kl_weight * KL
-    reconstruction: torch.Tensor  # L1 + mse_weight * MSE (what an adversarial loss is balanced against)
-    parts: dict[str, float]  # recon_l1, recon_mse, kl
+    reconstruction: (
+        torch.Tensor
+    )  # L1 + mse_weight MSE [+ LPIPS]: what an adversarial loss is balanced against
+    parts: dict[str, float]  # recon_l1, recon_mse, kl [, perceptual]
     images: torch.Tensor  # the reconstructions [B, 3, H, W]
 
 
@@ -60,11 +63,14 @@ def vae_loss(
     kl_weight: float,
     generator: torch.Generator | None = None,
     mse_weight: float = 1.0,
+    perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    perceptual_weight: float = 1.0,
 ) -> VaeLoss:
     """The loss of images [B, 3, H, W] in [-1, 1]:
 
-    |x - x_hat|_1 + mse_weight |x - x_hat|_2^2 (per-pixel means) + kl_weight * KL(q(z|x) || N(0, I)),
-    the KL summed over latent dims and averaged over the batch; z is sampled (reparameterisation).
+    |x - x_hat|_1 + mse_weight |x - x_hat|_2^2 (per-pixel means) [+ perceptual_weight * perceptual(x, x_hat),
+    batch mean: LPIPS, models/lpips.py] + kl_weight * KL(q(z|x) || N(0, I)), the KL summed over latent dims
+    and averaged over the batch; z is sampled (reparameterisation).
     """
     posterior = vae.encode(images).latent_dist  # diagonal Gaussian over [B, C, h, w]
     z = posterior.sample(generator=generator)
@@ -76,6 +82,10 @@ def vae_loss(
     kl = posterior.kl().float().mean()
     reconstruction = l1 + mse_weight * mse
     parts = {"recon_l1": l1.item(), "recon_mse": mse.item(), "kl": kl.item()}
+    if perceptual is not None:
+        distance = perceptual(x, x_hat).mean()
+        reconstruction = reconstruction + perceptual_weight * distance
+        parts["perceptual"] = distance.item()
     return VaeLoss(reconstruction + kl_weight * kl, reconstruction, parts, recon)
 
 

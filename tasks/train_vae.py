@@ -25,6 +25,7 @@ from models.device import autocast, pick_device
 from models.discriminator import AdversarialLoss
 from models.images import make_grid, to_model_space, to_uint8
 from models.latents import set_normalisation, to_diffusion_space
+from models.lpips import LPIPS
 from models.pretrained import load_pretrained_vae
 from models.vae import build_vae, decoder_parameters, psnr, ssim, vae_loss
 from tasks.common.atomic_dir import replaced_dir
@@ -70,11 +71,12 @@ def _adversary(cfg: Config, device: torch.device) -> tuple[AdversarialLoss, torc
 
 def fit(
     vae: AutoencoderKL, params: list[torch.nn.Parameter], cfg: Config, train: list[StoredImages],
-    device: torch.device, out: Path, tracker: Run | None,
+    device: torch.device, out: Path, tracker: Run | None, perceptual: LPIPS | None = None,
 ) -> dict[str, float]:  # fmt: skip
     """Train `params` of `vae` for `vae.steps` on random batches (with replacement), against a PatchGAN from
-    step `vae.adversarial.start` on when `vae.adversarial.weight` is set; the loss curve goes to `out`.
-    Returns the last step's losses (the discriminator's too once it played) and the seconds taken."""
+    step `vae.adversarial.start` on when `vae.adversarial.weight` is set, with LPIPS in the reconstruction
+    loss when `perceptual` is given; the loss curve goes to `out`. Returns the last step's losses (the
+    discriminator's too once it played) and the seconds taken."""
     v, a = cfg.vae, cfg.vae.adversarial
     opt = torch.optim.AdamW(params, lr=v.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
@@ -88,7 +90,10 @@ def fit(
         batch = sample_batch(train, v.batch_size, gen).to(device)
         playing = adversary is not None and step >= a.start
         with autocast(device):
-            loss, reconstruction, parts, fakes = vae_loss(vae, batch, v.kl_weight, mse_weight=v.mse_weight)
+            loss, reconstruction, parts, fakes = vae_loss(
+                vae, batch, v.kl_weight, mse_weight=v.mse_weight, perceptual=perceptual,
+                perceptual_weight=v.perceptual_weight,
+            )  # fmt: skip
             if playing:
                 term, game = adversary.autoencoder_term(reconstruction, fakes, vae.decoder.conv_out.weight)
                 loss, parts = loss + term, parts | game
@@ -110,7 +115,8 @@ def fit(
                 tracker.log_metrics({"train_loss": loss.item(), **parts}, step=step)
     curve.close()
     vae.eval()
-    played = {f"final_{k}": parts[k] for k in ("g_loss", "adaptive_weight", "d_loss") if k in parts}
+    last = ("perceptual", "g_loss", "adaptive_weight", "d_loss")  # the parts that are on
+    played = {f"final_{k}": parts[k] for k in last if k in parts}
     return {"final_train_loss": loss.item(), **played, "train_seconds": round(time.perf_counter() - start, 2)}
 
 
@@ -126,8 +132,9 @@ def _configured_normalisation(vae: AutoencoderKL) -> dict:
 
 
 def train_new_vae(
-    cfg: Config, train: list[StoredImages], device: torch.device, out: Path, tracker: Run | None
-) -> tuple[AutoencoderKL, dict]:
+    cfg: Config, train: list[StoredImages], device: torch.device, out: Path, tracker: Run | None,
+    perceptual: LPIPS | None = None,
+) -> tuple[AutoencoderKL, dict]:  # fmt: skip
     """A VAE trained from scratch on `train`, its latent statistics set from the data; and what to report."""
     v = cfg.vae
     vae = build_vae(
@@ -138,14 +145,15 @@ def train_new_vae(
     ).to(device)
     if tracker:
         tracker.log_metrics({"vae_parameters": sum(p.numel() for p in vae.parameters())})
-    fitted = fit(vae, list(vae.parameters()), cfg, train, device, out, tracker)
+    fitted = fit(vae, list(vae.parameters()), cfg, train, device, out, tracker, perceptual)
     norm = _estimated_normalisation(cfg, vae, train, device)
     return vae, {**norm, **fitted, "steps": v.steps}
 
 
 def pretrained_vae(
-    cfg: Config, train: list[StoredImages], device: torch.device, out: Path, tracker: Run | None
-) -> tuple[AutoencoderKL, dict]:
+    cfg: Config, train: list[StoredImages], device: torch.device, out: Path, tracker: Run | None,
+    perceptual: LPIPS | None = None,
+) -> tuple[AutoencoderKL, dict]:  # fmt: skip
     """`vae.pretrained`, fine-tuned as `vae.finetune` says (all of it, its decoder, or none), its latent
     statistics from its config or (`vae.rescale`) estimated on `train`; and what to report."""
     v = cfg.vae
@@ -158,7 +166,7 @@ def pretrained_vae(
         vae.requires_grad_(False)
         for param in params:
             param.requires_grad_(True)
-        facts |= fit(vae, params, cfg, train, device, out, tracker) | {"steps": v.steps}
+        facts |= fit(vae, params, cfg, train, device, out, tracker, perceptual) | {"steps": v.steps}
     if tracker:
         tracker.log_metrics(
             {"vae_parameters_trained": sum(p.numel() for p in vae.parameters() if p.requires_grad)}
@@ -178,10 +186,11 @@ def kept_vae(folder: Path, version: str, device: torch.device, out: Path) -> tup
 
 @torch.no_grad()
 def validate(
-    vae: AutoencoderKL, val: list[torch.Tensor], device: torch.device
+    vae: AutoencoderKL, val: list[torch.Tensor], device: torch.device, perceptual: LPIPS | None = None
 ) -> tuple[dict, list[torch.Tensor]]:
-    """PSNR and SSIM of the held-out images' reconstructions (from the posterior mean), and the per-channel
-    mean and std of their normalised latents (about 0 and 1 when the statistics fit this data)."""
+    """PSNR and SSIM (and LPIPS, given `perceptual`) of the held-out images' reconstructions (from the
+    posterior mean), and the per-channel mean and std of their normalised latents (about 0 and 1 when the
+    statistics fit this data)."""
     recon, channels = [], []
     for group in val:
         parts = []
@@ -197,6 +206,10 @@ def validate(
         "val_latent_mean": per_channel.mean(1).tolist(),
         "val_latent_std": per_channel.std(1).tolist(),
     }
+    if perceptual is not None:
+        distances = [perceptual(r.to(device), g.to(device)).cpu() for group in zip(recon, val, strict=True)
+                     for r, g in zip(group[0].split(64), group[1].split(64), strict=True)]  # fmt: skip
+        metrics["val_lpips"] = float(torch.cat(distances).mean())
     return metrics, recon
 
 
@@ -213,14 +226,16 @@ def run_train_vae(
         val = [to_model_space(images[:512]) for _, images in image_groups(ingested, "val")]
     except ValueError:  # no val split (val_fraction 0): report on a train subset rather than nothing
         val = [to_model_space(group[:256]) for group in train]
+    perceptual = LPIPS.from_folder(cfg.vae.lpips_weights).to(device) if cfg.vae.lpips_weights else None
     with replaced_dir(out) as staging:  # the previous VAE stays until this one is complete
         if keep:
             vae, facts = kept_vae(keep[1], keep[0], device, staging)
         elif cfg.vae.pretrained:
-            vae, facts = pretrained_vae(cfg, train, device, staging, tracker)
+            vae, facts = pretrained_vae(cfg, train, device, staging, tracker, perceptual)
         else:
-            vae, facts = train_new_vae(cfg, train, device, staging, tracker)
-        measured, recon = validate(vae, val, device)
+            vae, facts = train_new_vae(cfg, train, device, staging, tracker, perceptual)
+        facts["perceptual_loss"] = f"LPIPS from {cfg.vae.lpips_weights}" if perceptual else "off"
+        measured, recon = validate(vae, val, device, perceptual)
         norm = {k: facts.pop(k) for k in NORMALISATION_KEYS}
         metrics = {**measured, **{k: v for k, v in norm.items() if v is not None}, **facts}
         vae.to("cpu").save_pretrained(staging, safe_serialization=True)

@@ -1,6 +1,6 @@
 """train_vae's recipe switches: the reconstruction loss (L1 + `mse_weight` x MSE; 0 is the LDM paper's L1
-alone) and the PatchGAN (`vae.adversarial`), which plays from step `start` on and leaves the VAE as it was
-without it until then."""
+alone), the PatchGAN (`vae.adversarial`), which plays from step `start` on and leaves the VAE as it was
+without it until then, and LPIPS (`vae.lpips_weights`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import math
 
 import pytest
 from diffusers import AutoencoderKL
+from lpips_weights import write_lpips_weights
 
 from models.fingerprint import module_fingerprint
 from tasks.common.config import config_from_dict
@@ -50,3 +51,14 @@ def test_l1_alone_is_another_loss(ingested, tmp_path):
     _, with_mse = _trained(ingested, tmp_path / "mse")
     _, l1_alone = _trained(ingested, tmp_path / "l1", mse_weight=0.0)
     assert l1_alone != with_mse
+
+
+def test_lpips_joins_the_reconstruction_loss_when_its_weights_are_given(ingested, tmp_path):
+    plain, plain_weights = _trained(ingested, tmp_path / "plain")
+    assert plain["perceptual_loss"] == "off" and "val_lpips" not in plain
+    folder = write_lpips_weights(tmp_path / "lpips")
+    perceptual, weights = _trained(ingested, tmp_path / "lpips-on", lpips_weights=str(folder))
+    assert weights != plain_weights
+    assert perceptual["perceptual_loss"] == f"LPIPS from {folder}"
+    assert math.isfinite(perceptual["val_lpips"]) and perceptual["val_lpips"] > 0
+    assert perceptual["final_perceptual"] > 0

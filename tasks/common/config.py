@@ -109,6 +109,10 @@ class VaeConfig(Section):
     lr: float = Field(1e-3, gt=0)
     kl_weight: float = Field(1e-6, ge=0)
     mse_weight: float = Field(1.0, ge=0)  # reconstruction: L1 + this x MSE (0: the LDM paper's L1 alone)
+    # a folder with torchvision's VGG16 weights and the LPIPS heads (models/lpips.py): adds the LDM paper's
+    # perceptual term, perceptual_weight x LPIPS, and val_lpips. None: no perceptual loss
+    lpips_weights: str | None = None
+    perceptual_weight: float = Field(1.0, ge=0)
     adversarial: AdversarialConfig = AdversarialConfig()
     latent_norm: Literal["channel", "global"] = "channel"
     log_every: int = Field(50, ge=1)

@@ -172,7 +172,7 @@ def _walk_section(views: dict) -> list[str]:
 
 
 def _fractions(at: list[float]) -> str:
-    return "t = " + ", ".join(f"{t:.3g}" for t in at)
+    return "t = " + ", ".join(f"{t:.4g}" for t in at)
 
 
 def _attention_section(views: dict) -> list[str]:
