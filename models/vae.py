@@ -50,9 +50,8 @@ def decoder_parameters(vae: AutoencoderKL) -> list[torch.nn.Parameter]:
 
 class VaeLoss(NamedTuple):
     total: torch.Tensor  # reconstruction + kl_weight * KL
-    reconstruction: (
-        torch.Tensor
-    )  # L1 + mse_weight MSE [+ LPIPS]: what an adversarial loss is balanced against
+    # L1 + mse_weight * MSE [+ perceptual_weight * LPIPS]: what an adversarial loss is balanced against
+    reconstruction: torch.Tensor
     parts: dict[str, float]  # recon_l1, recon_mse, kl [, perceptual]
     images: torch.Tensor  # the reconstructions [B, 3, H, W]
 

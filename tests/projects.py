@@ -28,7 +28,7 @@ TINY = {
     "unet": {"block_out_channels": [16, 32], "attention_head_dim": 4, "steps": 4, "batch_size": 8,
              "warmup_steps": 1, "num_train_timesteps": 50, "log_every": 2},
     "eval": {"samples": 8, "inference_steps": 3, "probe_steps": 3, "judge": {"steps": 3, "batch_size": 8},
-             "gate": {"floor": 0.0}, "views": {"frames": 2, "attention_prompts": 1}},
+             "gate": {"floor": 0.0}, "views": {"frames": 2, "refine": 2, "attention_prompts": 1}},
 }  # fmt: skip
 
 

@@ -3,6 +3,8 @@ unlabelled photos by their captions' leading words; the per-channel statistics a
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 from PIL import Image
 from user_data import write_photo_folder
@@ -52,3 +54,18 @@ def test_projection_and_channel_statistics():
     line = torch.linspace(-1, 1, 10).view(10, 1, 1, 1) * torch.ones(1, 4, 2, 2)  # points on one line
     xy = project_2d(line)
     assert xy.shape == (10, 2) and abs(xy[:, 1]).max() < 1e-6  # all the spread on the first component
+
+
+def test_umap_keeps_clusters_apart_where_it_is_installed():
+    pytest.importorskip("umap", reason="umap-learn is optional: the view falls back to PCA without it")
+    torch.manual_seed(0)
+    centres = torch.randn(3, 16) * 10  # three clusters of latents [4, 2, 2] (16 numbers each)
+    z = torch.cat([c + torch.randn(40, 16) for c in centres]).view(120, 4, 2, 2)
+    xy = project_2d(z, "umap", seed=0)
+    assert xy.shape == (120, 2) and np.isfinite(xy).all()
+    groups = [xy[i * 40 : (i + 1) * 40] for i in range(3)]
+    spread = max(float(np.linalg.norm(g - g.mean(0), axis=1).max()) for g in groups)
+    gaps = [
+        float(np.linalg.norm(a.mean(0) - b.mean(0))) for i, a in enumerate(groups) for b in groups[i + 1 :]
+    ]
+    assert min(gaps) > spread  # every cluster's centre lies outside every cluster's radius

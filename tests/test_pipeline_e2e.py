@@ -106,8 +106,10 @@ def test_full_run_registers_a_model(project, s3_server, fault):
     assert grids == ["validation/step-0000004.png"]  # at the end of the 4 steps
 
     # the evaluated model's report: its metrics and views, in artifacts/eval/, its MLflow run and Prefect
-    shown = re.findall(r"!\[[^]]*\]\(([^)]+)\)", (root / "artifacts/eval/report.md").read_text())
+    report_md = (root / "artifacts/eval/report.md").read_text()
+    shown = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report_md)
     assert shown == ["latents.png", "walk_seeds.png", "walk_prompts.png", "walk_sheet.png", "attention.png"]
+    assert "| prompts, even | 2 |" in report_md and "| prompts, refined | 4 |" in report_md  # 2 frames added
     for image in shown:
         with Image.open(root / "artifacts/eval" / image) as picture:
             assert picture.format == "PNG" and min(picture.size) >= 16, image
