@@ -54,6 +54,7 @@ STAGES: dict[str, Stage] = {
                 "tasks/train_vae.py",
                 "models/vae.py",
                 "models/discriminator.py",
+                "models/lpips.py",
                 "models/pretrained.py",
                 "models/latents.py",
                 "models/latent_space.py",
