@@ -100,7 +100,7 @@ def main() -> None:
         print("the S3 and Prefect servers shared every core with the runs")
     else:
         print(f"the S3 and Prefect servers ran alone on core {args.server_core}, the runs on cores "
-              f"{sorted(run_cores(args.server_core))}")  # fmt: skip
+              f"{sorted(where['cores'])}")  # fmt: skip
     print(f"the nightly run kept the VAE of champion version {vae_init}" if vae_init else "VAE retrained")
     print(f"{'stage':<14} {'full s':>8} {'nightly s':>10} {'ratio':>7}   done (reused): full -> nightly")
     gated = ("ingest", "cache_latents", "embed_text")

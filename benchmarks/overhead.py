@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import yaml
+from pinned_servers import on_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the stage code, and the tests' project scaffolding
@@ -46,10 +47,9 @@ def make_project(project: Path, overrides: list[str]) -> None:
 
 def timed_run(project: Path, env: dict[str, str] | None = None, cores: set[int] | None = None) -> float:
     """Seconds of `ldmflow run` in `project` (with `env`, on `cores` when given)."""
-    pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
     start = time.perf_counter()
     done = subprocess.run([str(BIN / "ldmflow"), "run"], cwd=project, capture_output=True, text=True, env=env,
-                          preexec_fn=pin)  # fmt: skip
+                          preexec_fn=on_cores(cores) if cores else None)  # fmt: skip
     seconds = time.perf_counter() - start
     if done.returncode:
         raise SystemExit(

@@ -54,7 +54,7 @@ class LPIPS(nn.Module):
 
     def _taps(self, x: torch.Tensor) -> list[torch.Tensor]:
         out, h = [], (x - self.shift) / self.scale
-        for i, layer in enumerate(self.features[: TAPS[-1] + 1]):
+        for i, layer in enumerate(self.features):
             h = layer(h)
             if i in TAPS:
                 out.append(h / (h.pow(2).sum(1, keepdim=True).sqrt() + 1e-10))
@@ -81,10 +81,8 @@ class LPIPS(nn.Module):
             if path.suffix not in (".pth", ".pt", ".safetensors"):
                 continue
             state = _load_state(path)
-            if "features.0.weight" in state:  # torchvision's run on to pool5 (30), which LPIPS leaves out
-                kept = len(model.features)
-                backbone = {k[9:]: v for k, v in state.items() if k.startswith("features.")
-                            and int(k.split(".")[1]) < kept}  # fmt: skip
+            if "features.0.weight" in state:  # beside `classifier.*`, which LPIPS leaves out
+                backbone = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
             elif "lin0.model.1.weight" in state:
                 heads = {f"{i}.weight": state[f"lin{i}.model.1.weight"] for i in range(len(WIDTHS))}
         if backbone is None or heads is None:

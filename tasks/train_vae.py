@@ -207,8 +207,10 @@ def validate(
         "val_latent_std": per_channel.std(1).tolist(),
     }
     if perceptual is not None:
-        distances = [perceptual(r.to(device), g.to(device)).cpu() for group in zip(recon, val, strict=True)
-                     for r, g in zip(group[0].split(64), group[1].split(64), strict=True)]  # fmt: skip
+        distances = []
+        for rebuilt, real in zip(recon, val, strict=True):
+            for r, g in zip(rebuilt.split(64), real.split(64), strict=True):
+                distances.append(perceptual(r.to(device), g.to(device)).cpu())
         metrics["val_lpips"] = float(torch.cat(distances).mean())
     return metrics, recon
 
