@@ -4,6 +4,7 @@ No `from __future__ import annotations` here: a scheduled run gets the pipeline 
 into a new process, and a string annotation such as "Config" then names nothing in the stage flows'
 copied globals (Prefect fails validating their parameters: "Stage_FlowModel is not fully defined")."""
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,17 +41,28 @@ def shard_task(job: ShardJob) -> ShardResult:
     return store_shard(job)
 
 
+# A store that is over before this is not worth watching: it gets no progress artifact. (Each artifact call
+# waits on the Prefect server; on a nightly run's one or two new shards they took a third of the stage.)
+PROGRESS_AFTER_SECONDS = 2.0
+
+
 def store_shards_with_prefect(jobs: list[ShardJob], desc: str) -> list[ShardResult]:
     """The shard jobs as mapped Prefect tasks on the flow's task runner; shards done/total shown as a
-    progress bar here and as a progress artifact in the flow run."""
+    progress bar here and, once the store has taken PROGRESS_AFTER_SECONDS, as a progress artifact in the
+    flow run."""
     if not jobs:
         return []
+    started = time.monotonic()
     futures = shard_task.map(jobs)
-    artifact = create_progress_artifact(0.0, description=f"{desc}: {len(jobs)} shards to store")
+    artifact = None
     results = []
     for done, future in enumerate(progress(futures, desc=desc, unit="shard"), start=1):
         results.append(future.result())
-        update_progress_artifact(artifact, 100.0 * done / len(jobs))
+        percent = 100.0 * done / len(jobs)
+        if artifact is not None:
+            update_progress_artifact(artifact, percent)
+        elif time.monotonic() - started >= PROGRESS_AFTER_SECONDS:
+            artifact = create_progress_artifact(percent, description=f"{desc}: {len(jobs)} shards to store")
     return results
 
 

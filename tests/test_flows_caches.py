@@ -1,17 +1,20 @@
 """The cache stage flows map their shard jobs as Prefect tasks: threads and Dask worker processes store
-the same cache."""
+the same cache, and the flow run gets a progress artifact only when the store lasts long enough to watch."""
 
 from __future__ import annotations
 
 import shutil
 
 import pandas as pd
+import pytest
+import torch
 from test_caches import save_tiny_vae
 
 from flows.runners import task_runner
 from flows.stage_flows import STAGE_FLOWS
 from tasks.cache_latents import VAES
 from tasks.common.config import config_from_dict
+from tasks.common.content_cache import ShardJob
 from tasks.common.paths import ProjectPaths
 from tasks.ingest.stage import run_ingest
 
@@ -49,3 +52,38 @@ def test_dask_workers_store_the_same_latent_cache_as_threads(
     by_dask = pd.read_parquet(paths.latents / "manifest.parquet")
     assert threads["shard_misses"] == dask["shard_misses"] == 6 and dask["shard_hits"] == 0
     assert by_dask.equals(by_threads)  # same keys, shards, checksums and ETags
+
+
+def squares(inputs: list[int]) -> dict[str, torch.Tensor]:
+    return {"x": torch.tensor(inputs) ** 2}
+
+
+@pytest.mark.parametrize(("after", "progress"), [(0.0, [100.0]), (3600.0, [])])
+def test_shards_stored_with_a_progress_artifact_only_past_the_delay(
+    object_store, prefect_server, monkeypatch, after, progress
+):
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.runtime import flow_run
+
+    import flows.stage_flows as stage_flows
+
+    monkeypatch.setattr(stage_flows, "PROGRESS_AFTER_SECONDS", after)
+    jobs = [
+        ShardJob(object_store, object_store.key("t", f"{i}.safetensors"), [f"k{i}"], [i], squares)
+        for i in range(3)
+    ]
+
+    @flow
+    def store_all():
+        return flow_run.get_id(), stage_flows.store_shards_with_prefect(jobs, "squares")
+
+    run_id, results = store_all()
+    assert [(r.name, r.found) for r in results] == [(job.name, False) for job in jobs]
+    assert all(object_store.exists(job.name) for job in jobs)
+    with get_client(sync_client=True) as client:
+        made = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+        )
+    assert [a.data for a in made if a.type == "progress"] == progress
