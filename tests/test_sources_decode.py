@@ -13,7 +13,7 @@ from user_data import make_dataset, png_bytes, write_every_convention, write_tar
 from tasks.common.config import config_from_dict
 from tasks.common.ingested import read_ingested
 from tasks.ingest.decode import DecodeError, DecodeLimits, decode_image
-from tasks.ingest.source_roots import FileRef
+from tasks.ingest.source_roots import FileRef, file_stamp, local_files
 from tasks.ingest.stage import run_ingest
 
 LIMITS = DecodeLimits(background=(255, 255, 255), max_pixels=10_000, min_size=8)
@@ -83,6 +83,34 @@ def ingest(tmp_path, source, root, **data):
     cfg = config_from_dict({"data": {"source": source, "path": str(root), "resolution": 16, **data}})
     out = tmp_path / f"out-{source}-{len(list(tmp_path.iterdir()))}"
     return run_ingest(cfg, out), *read_ingested(out)
+
+
+def test_a_local_folder_is_listed_as_fsspec_lists_it(tmp_path):
+    """`local_files` stands in for fsspec's `find`: the same files, stamps, sizes and links (a link is a file
+    of its own, never followed: `Root.locate` decides whether it points inside)."""
+    import fsspec
+
+    root = tmp_path / "root"
+    (root / "a" / "b" / ".hidden").mkdir(parents=True)
+    (root / "a" / "b" / "x.png").write_bytes(b"xx")
+    (root / "a" / "b" / ".hidden" / "y.txt").write_text("y")
+    (root / "top.jpg").write_bytes(b"t")
+    (tmp_path / "outside.png").write_bytes(b"12345")
+    (root / "a" / "out.png").symlink_to(tmp_path / "outside.png")
+    (root / "linked").symlink_to(root / "a" / "b", target_is_directory=True)
+    (root / "dangling.png").symlink_to(root / "gone.png")
+
+    base = root.as_posix()
+    found = fsspec.filesystem("file").find(base, detail=True)
+    theirs = {path[len(base) + 1 :]: info for path, info in found.items()}
+    ours = local_files(base)
+    assert sorted(ours) == sorted(theirs) == [
+        "a/b/.hidden/y.txt", "a/b/x.png", "a/out.png", "dangling.png", "linked", "top.jpg",
+    ]  # fmt: skip
+    for name, info in theirs.items():
+        assert file_stamp(ours[name]) == file_stamp(info), name
+        assert (ours[name]["size"], ours[name]["islink"]) == (info["size"], info["islink"]), name
+    assert ours["a/out.png"]["size"] == 5 and ours["dangling.png"]["size"] == 0
 
 
 def test_every_convention_gives_the_same_manifest(tmp_path):

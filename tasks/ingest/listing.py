@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from tasks.common.config import DataConfig
-from tasks.ingest.source_roots import Root, file_stamp, open_root
+from tasks.ingest.source_roots import Root, open_root
 
 _json_string = json.encoder.encode_basestring_ascii  # a str as json.dumps writes it (ensure_ascii)
 
@@ -32,8 +32,8 @@ def source_listing(data: DataConfig, root: Root | None = None) -> dict:
     # one line per file, as json.dumps([name, stamp]) writes it (built here with json's own string encoder:
     # calling json.dumps for each of tens of thousands of files costs a fifth of a nightly ingest)
     lines = [
-        f"[{_json_string(name)}, {_json_string(file_stamp(info))}]\n"
-        for name, info in sorted(root.listing().items())
+        f"[{_json_string(name)}, {_json_string(stamp)}]\n"
+        for name, stamp in sorted(root.stamps().items())
         if root.only is None or name == root.only
     ]
     digest = hashlib.sha256("".join(lines).encode())

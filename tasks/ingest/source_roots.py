@@ -83,12 +83,46 @@ def file_stamp(info: os.stat_result | dict) -> str:
     return f"{info.get('size')}:{changed}"
 
 
+def local_files(base: str) -> dict[str, dict]:
+    """Name (relative, '/'-separated) -> info of every file below a local folder, as fsspec's
+    `find(detail=True)` lists it (a symlink is a file marked `islink`, never followed; a subfolder that
+    cannot be read is left out), with the fields `file_stamp` and `Root.locate` read: in about half of
+    fsspec's time, which builds a dict of eleven fields per file."""
+    found: dict[str, dict] = {}
+    folders = [""]
+    while folders:
+        folder = folders.pop()
+        try:
+            entries = list(os.scandir(posixpath.join(base, folder) if folder else base))
+        except OSError:
+            if not folder:
+                raise
+            continue
+        for entry in entries:
+            name = f"{folder}/{entry.name}" if folder else entry.name
+            if entry.is_dir(follow_symlinks=False):
+                folders.append(name)
+                continue
+            own = entry.stat(follow_symlinks=False)
+            link = entry.is_symlink()
+            size = own.st_size
+            if link:  # the size of what it points at, 0 when that is gone
+                try:
+                    size = os.stat(entry.path).st_size
+                except OSError:
+                    size = 0
+            found[name] = {"size": size, "mtime": own.st_mtime, "created": own.st_ctime, "ino": own.st_ino}
+            found[name]["islink"] = link
+    return found
+
+
 @dataclass
 class Root:
     fs: fsspec.AbstractFileSystem
     base: str  # the root folder in `fs`: an absolute local path, or bucket/prefix
     only: str | None = None  # set when the source is one file inside `base`
     _listing: dict[str, dict] | None = None  # every file below the root -> its info, listed once
+    _stamps: dict[str, str] | None = None
     _folders_inside: dict[str, bool] = field(default_factory=dict)  # local folder -> resolves inside
 
     @property
@@ -104,9 +138,19 @@ class Root:
     def listing(self) -> dict[str, dict]:
         """Name (relative, '/'-separated) -> fsspec info, of every file below the root."""
         if self._listing is None:
-            cut = len(self.base.rstrip("/")) + 1
-            self._listing = {p[cut:]: info for p, info in self.fs.find(self.base, detail=True).items()}
+            if self.local:
+                self._listing = local_files(self.base)
+            else:
+                cut = len(self.base.rstrip("/")) + 1
+                self._listing = {p[cut:]: info for p, info in self.fs.find(self.base, detail=True).items()}
         return self._listing
+
+    def stamps(self) -> dict[str, str]:
+        """Name -> `file_stamp` of every file below the root (worked out once: the source's listing and
+        each item's file references both want them)."""
+        if self._stamps is None:
+            self._stamps = {name: file_stamp(info) for name, info in self.listing().items()}
+        return self._stamps
 
     def names(self) -> set[str]:
         return set(self.listing())
@@ -128,7 +172,7 @@ class Root:
         if self.local and self._listing is not None:  # a convention walked the folder (sidecar)
             info = self._listing.get(name)  # a walked name is relative and normal, and a file
             if info is not None and not info.get("islink") and self._inside(name, link=False):
-                return _ref(self.fs, self._path(name), file_stamp(info), info.get("size"), limit, setting)
+                return _ref(self.fs, self._path(name), self.stamps()[name], info.get("size"), limit, setting)
         normal = posixpath.normpath(name)
         if name.startswith("/") or os.path.isabs(name) or normal == ".." or normal.startswith("../"):
             raise OutsideRoot(name)
@@ -136,7 +180,7 @@ class Root:
             info = self.listing().get(normal)
             if info is None:
                 raise MissingFile(name)
-            return _ref(self.fs, self._path(normal), file_stamp(info), info.get("size"), limit, setting)
+            return _ref(self.fs, self._path(normal), self.stamps()[normal], info.get("size"), limit, setting)
         path = self._path(normal)
         try:
             link = stat.S_ISLNK(os.lstat(path).st_mode)
