@@ -71,8 +71,8 @@ def previous_refs(manifest: Path, key_column: str) -> dict[str, ItemRef]:
         table = pq.read_table(manifest, columns=[key_column, *REF_COLUMNS])
     except (FileNotFoundError, OSError, KeyError, ValueError):
         return {}
-    rows = zip(*(table.column(c).to_pylist() for c in [key_column, *REF_COLUMNS]), strict=True)
-    return {key: ItemRef(shard, index, sha, etag) for key, shard, index, sha, etag in rows}
+    keys, *refs = (table.column(c).to_pylist() for c in [key_column, *REF_COLUMNS])
+    return dict(zip(keys, map(ItemRef._make, zip(*refs, strict=True)), strict=True))
 
 
 def ref_columns(refs: list[ItemRef]) -> dict[str, list]:

@@ -62,5 +62,11 @@ def content_key(*parts: bytes | str | dict | list | Framed) -> str:
 def content_keys(firsts: Iterable[bytes | str], *shared: bytes | str | dict | list) -> list[str]:
     """`content_key(first, *shared)` for every first part, encoding the shared parts once (a cache stage
     keys tens of thousands of items with the same model fingerprint and settings)."""
-    framed = [Framed(part) for part in shared]
-    return [content_key(first, *framed) for first in firsts]
+    tail = b"".join(_framed(part) for part in shared)
+    start = hashlib.sha256(_KEY_PREFIX)
+    keys = []
+    for first in firsts:
+        h = start.copy()  # the prefix hashed once
+        h.update(_framed(first) + tail)
+        keys.append(h.hexdigest())
+    return keys
