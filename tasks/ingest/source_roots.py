@@ -86,8 +86,8 @@ def file_stamp(info: os.stat_result | dict) -> str:
 def local_files(base: str) -> dict[str, dict]:
     """Name (relative, '/'-separated) -> info of every file below a local folder, as fsspec's
     `find(detail=True)` lists it (a symlink is a file marked `islink`, never followed; a subfolder that
-    cannot be read is left out), with the fields `file_stamp` and `Root.locate` read: in about half of
-    fsspec's time, which builds a dict of eleven fields per file."""
+    cannot be read is left out), with just the fields `file_stamp` and `Root.locate` read: fsspec builds
+    eleven per file, and took about 1.7 times as long on a nightly source of 42,000 files."""
     found: dict[str, dict] = {}
     folders = [""]
     while folders:
@@ -111,8 +111,8 @@ def local_files(base: str) -> dict[str, dict]:
                     size = os.stat(entry.path).st_size
                 except OSError:
                     size = 0
-            found[name] = {"size": size, "mtime": own.st_mtime, "created": own.st_ctime, "ino": own.st_ino}
-            found[name]["islink"] = link
+            found[name] = {"size": size, "islink": link,
+                           "mtime": own.st_mtime, "created": own.st_ctime, "ino": own.st_ino}  # fmt: skip
     return found
 
 
@@ -136,7 +136,8 @@ class Root:
         return self._path(name) if self.local else f"s3://{self._path(name)}"
 
     def listing(self) -> dict[str, dict]:
-        """Name (relative, '/'-separated) -> fsspec info, of every file below the root."""
+        """Name (relative, '/'-separated) -> info (fsspec's, or `local_files`'), of every file below the
+        root."""
         if self._listing is None:
             if self.local:
                 self._listing = local_files(self.base)
