@@ -23,7 +23,7 @@ test: setup
 	$(VENV)/bin/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 lint: setup
-	$(VENV)/bin/ruff check flows tasks models tests benchmarks
+	$(VENV)/bin/ruff check flows infra tasks models tests benchmarks
 
 lock: setup
 	$(VENV)/bin/uv pip compile requirements.in --python-version 3.11 --no-header -o requirements.lock

@@ -24,8 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from models.attention_maps import CrossAttentionMaps, explain  # noqa: E402
 from tasks.common.config import load_config  # noqa: E402
-from tasks.common.ingested import MANIFEST  # noqa: E402
-from tasks.common.paths import ProjectPaths  # noqa: E402
+from tasks.common.paths import MANIFEST, ProjectPaths  # noqa: E402
 from tasks.ingest.synthetic import PALETTE  # noqa: E402
 
 GOAL = 0.8
@@ -67,7 +66,7 @@ def main() -> int:
 
     import mlflow
 
-    from tasks.common.tracking import connect
+    from infra.tracking import connect
 
     paths = ProjectPaths.at(args.project)
     cfg = load_config(paths.root / "params.yaml")

@@ -82,6 +82,8 @@ def main() -> None:
     import pandas as pd
     import torch
 
+    from infra.s3 import embedded
+    from infra.storage import ObjectStore
     from models.device import pick_device
     from models.images import to_model_space
     from models.latents import posterior_fp16, set_normalisation, to_diffusion_space
@@ -89,11 +91,9 @@ def main() -> None:
     from models.text_encoder import encode_captions, load_text_encoder
     from models.vae import build_vae
     from tasks.cache_latents import run_cache_latents
-    from tasks.common import embedded_s3
     from tasks.common.config import load_config
     from tasks.common.content_cache import ShardResult, encode_shard, gather
     from tasks.common.ingested import read_ingested
-    from tasks.common.storage import ObjectStore
     from tasks.embed_text import run_embed_text
     from tasks.ingest.stage import run_ingest
     from tasks.train_unet.data import load_training_set
@@ -104,7 +104,7 @@ def main() -> None:
     device = pick_device()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        endpoint = embedded_s3.start(tmp / "s3", embedded_s3.find_free_s3_port())
+        endpoint = embedded.start(tmp / "s3", embedded.find_free_s3_port())
         try:
             server_pid = int((tmp / "s3" / "server.pid").read_text())
             if args.server_core is not None:  # inside the try: a bad core still stops the server
@@ -207,7 +207,7 @@ def main() -> None:
             text = pd.read_parquet(tmp / "text" / "manifest.parquet")
             text_bytes = sum(store.head(s)["size"] for s in set(text["shard"]))
         finally:
-            embedded_s3.stop(tmp / "s3")
+            embedded.stop(tmp / "s3")
 
     where_server = "on the same cores" if args.server_core is None else f"alone on core {args.server_core}"
     print(

@@ -61,13 +61,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100, help="VAE, U-Net, probe and judge training steps")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from tasks.common import embedded_s3
+    from infra.s3 import embedded
     from tasks.graph import ORDER
 
     sizes = (args.images, args.images * args.factor)
     peaks: dict[int, dict[str, tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        endpoint = embedded_s3.start(Path(tmp) / ".s3", embedded_s3.find_free_s3_port())
+        endpoint = embedded.start(Path(tmp) / ".s3", embedded.find_free_s3_port())
         env = {**os.environ, "AWS_ACCESS_KEY_ID": endpoint.access_key,
                "AWS_SECRET_ACCESS_KEY": endpoint.secret_key,
                "AWS_DEFAULT_REGION": endpoint.region}  # fmt: skip
@@ -80,7 +80,7 @@ def main() -> None:
                     peak, seconds = peaks[n][name] = run_stage(project, env, name)
                     print(f"  {n} images: {name} peak {peak:.0f} MiB ({seconds:.0f} s)")
         finally:
-            embedded_s3.stop(Path(tmp) / ".s3")
+            embedded.stop(Path(tmp) / ".s3")
 
     small, large = sizes
     print(f"peak resident set per stage, {small} vs {large} synthetic images ({args.steps} training steps), "

@@ -1,6 +1,6 @@
 """Orchestration overhead of the default pipeline: the wall time of `ldmflow run`, from the command to
 its exit, against the time its six stages spend in their own work (each stage's `stage_work_seconds`,
-logged by tasks/common/stage_run.py). Outside the stages' work: Python and Prefect start-up, Prefect's
+logged by flows/stage_run.py). Outside the stages' work: Python and Prefect start-up, Prefect's
 temporary server, the embedded S3 server, DVC's status checks and lock records, MLflow run bookkeeping and
 the DVC push. Goal: at most 15% of the default pipeline.
 
@@ -62,7 +62,7 @@ def stage_work(project: Path) -> dict[str, float]:
     """{stage: seconds of its own work} of each stage's newest run (the tracking DB under .ldmflow/)."""
     from mlflow.tracking import MlflowClient
 
-    from tasks.common.stage_run import WORK_METRIC
+    from flows.stage_run import WORK_METRIC
     from tasks.graph import ORDER
 
     uri = f"sqlite:///{project / '.ldmflow' / 'mlflow.db'}"

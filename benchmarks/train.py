@@ -56,18 +56,18 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64, help="batch per process")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
+    from infra.s3 import embedded
+    from infra.storage import ObjectStore
     from models.vae import build_vae
     from tasks.cache_latents import run_cache_latents
-    from tasks.common import embedded_s3
     from tasks.common.config import load_config
     from tasks.common.paths import ProjectPaths
-    from tasks.common.storage import ObjectStore
     from tasks.embed_text import run_embed_text
     from tasks.ingest.stage import run_ingest
 
     with tempfile.TemporaryDirectory() as tmp:
         project = Path(tmp)
-        endpoint = embedded_s3.start(project / ".s3", embedded_s3.find_free_s3_port())
+        endpoint = embedded.start(project / ".s3", embedded.find_free_s3_port())
         try:
             params = yaml.safe_load((ROOT / "params.yaml").read_text())
             params["data"]["synthetic"]["count"] = args.images
@@ -95,7 +95,7 @@ def main() -> None:
             two = train(project, env, 2, common)
             checkpointed = train(project, env, 1, [*common, "unet.gradient_checkpointing=true"])
         finally:
-            embedded_s3.stop(project / ".s3")
+            embedded.stop(project / ".s3")
 
     def above_start(m: dict) -> float:
         return m["peak_memory_mb"] - (m["memory_at_start_mb"] or 0)

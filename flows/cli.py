@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from tasks.common.config import Config, ConfigError, load_config
-from tasks.common.paths import ProjectPaths
-from tasks.graph import ORDER
+from tasks.common.paths import METRICS, ProjectPaths
+from tasks.graph import ORDER, STAGES
 
 
 def _add_params_args(p: argparse.ArgumentParser) -> None:
@@ -51,7 +51,7 @@ def _sampling_params(args: argparse.Namespace) -> dict:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.runtime import prepare
-    from tasks.common.embedded_s3 import serving_unless_configured
+    from infra.s3.embedded import serving_unless_configured
 
     paths = ProjectPaths.at(".")
     cfg = load_config(args.params, args.overrides)  # fail fast, before Prefect's server starts
@@ -71,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     width = max(len(s) for s in outcome)
     for stage, state in outcome.items():
         print(f"  {stage:<{width}}  {state}")
-    metrics = paths.eval / "metrics.json"
+    metrics = paths.eval / METRICS
     if metrics.is_file():
         print(f"{metrics.relative_to(paths.root)}: {metrics.read_text().strip()}")
     return 0
@@ -85,9 +85,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
     from flows.run_lock import project_run
     from flows.runtime import prepare
-    from tasks.common.embedded_s3 import serving_unless_configured
-    from tasks.common.stage_run import run_stage
-    from tasks.graph import STAGES
+    from flows.stage_run import run_stage
+    from infra.s3.embedded import serving_unless_configured
 
     paths = ProjectPaths.at(".")
     cfg = load_config(args.params, args.overrides)
@@ -98,7 +97,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     with ExitStack() as held:
         if first:
             held.enter_context(project_run(paths, f"ldmflow stage {args.name}", wait))
-            if "storage" in STAGES[args.name].params:
+            if STAGES[args.name].object_storage:
                 held.enter_context(serving_unless_configured(cfg.storage, paths.s3_state))
         result = run_stage(args.name, cfg, paths)
     print(json.dumps(result, indent=2, default=str))
@@ -113,7 +112,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     cfg = load_config(args.params, args.overrides)
     changed = write_listing(cfg.data, paths.source_listing)
     where = paths.source_listing.relative_to(paths.root)
-    print(f"{where}: {'the source changed; ingest is stale' if changed else 'the source is unchanged'}")
+    scanning = ", ".join(stage.name for stage in STAGES.values() if stage.scans_source)
+    print(f"{where}: {f'the source changed; {scanning} is stale' if changed else 'the source is unchanged'}")
     return 0
 
 
@@ -154,7 +154,7 @@ class Registered:
         prepare(paths)
         import mlflow
 
-        from tasks.common.tracking import connect
+        from infra.tracking import connect
 
         connect(cfg, paths)
         uri = args.model or f"models:/{cfg.tracking.registered_model}@champion"
@@ -284,7 +284,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     prepare(paths)
     from mlflow.exceptions import MlflowException
 
-    from tasks.common.tracking import connect, model_version, run_artifact_text
+    from infra.tracking import connect, model_version, run_artifact_text
     from tasks.evaluate.lineage import LOCK_ARTIFACT, lineage_report
 
     client, _ = connect(cfg, paths)
@@ -304,29 +304,29 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 
 def cmd_s3(args: argparse.Namespace) -> int:
-    from tasks.common import embedded_s3
+    from infra.s3 import embedded
 
     state = ProjectPaths.at(".").s3_state
     if args.action == "start":
         port = args.port or load_config(args.params, args.overrides).storage.embedded_port
-        ep = embedded_s3.ensure_running(state, s3_port=port, pin=True)
+        ep = embedded.ensure_running(state, s3_port=port, pin=True)
         print(f"S3 server running at {ep.endpoint_url} (credentials in {state / 'credentials.json'})")
     elif args.action == "stop":
-        embedded_s3.stop(state)
+        embedded.stop(state)
         print("S3 server stopped")
     else:
-        ep = embedded_s3.status(state)
+        ep = embedded.status(state)
         print(f"S3 server running at {ep.endpoint_url}" if ep else "S3 server not running")
         return 0 if ep else 1
     return 0
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    """List (and with --delete, remove) what the project no longer needs: see tasks/gc.py."""
+    """List (and with --delete, remove) what the project no longer needs: see flows/gc.py."""
+    from flows import gc
     from flows.run_lock import project_run
-    from tasks import gc
-    from tasks.common.embedded_s3 import serving_unless_configured
-    from tasks.common.storage import object_store_from_config
+    from infra.s3.embedded import serving_unless_configured
+    from infra.storage import object_store_from_config
 
     paths = ProjectPaths.at(".")
     cfg = load_config(args.params, args.overrides)

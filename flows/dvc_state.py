@@ -31,7 +31,7 @@ def ensure_remote(root: Path, storage: StorageConfig, s3_state: Path) -> str:
     finds it, and credentials come from where boto3 finds them for the caches (environment, ~/.aws); they
     are never written. The embedded server is this machine's alone: its endpoint and generated credentials
     go to .dvc/config.local, which DVC keeps out of git."""
-    from tasks.common.storage import object_store_from_config
+    from infra.storage import object_store_from_config
 
     url = f"s3://{storage.bucket}/{REMOTE_FOLDER}"
     # the server started and the bucket made when missing: a run of a stage without object storage (ingest

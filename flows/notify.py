@@ -12,8 +12,9 @@ import time
 import urllib.request
 from typing import Any
 
+from infra.state import private_dir
 from tasks.common.config import ConfigError, load_config
-from tasks.common.paths import ProjectPaths, private_dir
+from tasks.common.paths import ProjectPaths
 
 NOTIFY_TIMEOUT_S = 10
 NOTIFY_URL_VARIABLE = "LDMFLOW_NOTIFY_URL"

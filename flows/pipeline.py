@@ -11,11 +11,11 @@ from flows.notify import on_pipeline_failure
 from flows.run_lock import project_run
 from flows.runners import task_runner
 from flows.stage_flows import STAGE_FLOWS
-from tasks.common import tracking
+from infra import tracking
+from infra.s3.embedded import serving_unless_configured
 from tasks.common.config import Config, load_config
-from tasks.common.embedded_s3 import serving_unless_configured
 from tasks.common.paths import ProjectPaths
-from tasks.graph import ORDER, with_upstream
+from tasks.graph import ORDER, STAGES, with_upstream
 from tasks.ingest.listing import write_listing
 
 DEFAULT_PARAMS = "params.yaml"
@@ -50,8 +50,9 @@ def _run_stages(
     if not recorded:
         print("params differ from params.yaml: the named stages run as asked and dvc.lock is left untouched")
     selected = with_upstream(stages or ORDER) if recorded else [n for n in ORDER if n in (stages or ORDER)]
-    if recorded and "ingest" in selected and write_listing(cfg.data, paths.source_listing):
-        print(f"the source changed ({paths.source_listing.relative_to(paths.root)}): ingest will run")
+    scanning = [name for name in selected if STAGES[name].scans_source]
+    if recorded and scanning and write_listing(cfg.data, paths.source_listing):
+        print(f"the source changed ({paths.source_listing.relative_to(paths.root)}): {scanning[0]} will run")
     outcome: dict[str, str] = {}
     with tracking.run(cfg, paths, "pipeline", tags={"ldmflow.stages": ",".join(stages or ORDER)}) as parent:
         for name in selected:

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tasks.common.paths import ProjectPaths, private_dir
+from infra.state import private_dir
+from tasks.common.paths import ProjectPaths
 
 
 class ProjectBusy(RuntimeError):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from infra.parallel import available_cores
 from tasks.common.config import OrchestrationConfig
-from tasks.common.parallel import available_cores
 
 
 def task_runner(orchestration: OrchestrationConfig) -> TaskRunner:

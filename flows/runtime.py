@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import secrets
 
-from tasks.common.paths import ProjectPaths, private_dir
+from infra.state import private_dir
+from tasks.common.paths import ProjectPaths
 
 
 def prepare(paths: ProjectPaths) -> None:

@@ -6,7 +6,6 @@ copied globals (Prefect fails validating their parameters: "Stage_FlowModel is n
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 from prefect import flow, task
 from prefect.artifacts import (
@@ -17,24 +16,21 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
+from flows.stage_run import run_stage
+from infra.parallel import Pending, Ready, available_cores, in_order
+from infra.progress import progress
 from tasks.common.config import Config
 from tasks.common.content_cache import ShardJob, ShardResult, store_shard
-from tasks.common.ingested import REJECTS, read_rejects
-from tasks.common.parallel import Pending, Ready, available_cores, in_order
-from tasks.common.paths import ProjectPaths
-from tasks.common.progress import progress
-from tasks.common.stage_run import run_stage
-from tasks.evaluate import REPORT
-from tasks.graph import ORDER
+from tasks.common.ingested import read_rejects
+from tasks.common.paths import EVAL_REPORT, REJECTS, ProjectPaths
+from tasks.graph import STAGES, Stage
 from tasks.ingest.preprocess import DecodeJob, Prepared, decode_chunk
 from tasks.ingest.sources import Reject
 
-# train_unet reads the caches from object storage: one retry. The sharded stages retry each shard instead.
-RETRIES = {"train_unet": 1}
 JOBS_AHEAD = 2 * available_cores()  # ingest's decode jobs submitted ahead of the next result (32 items each)
 
 
-# No task timeout: it cannot interrupt a worker thread. Each S3 call has its own (tasks/common/storage.py).
+# No task timeout: it cannot interrupt a worker thread. Each S3 call has its own (infra/storage.py).
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 15])
 def shard_task(job: ShardJob) -> ShardResult:
     """Compute and store one cache shard (retried: its S3 calls can fail, and a stored shard is skipped)."""
@@ -84,12 +80,8 @@ def decode_with_prefect(jobs: Iterator[DecodeJob]) -> Iterator[list[Prepared | R
     return in_order(submit, jobs, JOBS_AHEAD)
 
 
-# Stages whose many jobs are mapped over the flow's task runner, and the option that maps them.
-MAPPED = {
-    "ingest": {"map_decode": decode_with_prefect},
-    "cache_latents": {"map_shards": store_shards_with_prefect},
-    "embed_text": {"map_shards": store_shards_with_prefect},
-}
+# A stage's `maps` option (tasks/graph.py): how its many jobs become Prefect tasks.
+MAPS = {"map_decode": decode_with_prefect, "map_shards": store_shards_with_prefect}
 
 
 @task(cache_policy=NO_CACHE)  # DVC, not Prefect's cache, decides whether a stage is up to date
@@ -101,8 +93,9 @@ def stage_task(name: str, cfg: Config, root: str, parent_run_id: str | None) -> 
 REJECTS_SHOWN = 1000  # the Prefect UI lists this many rejected items; rejects.jsonl has them all
 
 
-def publish_ingest_report(report: dict, ingested: Path) -> None:
+def publish_ingest_report(report: dict, paths: ProjectPaths) -> None:
     """The ingest report as Prefect table artifacts: the counts by outcome, and the rejected items."""
+    ingested = paths.ingested
     rows = [{"outcome": "accepted", "count": report["accepted"]}]
     rows += [{"outcome": f"rejected: {reason}", "count": n} for reason, n in report["by_reason"].items()]
     create_table_artifact(rows, key="ingest-report", description=f"{report['total']} items read")
@@ -115,31 +108,35 @@ def publish_ingest_report(report: dict, ingested: Path) -> None:
         )
 
 
-def publish_evaluation_report(report: Path) -> None:
+def publish_evaluation_report(result: dict, paths: ProjectPaths) -> None:
     """The evaluated model's report.md as a Prefect markdown artifact (its pictures are beside it, and in
     the model's MLflow run)."""
+    report = paths.eval / EVAL_REPORT
     if report.is_file():
         create_markdown_artifact(report.read_text(), key="evaluation-report", description=f"{report}")
 
 
-def make_stage_flow(name: str):
-    @flow(name=name, log_prints=True)
+# A stage's `publishes` (tasks/graph.py): the Prefect artifact made of its output.
+PUBLISHERS = {"ingest_report": publish_ingest_report, "evaluation_report": publish_evaluation_report}
+
+
+def make_stage_flow(stage: Stage):
+    @flow(name=stage.name, log_prints=True)
     def stage_flow(cfg: Config, root: str = ".", parent_run_id: str | None = None) -> dict:
-        if name in MAPPED:
-            result = run_stage(name, cfg, ProjectPaths.at(root), parent_run_id, **MAPPED[name])
+        paths = ProjectPaths.at(root)
+        if stage.maps:
+            result = run_stage(stage.name, cfg, paths, parent_run_id, **{stage.maps: MAPS[stage.maps]})
         else:
             retried = stage_task.with_options(
-                name=name, retries=RETRIES.get(name, 0), retry_delay_seconds=[2, 10]
+                name=stage.name, retries=stage.retries, retry_delay_seconds=[2, 10]
             )
-            result = retried(name, cfg, root, parent_run_id)
-        if name == "ingest":
-            publish_ingest_report(result, ProjectPaths.at(root).ingested)
-        if name == "evaluate":
-            publish_evaluation_report(ProjectPaths.at(root).eval / REPORT)
+            result = retried(stage.name, cfg, root, parent_run_id)
+        if stage.publishes:
+            PUBLISHERS[stage.publishes](result, paths)
         return result
 
-    stage_flow.__doc__ = f"The {name} stage."
+    stage_flow.__doc__ = f"The {stage.name} stage."
     return stage_flow
 
 
-STAGE_FLOWS = {name: make_stage_flow(name) for name in ORDER}
+STAGE_FLOWS = {name: make_stage_flow(stage) for name, stage in STAGES.items()}

@@ -18,6 +18,8 @@ import pandas as pd
 import torch
 from diffusers import AutoencoderKL
 
+from infra.storage import ObjectStore, object_store_from_config
+from infra.tracking import Run
 from models.device import pick_device
 from models.fingerprint import module_fingerprint
 from models.images import to_model_space
@@ -33,16 +35,11 @@ from tasks.common.content_cache import (
     ref_columns,
     store_shards_here,
 )
-from tasks.common.ingested import MANIFEST as INGEST_MANIFEST
 from tasks.common.ingested import ImageShards
 from tasks.common.keys import content_keys
-from tasks.common.paths import ProjectPaths
-from tasks.common.storage import ObjectStore, object_store_from_config
-from tasks.common.tracking import Run
+from tasks.common.paths import CACHE_INFO, MANIFEST, ProjectPaths
 
-MANIFEST = "manifest.parquet"
 NORMALISATION_KEYS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std")
-INFO = "cache.json"
 # what the stage reads of the ingest manifest
 MANIFEST_INPUTS = ["sample_id", "split", "caption", "bucket", "sha256", "shard", "index", "height", "width"]
 
@@ -101,7 +98,7 @@ def run_cache_latents(
     encoder = LatentEncoder(
         str(vae_dir), fingerprint, str(ingested), cfg.latents.encode_batch_size, cfg.latents.flip
     )
-    manifest = pd.read_parquet(ingested / INGEST_MANIFEST, columns=MANIFEST_INPUTS)
+    manifest = pd.read_parquet(ingested / MANIFEST, columns=MANIFEST_INPUTS)
     stats = CacheStats()
     recover(out)  # a build killed mid-swap
     previous = previous_refs(out / MANIFEST, "latent_key")  # what the last build stored, kept if intact
@@ -138,7 +135,7 @@ def run_cache_latents(
     }
     with replaced_dir(out) as staging:  # the manifest and its info appear together or not at all
         latents.to_parquet(staging / MANIFEST, index=False)
-        (staging / INFO).write_text(json.dumps(info, indent=2) + "\n")
+        (staging / CACHE_INFO).write_text(json.dumps(info, indent=2) + "\n")
     if tracker:
         tracker.log_metrics({k: v for k, v in stats.summary().items()})
     return info

@@ -15,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from infra.storage import ObjectStore, object_store_from_config
+from infra.tracking import Run
 from models.device import pick_device
 from models.fingerprint import module_fingerprint
 from models.text_encoder import (
@@ -35,12 +37,8 @@ from tasks.common.content_cache import (
     store_shards_here,
 )
 from tasks.common.keys import content_keys
-from tasks.common.paths import ProjectPaths
-from tasks.common.storage import ObjectStore, object_store_from_config
-from tasks.common.tracking import Run
+from tasks.common.paths import CACHE_INFO, MANIFEST, ProjectPaths
 
-MANIFEST = "manifest.parquet"
-INFO = "cache.json"
 EMPTY_CAPTION = ""
 
 
@@ -79,7 +77,7 @@ def run_embed_text(
     tracker: Run | None = None,
     map_shards: ShardMap = store_shards_here,
 ) -> dict:
-    captions = sorted(set(pd.read_parquet(ingested / "manifest.parquet")["caption"]) | {EMPTY_CAPTION})
+    captions = sorted(set(pd.read_parquet(ingested / MANIFEST)["caption"]) | {EMPTY_CAPTION})
     tokenizer, encoder = load_text_encoder(cfg.text.encoder, pick_device())
     fingerprint = module_fingerprint(encoder)
     ENCODERS.keep(cfg.text.encoder, fingerprint, (tokenizer, encoder))  # shard jobs in this process use it
@@ -116,7 +114,7 @@ def run_embed_text(
     }
     with replaced_dir(out) as staging:  # the manifest and its info appear together or not at all
         manifest.to_parquet(staging / MANIFEST, index=False)
-        (staging / INFO).write_text(json.dumps(info, indent=2) + "\n")
+        (staging / CACHE_INFO).write_text(json.dumps(info, indent=2) + "\n")
     if tracker:
         tracker.log_metrics({**stats.summary(), "captions_truncated": truncated})
     return info

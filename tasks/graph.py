@@ -1,11 +1,18 @@
-"""The six stages, declared once: what each reads, the code it runs, what it writes.
+"""The six stages, declared once: what each reads, the code it runs, what it writes, and how it is run.
 
-This declaration is the pipeline's one graph. `dvc.yaml` is generated from it (`ldmflow dvc-yaml`; a test
-fails when the committed file differs), the Prefect pipeline runs its stages in this order, and
-`ldmflow stage NAME` runs a stage by its `entry`. A stage's `code` names folders where it can, so a new
-module cannot be forgotten: its own file or folder, what every stage shares (`tasks/common`), and the
-files of `models/` it uses (a test runs each stage and checks that every project module it imports lies
-under one of these, and that every params section it reads is among its `params`).
+This declaration is the pipeline's one graph, and every per-stage fact lives in it:
+- `dvc.yaml` is generated from it (`ldmflow dvc-yaml`; a test fails when the committed file differs);
+- the Prefect flows (flows/stage_flows.py, flows/pipeline.py) run its stages in this order, with the
+  retries, mapped jobs and published artifacts a stage declares, and hold no stage name of their own;
+- `ldmflow stage NAME` runs a stage by its `entry`, starting the embedded S3 server for a stage that
+  declares `object_storage`.
+
+A stage's `code` names folders where it can, so a new module cannot be forgotten: its own file or folder,
+what every stage shares (`tasks/common`: config, the output contract, keys, the cache and ingested formats),
+and the files of `models/` it uses. Infrastructure (`infra/`: the S3 server and client, MLflow tracking,
+processes, progress) decides no output and is no stage's dep, so editing it re-runs nothing. A test runs
+each stage and checks that every project module it imports lies under its deps or in `infra/`, and that
+every params section it reads is among its `params`.
 
 Torch-free and MLflow-free: the CLI imports it to list the stages.
 """
@@ -13,6 +20,9 @@ Torch-free and MLflow-free: the CLI imports it to list the stages.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+from tasks.common.paths import METRICS, SOURCE_LISTING, SWEEP, TRAIN_CURVE, VAL_CURVE
 
 SHARED = "tasks/common"
 
@@ -26,12 +36,24 @@ class Stage:
     outs: tuple[str, ...]  # what it writes, relative to the project root
     entry: str  # the module whose `main(cfg, paths, tracker, ...)` runs it
     sources: tuple[str, ...] = ()  # other files it reads (ingest: the summary of the user's source)
+    # How it runs (flows/ and the CLI read these):
+    object_storage: bool = False  # reads or writes the S3 store (the embedded server runs for it)
+    retries: int = 0  # whole-stage retries under Prefect (a stage whose jobs are mapped retries each job)
+    maps: Literal["map_decode", "map_shards"] | None = None  # its `main` option that its many jobs take,
+    # so Prefect runs them as tasks on the flow's task runner (flows/stage_flows.py has one map for each)
+    publishes: Literal["ingest_report", "evaluation_report"] | None = None  # a Prefect artifact of its output
+    distributed: bool = False  # trains with DDP under torchrun / accelerate launch
 
     @property
     def deps(self) -> tuple[str, ...]:
         """Upstream outputs and sources, then code: the DVC deps."""
         inputs = tuple(out for name in self.upstream for out in STAGES[name].outs)
         return (*inputs, *self.sources, SHARED, *self.code)
+
+    @property
+    def scans_source(self) -> bool:
+        """It reads the user's source: a run refreshes the listing first (tasks/ingest/listing.py)."""
+        return SOURCE_LISTING in self.sources
 
 
 STAGES: dict[str, Stage] = {
@@ -44,7 +66,9 @@ STAGES: dict[str, Stage] = {
             code=("tasks/ingest",),
             outs=("data/ingested",),
             entry="tasks.ingest.stage",
-            sources=("data/source_listing.json",),
+            sources=(SOURCE_LISTING,),
+            maps="map_decode",
+            publishes="ingest_report",
         ),
         Stage(
             "train_vae",
@@ -77,6 +101,8 @@ STAGES: dict[str, Stage] = {
             ),
             outs=("artifacts/latents",),
             entry="tasks.cache_latents",
+            object_storage=True,
+            maps="map_shards",
         ),  # fmt: skip
         Stage(
             "embed_text",
@@ -90,6 +116,8 @@ STAGES: dict[str, Stage] = {
             ),
             outs=("artifacts/text",),
             entry="tasks.embed_text",
+            object_storage=True,
+            maps="map_shards",
         ),  # fmt: skip
         Stage(
             "train_unet",
@@ -110,6 +138,9 @@ STAGES: dict[str, Stage] = {
             ),
             outs=("artifacts/unet",),
             entry="tasks.train_unet.loop",
+            object_storage=True,
+            retries=1,  # it streams the caches from object storage
+            distributed=True,
         ),  # fmt: skip
         Stage(
             "evaluate",
@@ -138,18 +169,19 @@ STAGES: dict[str, Stage] = {
             ),
             outs=("artifacts/eval",),
             entry="tasks.evaluate.stage",
+            object_storage=True,
+            publishes="evaluation_report",
         ),  # fmt: skip
     )
 }
 ORDER = list(STAGES)
-METRICS = ("artifacts/eval/metrics.json", "artifacts/vae/metrics.json", "artifacts/unet/metrics.json")
+METRIC_FILES = tuple(f"artifacts/{stage}/{METRICS}" for stage in ("eval", "vae", "unet"))
 PLOTS = {
-    "artifacts/eval/guidance_sweep.json": {"x": "guidance_scale", "y": ["r_precision_judge", "fd_judge"]},
-    "artifacts/vae/curves/train_loss.csv": {"x": "step", "y": ["train_loss"]},
-    "artifacts/unet/curves/train_loss.csv": {"x": "step", "y": ["train_loss"]},
-    "artifacts/unet/curves/val_loss.csv": {"x": "step", "y": ["val_loss"]},
+    f"artifacts/eval/{SWEEP}": {"x": "guidance_scale", "y": ["r_precision_judge", "fd_judge"]},
+    f"artifacts/vae/{TRAIN_CURVE}": {"x": "step", "y": ["train_loss"]},
+    f"artifacts/unet/{TRAIN_CURVE}": {"x": "step", "y": ["train_loss"]},
+    f"artifacts/unet/{VAL_CURVE}": {"x": "step", "y": ["val_loss"]},
 }
-DISTRIBUTED = ("train_unet",)  # stages that train with DDP under torchrun / accelerate launch
 
 
 def with_upstream(names: list[str]) -> list[str]:
@@ -185,6 +217,6 @@ def dvc_yaml() -> str:
     }  # fmt: skip
     plots = [{path: spec} for path, spec in PLOTS.items()]
     body = yaml.safe_dump(
-        {"stages": stages, "metrics": list(METRICS), "plots": plots}, sort_keys=False, width=110
+        {"stages": stages, "metrics": list(METRIC_FILES), "plots": plots}, sort_keys=False, width=110
     )
     return DVC_YAML_HEADER + body

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
+from infra.progress import progress
+from infra.tracking import Run, champion_part
 from models.device import autocast, pick_device
 from models.discriminator import AdversarialLoss
 from models.images import make_grid, to_model_space, to_uint8
@@ -32,12 +34,8 @@ from tasks.common.atomic_dir import replaced_dir
 from tasks.common.config import Config
 from tasks.common.curves import Curve
 from tasks.common.ingested import StoredImages, image_groups
-from tasks.common.paths import ProjectPaths
-from tasks.common.progress import progress
-from tasks.common.tracking import Run, champion_part
+from tasks.common.paths import METRICS, TRAIN_CURVE, ProjectPaths
 
-METRICS = "metrics.json"
-TRAIN_CURVE = "curves/train_loss.csv"  # dvc plots
 CURVE_COLUMNS = ["train_loss", "recon_l1", "recon_mse", "kl"]
 NORMALISATION_KEYS = ("scaling_factor", "latents_mean", "latents_std")
 

@@ -12,9 +12,9 @@ import pytest
 # ---------------------------------------------------------------------------------------------------------
 # Storage: the real embedded S3 server (SeaweedFS `weed mini`), one per test session; a bucket per test.
 # ---------------------------------------------------------------------------------------------------------
-from tasks.common import embedded_s3
-from tasks.common.embedded_s3 import S3Endpoint
-from tasks.common.storage import ObjectStore
+from infra.s3 import embedded
+from infra.s3.embedded import S3Endpoint
+from infra.storage import ObjectStore
 
 
 @pytest.fixture(scope="session")
@@ -29,15 +29,15 @@ def s3_server(s3_state_dir: Path) -> Iterator[S3Endpoint]:
     # 64 MB volumes: SeaweedFS needs a volume per bucket, and the tests make a bucket each
     for attempt in range(3):  # a port found free can be taken before weed binds it: retry
         try:
-            endpoint = embedded_s3.start(s3_state_dir, embedded_s3.find_free_s3_port(), volume_size_mb=64)
+            endpoint = embedded.start(s3_state_dir, embedded.find_free_s3_port(), volume_size_mb=64)
             break
-        except embedded_s3.S3ServerError as err:
+        except embedded.S3ServerError as err:
             if "already in use" not in str(err) or attempt == 2:
                 raise
     try:
         yield endpoint
     finally:
-        embedded_s3.stop(s3_state_dir)
+        embedded.stop(s3_state_dir)
 
 
 def _drop_bucket(store: ObjectStore) -> None:

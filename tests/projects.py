@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from tasks.common.embedded_s3 import S3Endpoint
+from infra.s3.embedded import S3Endpoint
 
 BIN = Path(sys.executable).parent  # the venv's ldmflow, dvc, torchrun
 REPO = Path(__file__).resolve().parents[1]
@@ -58,11 +58,11 @@ def cli_env(s3_server: S3Endpoint, **extra: str) -> dict[str, str]:
 
 
 def init_project(root: Path, env: dict[str, str]) -> None:
-    """Make `root` a project `ldmflow run` works in: dvc.yaml and the stage code it lists as deps, under
-    git and DVC."""
+    """Make `root` a project `ldmflow run` works in: dvc.yaml and the stage code it lists as deps (and
+    infra/, which it does not, for tests that edit it), under git and DVC."""
     for f in ("dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / f, root / f)
-    for d in ("tasks", "models"):
+    for d in ("tasks", "models", "infra"):
         shutil.copytree(REPO / d, root / d, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=root, env=env, check=True)  # keeps the .dvcignore

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_PACKAGES = ("flows", "models", "tasks")
+PROJECT_PACKAGES = ("flows", "infra", "models", "tasks")
 THIRD_PARTY = ("torch", "diffusers", "transformers", "accelerate", "mlflow", "pandas", "pyarrow", "PIL",
                "boto3", "torchmetrics")  # fmt: skip
 
@@ -38,9 +38,9 @@ def project_modules() -> list[str]:
 
 
 def probe(root: str, name: str, out: Path) -> None:
+    from infra.tracking import stage_run
     from tasks.common.config import Config, load_config
     from tasks.common.paths import ProjectPaths
-    from tasks.common.tracking import stage_run
     from tasks.graph import STAGES
 
     reads: set[str] = set()

@@ -122,7 +122,7 @@ KILL_AFTER_PUTS = textwrap.dedent(
     """
     import json, os, signal, sys
     from pathlib import Path
-    from tasks.common import storage
+    from infra import storage
     from tasks.cache_latents import run_cache_latents
     from tasks.common.config import config_from_dict
 

@@ -148,8 +148,8 @@ def test_a_shard_encoded_in_small_batches_equals_one_batch(tmp_path, object_stor
 
 
 def test_encoding_waits_for_a_slow_s3_so_few_shards_are_held_in_memory(object_store):
+    from infra.storage import ObjectStore
     from tasks.common.content_cache import SHARDS_HELD, build_cache
-    from tasks.common.storage import ObjectStore
 
     made, stored, waiting = [], [], []
 
@@ -175,8 +175,8 @@ def test_encoding_waits_for_a_slow_s3_so_few_shards_are_held_in_memory(object_st
 
 
 def test_gather_fetches_each_shard_once_and_puts_rows_in_the_asked_order(object_store):
+    from infra.storage import ObjectStore
     from tasks.common.content_cache import build_cache, gather_tensors
-    from tasks.common.storage import ObjectStore
 
     fetched = []
 

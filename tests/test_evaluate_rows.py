@@ -4,7 +4,7 @@ real-vs-real floor."""
 import pandas as pd
 import pytest
 
-from tasks.common.ingested import MANIFEST
+from tasks.common.paths import MANIFEST
 from tasks.evaluate.scores import caption_matched_rows, choose_rows
 
 

@@ -14,9 +14,9 @@ import uuid
 import pytest
 from projects import TINY, cli_env, write_params
 
+from flows.stage_run import run_stage
 from tasks.common.config import load_config
 from tasks.common.paths import ProjectPaths
-from tasks.common.stage_run import run_stage
 from tasks.graph import ORDER, STAGES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
@@ -29,7 +29,7 @@ KILLED_AT_SWAP = textwrap.dedent(
     import os, pathlib, signal, sys
     from tasks.common.config import load_config
     from tasks.common.paths import ProjectPaths
-    from tasks.common.stage_run import run_stage
+    from flows.stage_run import run_stage
     import tasks.train_unet.loop, tasks.evaluate.stage, tasks.train_vae, tasks.cache_latents, tasks.embed_text
 
     def rename(self, target, real=pathlib.Path.rename):

@@ -13,10 +13,11 @@ import pytest
 from test_cache_integrity import stored_shards, synthetic_cfg
 from test_caches import save_tiny_vae
 
+from infra.s3 import embedded
+from infra.storage import ObjectStore
 from tasks.cache_latents import run_cache_latents
-from tasks.common import embedded_s3, shard_folder
+from tasks.common import shard_folder
 from tasks.common.content_cache import gather
-from tasks.common.storage import ObjectStore
 from tasks.ingest.stage import run_ingest
 from tasks.train_unet.checkpoints import Checkpoints
 
@@ -28,7 +29,7 @@ class Server:
 
     def __init__(self, state, port):
         self.state, self.port = state, port
-        self.endpoint = embedded_s3.start(state, port)
+        self.endpoint = embedded.start(state, port)
 
     def store(self, bucket: str = "faults") -> ObjectStore:
         ep = self.endpoint
@@ -40,14 +41,14 @@ class Server:
         os.kill(int((self.state / "server.pid").read_text()), signal.SIGKILL)
 
     def restart(self) -> None:
-        self.endpoint = embedded_s3.start(self.state, self.port)
+        self.endpoint = embedded.start(self.state, self.port)
 
 
 @pytest.fixture
 def server(tmp_path):
-    own = Server(tmp_path / "s3", embedded_s3.find_free_s3_port())
+    own = Server(tmp_path / "s3", embedded.find_free_s3_port())
     yield own
-    embedded_s3.stop(own.state)
+    embedded.stop(own.state)
 
 
 def kill_after(monkeypatch, server: Server, method: str, calls: int) -> None:

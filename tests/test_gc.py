@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from projects import BIN, cli_env, write_params
 
-from tasks import gc
+from flows import gc
+from infra.storage import ObjectStore
 from tasks.common.paths import ProjectPaths
-from tasks.common.storage import ObjectStore
 from tasks.train_unet.checkpoints import Checkpoints
 
 DVC_YAML = "stages:\n  latents:\n    cmd: 'true'\n    outs: [artifacts/latents]\n"

@@ -1,11 +1,11 @@
-"""A stage's work runs with the objects alive before it frozen (tasks/common/stage_run.py), and only then."""
+"""A stage's work runs with the objects alive before it frozen (flows/stage_run.py), and only then."""
 
 import gc
 import weakref
 
 import pytest
 
-from tasks.common.stage_run import heap_frozen
+from flows.stage_run import heap_frozen
 
 
 def test_the_heap_is_frozen_for_the_block_only_even_when_it_fails():

@@ -200,8 +200,8 @@ def test_a_failed_ingest_leaves_the_previous_output_intact(tmp_path):
 def test_ingest_stage_logs_counts_by_reason_and_the_reject_table(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
+    from flows.stage_run import run_stage
     from tasks.common.paths import ProjectPaths
-    from tasks.common.stage_run import run_stage
 
     make_wide_images(tmp_path / "src", n=3)
     (tmp_path / "src" / "bad.png").write_bytes(b"")

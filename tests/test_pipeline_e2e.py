@@ -160,6 +160,27 @@ def test_editing_the_sampler_makes_the_stages_that_sample_stale(project):
     assert "Data and pipelines are up to date" in dvc(root, env, "status")
 
 
+def test_editing_infrastructure_leaves_every_stage_up_to_date(project):
+    """infra/ (the S3 server and its TLS, the S3 client, MLflow tracking, processes) decides no output: an
+    edit of any of its files re-runs nothing. An edit of what the stages share (tasks/common) re-runs all."""
+    root, env, _ = project
+    edited = sorted((root / "infra").rglob("*.py"))
+    assert root / "infra" / "s3" / "tls.py" in edited
+    shared = root / "tasks" / "common" / "paths.py"
+    originals = {path: path.read_text() for path in [*edited, shared]}
+    try:
+        for path in edited:
+            path.write_text(originals[path] + "\n# an edit\n")
+        assert "Data and pipelines are up to date" in dvc(root, env, "status")
+        shared.write_text(originals[shared] + "\n# an edit\n")
+        stale = set(re.findall(r"^(\w+):$", dvc(root, env, "status"), re.MULTILINE))
+        assert stale == set(STAGES)
+    finally:
+        for path, text in originals.items():
+            path.write_text(text)
+    assert "Data and pipelines are up to date" in dvc(root, env, "status")
+
+
 def test_unet_params_rerun_only_unet_and_evaluate_with_the_same_judge(project):
     root, env, _ = project
     before = json.loads((root / "artifacts/eval/metrics.json").read_text())

@@ -9,10 +9,10 @@ import stat
 import pytest
 
 from flows import runtime
-from tasks.common import embedded_s3
+from infra.s3 import embedded
+from infra.tracking import tracking_uri
 from tasks.common.config import config_from_dict
 from tasks.common.paths import ProjectPaths
-from tasks.common.tracking import tracking_uri
 
 
 def mode(path) -> int:
@@ -24,7 +24,7 @@ def test_the_state_folder_is_owner_only_whoever_creates_it(tmp_path, monkeypatch
     for name, make in {
         "runtime": lambda paths: runtime.prepare(paths),
         "tracking": lambda paths: tracking_uri(config_from_dict({}), paths),
-        "s3": lambda paths: embedded_s3.load_or_create_credentials(paths.s3_state),
+        "s3": lambda paths: embedded.load_or_create_credentials(paths.s3_state),
     }.items():
         paths = ProjectPaths.at(tmp_path / name)
         make(paths)
@@ -38,17 +38,17 @@ def test_a_kill_while_the_credentials_are_written_leaves_no_file(tmp_path, monke
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # what a signal does mid-write
 
-    monkeypatch.setattr(embedded_s3.json, "dump", killed)
+    monkeypatch.setattr(embedded.json, "dump", killed)
     with pytest.raises(KeyboardInterrupt):
-        embedded_s3.load_or_create_credentials(tmp_path)
+        embedded.load_or_create_credentials(tmp_path)
     assert not (tmp_path / "credentials.json").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".credentials-")]
 
 
 def test_a_half_written_credentials_file_is_replaced_not_fatal(tmp_path):
     (tmp_path / "credentials.json").write_text("")  # what an older version left after a kill
-    access, secret = embedded_s3.load_or_create_credentials(tmp_path)
+    access, secret = embedded.load_or_create_credentials(tmp_path)
     saved = json.loads((tmp_path / "credentials.json").read_text())
     assert saved == {"access_key": access, "secret_key": secret}
     assert mode(tmp_path / "credentials.json") == 0o600
-    assert embedded_s3.load_or_create_credentials(tmp_path) == (access, secret)  # kept from now on
+    assert embedded.load_or_create_credentials(tmp_path) == (access, secret)  # kept from now on

@@ -12,7 +12,7 @@ import ssl
 
 import pytest
 
-from tasks.common.weed_security import ensure_certificates
+from infra.s3.tls import ensure_certificates
 
 HTTP2_PREFACE = (
     b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"

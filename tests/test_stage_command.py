@@ -11,7 +11,7 @@ import pytest
 import yaml
 from projects import BIN, TINY
 
-from tasks.common import embedded_s3
+from infra.s3 import embedded
 from tasks.common.config import config_from_dict
 from tasks.common.paths import ProjectPaths
 from tasks.ingest.stage import run_ingest
@@ -27,7 +27,7 @@ def stage(root, name: str) -> None:
 
 
 def test_a_stage_stops_the_s3_server_it_started(tmp_path):
-    port = embedded_s3.find_free_s3_port()
+    port = embedded.find_free_s3_port()
     params = {**TINY, "storage": {"embedded_port": port}}  # the embedded default, on a port of its own
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     paths = ProjectPaths.at(tmp_path)
@@ -35,7 +35,7 @@ def test_a_stage_stops_the_s3_server_it_started(tmp_path):
     try:
         stage(tmp_path, "embed_text")
         assert (tmp_path / "artifacts/text/cache.json").is_file()
-        assert embedded_s3.status(paths.s3_state) is None, "the stage left the S3 server it started running"
-        assert not embedded_s3.busy_ports(port)
+        assert embedded.status(paths.s3_state) is None, "the stage left the S3 server it started running"
+        assert not embedded.busy_ports(port)
     finally:
-        embedded_s3.stop(paths.s3_state)
+        embedded.stop(paths.s3_state)

@@ -8,6 +8,7 @@ undeclared params section would let an edit of it go unnoticed.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Package markers, and the declaration itself: dvc.yaml is generated from it, so DVC sees an edit of it
 # that matters to a stage as an edit of that stage.
 NOT_STAGE_CODE = {"tasks/__init__.py", "models/__init__.py", "tasks/graph.py"}
+INFRA = "infra"  # decides no output, so it is no stage's dep: stages may import it, it imports no stage code
 
 
 def test_dvc_yaml_is_generated_from_the_declaration():
@@ -68,8 +70,24 @@ def _under(module: str, deps: tuple[str, ...]) -> bool:
 def test_every_module_a_stage_imports_is_among_its_deps(records, name):
     modules = records[name]["modules"]
     assert any(m.startswith(STAGES[name].code[0]) for m in modules)  # the probe saw the stage's own code
-    outside = [m for m in modules if m not in NOT_STAGE_CODE and not _under(m, STAGES[name].deps)]
+    deps = STAGES[name].deps
+    outside = [m for m in modules if m not in NOT_STAGE_CODE and not _under(m, (*deps, INFRA))]
     assert not outside, f"{name} imports code that is not among its dvc.yaml deps: {outside}"
+    assert not any(_under(dep, (INFRA,)) for dep in deps)
+
+
+def test_infra_imports_no_stage_and_no_flow_code():
+    """What infra/ does cannot depend on stage code: it would then decide outputs without being a dep."""
+    found = []
+    for path in sorted((REPO / INFRA).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            found += [
+                f"{path.relative_to(REPO)}: {n}" for n in names if n.split(".")[0] in ("tasks", "flows")
+            ]
+    assert not found, found
 
 
 @pytest.mark.e2e

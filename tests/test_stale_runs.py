@@ -8,7 +8,7 @@ import sys
 
 from mlflow.entities import RunStatus
 
-from tasks.common import tracking
+from infra import tracking
 from tasks.common.config import config_from_dict
 from tasks.common.paths import ProjectPaths
 

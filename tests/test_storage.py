@@ -14,9 +14,9 @@ from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tasks.common import embedded_s3
+from infra.s3 import embedded
+from infra.storage import ObjectNotFound, ObjectStore, object_store_from_config
 from tasks.common.config import StorageConfig
-from tasks.common.storage import ObjectNotFound, ObjectStore, object_store_from_config
 
 
 def test_round_trip_put_get_exists_list_delete(object_store: ObjectStore):
@@ -117,13 +117,13 @@ def test_credentials_file_is_private_and_ensure_running_reuses_the_server(s3_ser
     }
     pid = (s3_state_dir / "server.pid").read_text().strip()
 
-    assert embedded_s3.status(s3_state_dir) == s3_server
+    assert embedded.status(s3_state_dir) == s3_server
     assert (
-        embedded_s3.ensure_running(s3_state_dir, s3_port=9) == s3_server
+        embedded.ensure_running(s3_state_dir, s3_port=9) == s3_server
     )  # running: port ignored, no new process
     assert (s3_state_dir / "server.pid").read_text().strip() == pid
-    with pytest.raises(embedded_s3.S3ServerError, match="already runs"):
-        embedded_s3.start(s3_state_dir)
+    with pytest.raises(embedded.S3ServerError, match="already runs"):
+        embedded.start(s3_state_dir)
 
 
 def test_embedded_config_uses_the_running_server(s3_server, s3_state_dir):
@@ -135,16 +135,16 @@ def test_embedded_config_uses_the_running_server(s3_server, s3_state_dir):
 
 def test_busy_port_is_named(tmp_path, s3_server):
     port = int(s3_server.endpoint_url.rsplit(":", 1)[1])
-    with pytest.raises(embedded_s3.S3ServerError, match=f"ports already in use: s3 {port},"):
-        embedded_s3.start(tmp_path / "other", s3_port=port)
+    with pytest.raises(embedded.S3ServerError, match=f"ports already in use: s3 {port},"):
+        embedded.start(tmp_path / "other", s3_port=port)
     assert not (tmp_path / "other" / "server.pid").exists()
 
 
 def test_restart_keeps_data_and_keys_and_tolerates_a_stale_pid(tmp_path):
     state = tmp_path / "s3"
-    port = embedded_s3.find_free_s3_port()
+    port = embedded.find_free_s3_port()
     t0 = time.monotonic()
-    first = embedded_s3.start(state, s3_port=port)
+    first = embedded.start(state, s3_port=port)
     started_s = time.monotonic() - t0
     store = ObjectStore(
         first.endpoint_url, "restart-test", "", first.region, first.access_key, first.secret_key
@@ -152,58 +152,58 @@ def test_restart_keeps_data_and_keys_and_tolerates_a_stale_pid(tmp_path):
     store.ensure_bucket()
     store.put_bytes("kept", b"survives a restart", metadata={"sha256": "x"})
     try:
-        assert embedded_s3.stop(state) is True
-        assert embedded_s3.status(state) is None and not (state / "server.pid").exists()
-        assert embedded_s3.stop(state) is False  # nothing running: a no-op
+        assert embedded.stop(state) is True
+        assert embedded.status(state) is None and not (state / "server.pid").exists()
+        assert embedded.stop(state) is False  # nothing running: a no-op
 
         dead = subprocess.Popen(["true"])
         dead.wait()
         (state / "server.pid").write_text(f"{dead.pid}\n")  # stale pid file of a finished process
-        assert embedded_s3.status(state) is None
+        assert embedded.status(state) is None
 
-        second = embedded_s3.ensure_running(state, s3_port=port)
+        second = embedded.ensure_running(state, s3_port=port)
         assert second == first  # same keys, same endpoint
         assert store.get_bytes("kept") == b"survives a restart"
         assert store.head("kept")["metadata"] == {"sha256": "x"}
         assert stat.S_IMODE((state / "credentials.json").stat().st_mode) == 0o600
     finally:
-        embedded_s3.stop(state)
-    assert embedded_s3.status(state) is None
+        embedded.stop(state)
+    assert embedded.status(state) is None
     assert started_s < 30, f"server took {started_s:.1f}s to start"
 
 
 def test_serving_leaves_a_server_it_did_not_start_running(s3_state_dir, s3_server):
-    with embedded_s3.serving(s3_state_dir, s3_port=9):  # running already: the port is not used
+    with embedded.serving(s3_state_dir, s3_port=9):  # running already: the port is not used
         pass
-    assert embedded_s3.status(s3_state_dir) == s3_server
+    assert embedded.status(s3_state_dir) == s3_server
 
 
 def test_a_server_started_for_a_run_stops_itself_once_nobody_uses_it(tmp_path, monkeypatch):
     """A run killed with -9 cannot stop the server it started: the idle watchdog does, once no process
     has used it for the timeout. A live user (`serving`) or a pin (`ldmflow s3 start`) keeps it up."""
-    monkeypatch.setattr(embedded_s3, "IDLE_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(embedded, "IDLE_TIMEOUT_S", 2.0)
     state = tmp_path / "s3"
     user = subprocess.Popen(["sleep", "60"])  # stands for a run using the server
     try:
-        embedded_s3.ensure_running(state, s3_port=embedded_s3.find_free_s3_port())
+        embedded.ensure_running(state, s3_port=embedded.find_free_s3_port())
         (state / "users").mkdir(exist_ok=True)
         (state / "users" / str(user.pid)).touch()
         time.sleep(4)
-        assert embedded_s3.status(state) is not None  # in use: kept
+        assert embedded.status(state) is not None  # in use: kept
         user.kill()  # the run dies without stopping anything
         user.wait()
         deadline = time.monotonic() + 30
-        while embedded_s3.status(state) is not None and time.monotonic() < deadline:
+        while embedded.status(state) is not None and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert embedded_s3.status(state) is None
+        assert embedded.status(state) is None
         assert "no user for 2 s: stopping the S3 server" in (state / "weed.log").read_text()
 
-        embedded_s3.ensure_running(state, s3_port=embedded_s3.find_free_s3_port(), pin=True)
+        embedded.ensure_running(state, s3_port=embedded.find_free_s3_port(), pin=True)
         time.sleep(3)
-        assert embedded_s3.status(state) is not None  # pinned: runs until `stop`
+        assert embedded.status(state) is not None  # pinned: runs until `stop`
     finally:
         user.kill()
-        embedded_s3.stop(state)
+        embedded.stop(state)
 
 
 def test_serving_leaves_the_server_to_a_user_that_remains(tmp_path):
@@ -211,11 +211,11 @@ def test_serving_leaves_the_server_to_a_user_that_remains(tmp_path):
     state = tmp_path / "s3"
     other = subprocess.Popen(["sleep", "60"])  # stands for another process inside `serving`
     try:
-        with embedded_s3.serving(state, s3_port=embedded_s3.find_free_s3_port()):
+        with embedded.serving(state, s3_port=embedded.find_free_s3_port()):
             (state / "users" / str(other.pid)).touch()
-        assert embedded_s3.status(state) is not None  # still in use: left running
+        assert embedded.status(state) is not None  # still in use: left running
         assert not (state / "users" / str(os.getpid())).exists()  # this process is no longer a user
     finally:
         other.kill()
         other.wait()
-        embedded_s3.stop(state)
+        embedded.stop(state)

@@ -19,10 +19,10 @@ from projects import BIN, cli_env, write_params
 from safetensors.torch import load_file
 from test_caches import save_tiny_vae
 
+from infra.storage import ObjectStore
 from tasks.cache_latents import run_cache_latents
 from tasks.common.config import config_from_dict
 from tasks.common.paths import ProjectPaths
-from tasks.common.storage import ObjectStore
 from tasks.embed_text import run_embed_text
 from tasks.ingest.stage import run_ingest
 

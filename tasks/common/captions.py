@@ -15,9 +15,9 @@ import pandas as pd
 import torch
 from safetensors import safe_open
 
+from infra.storage import ObjectNotFound, ObjectStore
 from tasks.common.cache_shards import CorruptShard
 from tasks.common.shard_folder import ShardFolder
-from tasks.common.storage import ObjectNotFound, ObjectStore
 
 
 class CaptionTable:

@@ -26,11 +26,11 @@ from typing import Any, Generic, NamedTuple, TypeVar
 import pyarrow.parquet as pq
 import torch
 
+from infra.progress import progress
+from infra.storage import ObjectNotFound, ObjectStore
 from models.fingerprint import module_fingerprint
 from tasks.common.cache_shards import CorruptShard, pack_shard, unpack_shard
 from tasks.common.keys import content_key, sha256_hex
-from tasks.common.progress import progress
-from tasks.common.storage import ObjectNotFound, ObjectStore
 
 REF_COLUMNS = ["shard", "shard_index", "shard_sha256", "shard_etag"]
 M = TypeVar("M")

@@ -22,9 +22,7 @@ import pandas as pd
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-MANIFEST = "manifest.parquet"
-REPORT = "report.json"
-REJECTS = "rejects.jsonl"
+from tasks.common.paths import MANIFEST, REJECTS
 
 MANIFEST_COLUMNS = [
     "sample_id", "sha256", "caption", "split", "shard", "index", "width", "height", "bucket",

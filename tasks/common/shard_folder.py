@@ -10,9 +10,9 @@ import tempfile
 import threading
 from pathlib import Path
 
+from infra.storage import ObjectStore
 from tasks.common.cache_shards import CorruptShard
 from tasks.common.keys import sha256_hex
-from tasks.common.storage import ObjectStore
 
 
 class ShardFolder:

@@ -2,7 +2,3 @@
 (judge.py, scores.py) and, on labelled data, a probe (adherence.py), sweep the guidance scale (sweep.py),
 draw what the model learned into a report (views.py), and register the model with its lineage
 (lineage.py) as champion or challenger (champion.py)."""
-
-# The evaluated model's report, beside its metrics (views.py); the stage's flow publishes it to Prefect
-# without importing the evaluation code.
-REPORT = "report.md"

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from models.probe import predict_attributes, train_probe
-from tasks.common.ingested import LABELS, MANIFEST, ingested_images
+from tasks.common.ingested import LABELS, ingested_images
+from tasks.common.paths import MANIFEST
 
 
 def labelled(ingested: Path) -> list[str]:

@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from infra.tracking import CHALLENGER, CHAMPION
 from tasks.common.config import GATED_METRICS, GateConfig
-from tasks.common.tracking import CHAMPION
 
-CHALLENGER = "challenger"
 JUDGE_TAG, SETTINGS_TAG = "ldmflow.judge_key", "ldmflow.eval_settings"
 
 

@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
+from infra.storage import ObjectNotFound, ObjectStore
 from models.device import pick_device
 from models.judge import Judge, JudgeShape, embed_caption_rows, train_judge
 from models.judge_metrics import r_precision
@@ -25,7 +26,7 @@ from tasks.common.captions import CaptionTable
 from tasks.common.config import Config
 from tasks.common.ingested import image_groups
 from tasks.common.keys import content_key
-from tasks.common.storage import ObjectNotFound, ObjectStore
+from tasks.common.paths import CACHE_INFO, MANIFEST
 
 # What the stored judge is and how it is trained: part of its key, bumped when either changes.
 JUDGE_FORMAT = 1
@@ -78,8 +79,8 @@ def ready_judge(
 ) -> ReadyJudge:
     """The judge for this data: loaded from object storage, or trained and stored."""
     j = cfg.eval.judge
-    manifest = pd.read_parquet(ingested / "manifest.parquet")
-    text_info = json.loads((text_dir / "cache.json").read_text())
+    manifest = pd.read_parquet(ingested / MANIFEST)
+    text_info = json.loads((text_dir / CACHE_INFO).read_text())
     key = store.key("judge", f"{judge_key(cfg, manifest, text_info)}.safetensors")
     shape = JudgeShape(int(text_info["hidden_size"]), j.embed_dim, j.width, resolution=j.resolution)
     judge = _stored(store, key, shape)  # the key fixes the shape

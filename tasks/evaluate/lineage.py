@@ -12,8 +12,8 @@ from pathlib import Path
 import yaml
 
 from tasks.common.config import Config
-from tasks.common.ingested import MANIFEST
 from tasks.common.keys import content_key, file_sha256
+from tasks.common.paths import MANIFEST
 from tasks.graph import STAGES
 
 LOCK_ARTIFACT = "lineage/dvc.lock"

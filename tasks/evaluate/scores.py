@@ -15,7 +15,8 @@ from diffusers import AutoencoderKL
 from models.judge import embed_images
 from models.judge_metrics import frechet_and_kid, precision_recall
 from models.latent_space import reconstruct
-from tasks.common.ingested import MANIFEST, ImageShards
+from tasks.common.ingested import ImageShards
+from tasks.common.paths import MANIFEST
 from tasks.evaluate.judge import ReadyJudge
 
 # (manifest rows, their images uint8 [n, H, W, 3]) for each image size

@@ -20,6 +20,9 @@ import pandas as pd
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
+from infra import tracking
+from infra.storage import ObjectStore, object_store_from_config
+from infra.tracking import CHALLENGER, CHAMPION, Run, current_champion
 from models import pyfunc
 from models.device import pick_device
 from models.export import export_pipeline
@@ -28,17 +31,13 @@ from models.images import make_grid
 from models.pipeline import LatentDiffusionPipeline
 from models.pyfunc import PIPELINE, TextToImageModel, signature
 from models.text_encoder import load_text_encoder
-from tasks.common import tracking
 from tasks.common.atomic_dir import replaced_dir
 from tasks.common.captions import CaptionTable
 from tasks.common.config import Config
 from tasks.common.keys import content_key
-from tasks.common.paths import ProjectPaths
-from tasks.common.storage import ObjectStore, object_store_from_config
-from tasks.common.tracking import CHAMPION, Run, current_champion
-from tasks.evaluate import REPORT
+from tasks.common.paths import CACHE_INFO, EVAL_REPORT, MANIFEST, METRICS, SAMPLES, ProjectPaths
 from tasks.evaluate.adherence import Adherence, labelled
-from tasks.evaluate.champion import CHALLENGER, JUDGE_TAG, SETTINGS_TAG, decide, metric_tag
+from tasks.evaluate.champion import JUDGE_TAG, SETTINGS_TAG, decide, metric_tag
 from tasks.evaluate.clip import ClipReference
 from tasks.evaluate.inception import InceptionReference
 from tasks.evaluate.judge import ReadyJudge, ready_judge
@@ -47,14 +46,12 @@ from tasks.evaluate.scores import RealReference, choose_rows, read_rows
 from tasks.evaluate.sweep import guidance_sweep, write_sweep
 from tasks.evaluate.views import ATTENTION, LATENTS, WALKS, report_markdown, write_views
 
-METRICS = "metrics.json"
-SAMPLES = "samples.png"
 VIEW_FILES = [LATENTS, *WALKS.values(), ATTENTION]
 
 
 def load_pipeline(vae_dir: Path, unet_dir: Path, text_dir: Path, cfg: Config) -> LatentDiffusionPipeline:
     """Assemble the sampler from the stage outputs; the encoder must be the one the text cache used."""
-    info = json.loads((text_dir / "cache.json").read_text())
+    info = json.loads((text_dir / CACHE_INFO).read_text())
     tokenizer, encoder = load_text_encoder(info["encoder"])
     if module_fingerprint(encoder) != info["encoder_fingerprint"]:
         raise ValueError(
@@ -173,12 +170,12 @@ def run_evaluate(
         if cfg.eval.views.enabled:
             captions = measure.prompts["caption"].tolist()
             views = write_views(cfg, pipe, captions, ready.judge, paths.ingested, staging)
-        (staging / REPORT).write_text(report_markdown(metrics, views))
+        (staging / EVAL_REPORT).write_text(report_markdown(metrics, views))
     if tracker:
         tracker.log_metrics(metrics)
         if views:
             tracker.log_metrics({f"view_seconds_{name}": t for name, t in views["seconds"].items()})
-        for path in [SAMPLES, REPORT, *(p.name for p in plots), *(VIEW_FILES if views else [])]:
+        for path in [SAMPLES, EVAL_REPORT, *(p.name for p in plots), *(VIEW_FILES if views else [])]:
             tracker.log_artifact(paths.eval / path)
         gate_and_register(cfg, paths, pipe, tracker, measure, metrics)
     return metrics
@@ -233,6 +230,6 @@ def register(
 
 def main(cfg: Config, paths: ProjectPaths, tracker: Run) -> dict:
     store = object_store_from_config(cfg.storage, paths.s3_state)
-    text = pd.read_parquet(paths.text / "manifest.parquet")
+    text = pd.read_parquet(paths.text / MANIFEST)
     captions = CaptionTable(store, text, paths.shard_cache / "text")
     return run_evaluate(cfg, paths, captions, store, tracker)

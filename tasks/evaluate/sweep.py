@@ -10,10 +10,9 @@ from pathlib import Path
 from matplotlib.figure import Figure  # drawn straight to a file: no pyplot, no display
 
 from models.pipeline import LatentDiffusionPipeline
+from tasks.common.paths import SWEEP, SWEEP_PLOT
 from tasks.evaluate.scores import RealReference
 
-SWEEP = "guidance_sweep.json"
-SWEEP_PLOT = "guidance_sweep.png"
 SHOWN = ("r_precision_judge", "fd_judge")  # what the picture shows; the json keeps every judge metric
 
 

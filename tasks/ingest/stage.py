@@ -27,21 +27,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from infra.parallel import available_cores, map_on_threads
+from infra.progress import progress
 from tasks.common.atomic_dir import replaced_dir
 from tasks.common.config import Config, DataConfig
 from tasks.common.ingested import (
     LABELS,
-    MANIFEST,
     MANIFEST_COLUMNS,
-    REJECTS,
-    REPORT,
     ImageShards,
     ShardBuffer,
     read_rejects,
 )
-from tasks.common.parallel import available_cores, map_on_threads
-from tasks.common.paths import ProjectPaths
-from tasks.common.progress import progress
+from tasks.common.paths import INGEST_REPORT, MANIFEST, REJECTS, ProjectPaths
 from tasks.ingest import sources, synthetic
 from tasks.ingest.decode import DecodeLimits
 from tasks.ingest.listing import write_listing
@@ -50,7 +47,7 @@ from tasks.ingest.source_roots import Root, open_root
 from tasks.ingest.sources import Reject, SourceItem
 
 if TYPE_CHECKING:  # MLflow takes seconds to import
-    from tasks.common.tracking import Run
+    from infra.tracking import Run
 
 
 @dataclass(frozen=True)
@@ -431,7 +428,7 @@ def run_ingest(cfg: Config, out: Path, map_decode: DecodeMap | None = None, root
             candidates = user_candidates(cfg, previous, count, map_decode, root)
             report = write_ingested(candidates, staging, cfg.data, previous)
             report.update(decoded=count.decoded, reused=count.reused)
-        (staging / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+        (staging / INGEST_REPORT).write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -447,7 +444,7 @@ def main(cfg: Config, paths: ProjectPaths, tracker: Run, map_decode: DecodeMap |
         {"total": report["total"], "accepted": report["accepted"], "rejected": report["rejected"]}
         | {f"rejected.{reason}": n for reason, n in report["by_reason"].items()}
     )
-    tracker.log_artifact(paths.ingested / REPORT)
+    tracker.log_artifact(paths.ingested / INGEST_REPORT)
     tracker.log_artifact(paths.ingested / REJECTS)
     rejects = read_rejects(paths.ingested)
     if rejects:

@@ -24,10 +24,10 @@ from pathlib import Path
 from accelerate.utils import gather_object
 from safetensors import SafetensorError
 
+from infra.storage import ObjectNotFound, ObjectStore, StorageError
 from tasks.common.config import Config
 from tasks.common.keys import content_key, file_sha256
-from tasks.common.storage import ObjectNotFound, ObjectStore, StorageError
-from tasks.train_unet import FINISHED
+from tasks.common.paths import FINISHED
 from tasks.train_unet.data import TrainingSet
 from tasks.train_unet.trainer import UnetTraining, rng_state, set_rng_state
 

@@ -14,12 +14,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from infra.storage import ObjectStore
 from models.latents import to_diffusion_space
 from models.sample_draws import draw_samples
 from tasks.common.captions import CaptionTable
 from tasks.common.config import Config
 from tasks.common.keys import content_key
-from tasks.common.storage import ObjectStore
+from tasks.common.paths import CACHE_INFO, MANIFEST
 from tasks.train_unet.trainer import MicroBatch
 
 
@@ -48,12 +49,12 @@ def load_training_set(
 ) -> TrainingSet:
     """The training samples of `split` and the caption embeddings, whose shards are copied into
     `text_folder` (a local folder)."""
-    everything = pd.read_parquet(latents_dir / "manifest.parquet")
+    everything = pd.read_parquet(latents_dir / MANIFEST)
     latents = everything[everything["split"] == split].reset_index(drop=True)
     if latents.empty:
         raise ValueError(f"{latents_dir / 'manifest.parquet'}: no samples in split {split!r}")
-    text = pd.read_parquet(text_dir / "manifest.parquet")
-    info = json.loads((latents_dir / "cache.json").read_text())
+    text = pd.read_parquet(text_dir / MANIFEST)
+    info = json.loads((latents_dir / CACHE_INFO).read_text())
     row_of = {c: i for i, c in enumerate(text["caption"])}
     missing = sorted(set(latents["caption"]) - row_of.keys())
     if missing or "" not in row_of:

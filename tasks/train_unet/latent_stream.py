@@ -24,8 +24,8 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
+from infra.storage import ObjectStore
 from tasks.common.shard_folder import ShardFolder
-from tasks.common.storage import ObjectStore
 
 
 @dataclass(frozen=True)

@@ -16,23 +16,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from infra.progress import progress
+from infra.storage import ObjectStore, object_store_from_config
+from infra.tracking import Run, champion_part
 from models.device import PeakMemory
 from tasks.common.atomic_dir import staging_dir, swap_in
 from tasks.common.config import Config
 from tasks.common.curves import Curve
-from tasks.common.paths import ProjectPaths
-from tasks.common.progress import progress
-from tasks.common.storage import ObjectStore, object_store_from_config
-from tasks.common.tracking import Run, champion_part
+from tasks.common.paths import METRICS, SAMPLES_LOG, TRAIN_CURVE, VAL_CURVE, ProjectPaths
 from tasks.train_unet.checkpoints import Position, save_checkpoint
 from tasks.train_unet.data import micro_batches
 from tasks.train_unet.latent_stream import LatentStream
 from tasks.train_unet.reporting import SamplesLog, Speed
 from tasks.train_unet.setup import set_up
-
-METRICS = "metrics.json"
-SAMPLES_LOG = "samples.jsonl"  # unet.log_samples: each step's loss and sample ids
-TRAIN_CURVE, VAL_CURVE = "curves/train_loss.csv", "curves/val_loss.csv"  # dvc plots
 
 
 def run_train_unet(

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from infra.storage import ObjectStore
+from infra.tracking import Run
 from tasks.common.config import Config
-from tasks.common.storage import ObjectStore
-from tasks.common.tracking import Run
 from tasks.train_unet.checkpoints import Checkpoints, Position, resume_latest, run_identity
 from tasks.train_unet.data import TrainingSet, load_training_set
 from tasks.train_unet.trainer import UnetTraining, make_accelerator

@@ -24,12 +24,12 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 
+from infra.launch import launched_distributed
 from models.noise_schedule import make_train_scheduler
 from models.objectives import NoiseDraw, Objective, per_sample_loss
 from models.pretrained import load_pretrained_unet
 from models.unet import build_unet, check_unet_fits
 from tasks.common.config import UnetConfig
-from tasks.common.launch import launched_distributed
 
 
 def make_accelerator(u: UnetConfig) -> Accelerator:

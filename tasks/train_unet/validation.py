@@ -16,6 +16,8 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from PIL import Image
 
+from infra.storage import ObjectStore
+from infra.tracking import Run
 from models.images import make_grid, to_uint8
 from models.latents import from_diffusion_space, to_diffusion_space
 from models.objectives import prediction_target
@@ -24,8 +26,6 @@ from models.sampling import sample_latents
 from models.unet import default_latent_size
 from tasks.common.config import ValidationConfig
 from tasks.common.content_cache import gather
-from tasks.common.storage import ObjectStore
-from tasks.common.tracking import Run
 from tasks.train_unet.data import TrainingSet
 from tasks.train_unet.trainer import UnetTraining
 

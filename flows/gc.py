@@ -23,9 +23,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from tasks.common.paths import ProjectPaths
-from tasks.common.storage import ObjectStore
-from tasks.train_unet import FINISHED
+from infra.storage import ObjectStore
+from tasks.common.paths import FINISHED, MANIFEST, ProjectPaths
 
 CACHES = ("latents", "text")  # the content caches' folders under the storage prefix
 
@@ -92,12 +91,12 @@ def named_shards(paths: ProjectPaths) -> tuple[set[str], list[str]]:
 
     names: set[str] = set()
     for cache in CACHES:
-        manifest = getattr(paths, cache) / "manifest.parquet"
+        manifest = getattr(paths, cache) / MANIFEST
         if manifest.is_file():
             names.update(pd.read_parquet(manifest, columns=["shard"])["shard"])
     unread = []
     for (cache, md5), commit in recorded_manifests(paths).items():
-        relative = str((getattr(paths, cache) / "manifest.parquet").relative_to(paths.root))
+        relative = str((getattr(paths, cache) / MANIFEST).relative_to(paths.root))
         try:
             with dvc.api.open(relative, repo=str(paths.root), rev=commit, mode="rb") as fh:
                 names.update(pd.read_parquet(fh, columns=["shard"])["shard"])

@@ -4,7 +4,7 @@ State lives in one folder (the project uses `.ldmflow/s3`, git-ignored)::
 
     data/              weed's -dir (objects, filer and master metadata)
     credentials.json   access/secret key, generated on first start (mode 0600), reused afterwards
-    security.toml, tls/  what closes weed's internal ports to all but weed itself (weed_security.py)
+    security.toml, tls/  what closes weed's internal ports to all but weed itself (tls.py)
     server.pid         pid of the running weed process
     server.json        its ports and endpoint
     weed.log           weed's stdout and stderr (and the idle watchdog's)
@@ -15,11 +15,11 @@ State lives in one folder (the project uses `.ldmflow/s3`, git-ignored)::
 Every weed port derives from the S3 port P (master P+1, volume P+2, filer P+3, admin P+5, each gRPC
 port +10000), so a user's server on 8333 and a test server on another P never collide. WebDAV, the
 Iceberg and Lance endpoints and telemetry are turned off. Only the S3 port answers a client without weed's
-own certificate (weed_security.py). The server runs detached (its own session) so it outlives the command
+own certificate (tls.py). The server runs detached (its own session) so it outlives the command
 that started it; `stop` ends it by pid.
 
 Nobody has to remember to stop it. `serving` stops the server when its block ends and no other process
-uses it; a server started for a run (not pinned) also gets a watchdog (s3_idle.py) that stops it once no
+uses it; a server started for a run (not pinned) also gets a watchdog (idle.py) that stops it once no
 process has used it for IDLE_TIMEOUT_S, so a run killed with -9 does not leave it running for good.
 """
 
@@ -42,14 +42,22 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from tasks.common.paths import private_dir
-from tasks.common.processes import pid_alive
-from tasks.common.weed_security import write_security_toml
+from infra.processes import pid_alive
+from infra.s3.tls import write_security_toml
+from infra.state import private_dir
 
-if TYPE_CHECKING:
-    from tasks.common.config import StorageConfig
+
+class StorageSettings(Protocol):
+    """What the project's `storage` params section says (tasks/common/config.py's StorageConfig)."""
+
+    endpoint_url: str | None  # None: this embedded server
+    embedded_port: int
+    bucket: str
+    prefix: str
+    region: str
+
 
 DEFAULT_S3_PORT = 8333
 REGION = "us-east-1"
@@ -279,9 +287,9 @@ def pinned(state_dir: Path) -> bool:
 
 
 def _start_watchdog(state_dir: Path, weed_pid: int, idle_timeout_s: float) -> None:
-    """tasks/common/s3_idle.py, detached like weed, logging into weed.log."""
+    """infra/s3/idle.py, detached like weed, logging into weed.log."""
     with open(_paths(state_dir)["log"], "ab") as log:
-        watchdog = ["tasks.common.s3_idle", str(state_dir), str(weed_pid), str(idle_timeout_s)]
+        watchdog = ["infra.s3.idle", str(state_dir), str(weed_pid), str(idle_timeout_s)]
         subprocess.Popen(
             [sys.executable, "-m", *watchdog],
             cwd=Path(__file__).resolve().parents[2],  # the project's code, whatever the caller's cwd
@@ -507,36 +515,9 @@ def serving(state_dir: Path, s3_port: int = DEFAULT_S3_PORT) -> Iterator[None]:
             stop(state_dir)
 
 
-def serving_unless_configured(storage: StorageConfig, state_dir: Path) -> contextlib.AbstractContextManager:
+def serving_unless_configured(storage: StorageSettings, state_dir: Path) -> contextlib.AbstractContextManager:
     """`serving` when `storage` names no endpoint (the embedded server is the project's storage), else
     nothing to do: a configured endpoint is somebody else's to run."""
     if storage.endpoint_url is not None:
         return contextlib.nullcontext()
     return serving(state_dir, storage.embedded_port)
-
-
-class EmbeddedS3:
-    """Object-style handle on one state dir's server (same behaviour as the module functions)."""
-
-    def __init__(self, state_dir: Path, s3_port: int = DEFAULT_S3_PORT) -> None:
-        self.state_dir = Path(state_dir)
-        self.s3_port = s3_port
-
-    def start(self) -> S3Endpoint:
-        return start(self.state_dir, self.s3_port)
-
-    def stop(self) -> bool:
-        return stop(self.state_dir)
-
-    def status(self) -> S3Endpoint | None:
-        return status(self.state_dir)
-
-    def ensure_running(self) -> S3Endpoint:
-        return ensure_running(self.state_dir, self.s3_port)
-
-    def info(self) -> dict:
-        """Contents of server.json ({} when absent)."""
-        try:
-            return json.loads(_paths(self.state_dir)["server"].read_text())
-        except (OSError, ValueError):
-            return {}

@@ -12,10 +12,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tasks.common import launch
+from infra import launch
 from tasks.common.config import Config
 from tasks.common.paths import ProjectPaths
-from tasks.graph import DISTRIBUTED, STAGES
+from tasks.graph import STAGES
 
 WORK_METRIC = "stage_work_seconds"  # the stage's own work, without its MLflow run's bookkeeping
 
@@ -49,13 +49,14 @@ def run_stage(
     on the configured task runner (`map_shards` for the caches, `map_decode` for ingest); without them the
     jobs run here.
     """
-    from tasks.common.tracking import stage_run
+    from infra.tracking import stage_run
 
     stage = STAGES[name]
     main = importlib.import_module(stage.entry).main
     if launch.launched_distributed():  # torchrun / accelerate launch: every process runs this
-        if name not in DISTRIBUTED:
-            raise ValueError(f"only {', '.join(DISTRIBUTED)} runs on several processes, not {name}")
+        if not stage.distributed:
+            distributed = [s.name for s in STAGES.values() if s.distributed]
+            raise ValueError(f"only {', '.join(distributed)} runs on several processes, not {name}")
         if launch.rank() != 0:  # the main process alone logs to MLflow
             with heap_frozen():
                 return main(cfg, paths, None)

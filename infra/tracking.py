@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import mlflow
 import numpy as np
@@ -23,18 +23,35 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from tasks.common.config import Config, ConfigError
-from tasks.common.paths import ProjectPaths, private_dir
-from tasks.common.processes import pid_alive
+from infra.processes import pid_alive
+from infra.state import LocalState, private_dir
 
 PARENT_RUN_ENV = "LDMFLOW_PARENT_RUN_ID"
 # who made a run: close_stale_runs closes the ones whose process is gone
 PROJECT_TAG, HOST_TAG, PID_TAG = "ldmflow.project", "ldmflow.host", "ldmflow.pid"
 _swept: set[tuple[str, str, str]] = set()  # (tracking URI, experiment, project) this process has swept
-CHAMPION = "champion"  # the registry alias of the best model so far (tasks/evaluate/champion.py moves it)
+# The registry's aliases (tasks/evaluate/champion.py's gate decides which a new version gets): the best
+# model so far, and a newer version that did not beat it.
+CHAMPION, CHALLENGER = "champion", "challenger"
 
 
-def tracking_uri(cfg: Config, paths: ProjectPaths) -> str:
+class TrackingSettings(Protocol):
+    """What the project's `tracking` params section says (tasks/common/config.py's TrackingConfig)."""
+
+    uri: str | None  # None: SQLite in the project's local state
+    experiment: str
+    registered_model: str
+
+
+class Settings(Protocol):
+    """The project's config (tasks/common/config.py's Config): tracking reads its `tracking` section, and
+    logs the sections a stage names as that stage's params."""
+
+    @property
+    def tracking(self) -> TrackingSettings: ...
+
+
+def tracking_uri(cfg: Settings, paths: LocalState) -> str:
     """`tracking.uri` from params, else SQLite under the project's state dir (the registry needs a DB)."""
     if cfg.tracking.uri:
         return cfg.tracking.uri
@@ -42,7 +59,7 @@ def tracking_uri(cfg: Config, paths: ProjectPaths) -> str:
     return f"sqlite:///{paths.tracking_db}"
 
 
-def connect(cfg: Config, paths: ProjectPaths) -> tuple[MlflowClient, str]:
+def connect(cfg: Settings, paths: LocalState) -> tuple[MlflowClient, str]:
     """Point MLflow at the configured store; return a client and the experiment id (created if missing)."""
     uri = tracking_uri(cfg, paths)
     mlflow.set_tracking_uri(uri)
@@ -106,7 +123,7 @@ class Run:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
-def close_stale_runs(client: MlflowClient, experiment_id: str, paths: ProjectPaths) -> list[str]:
+def close_stale_runs(client: MlflowClient, experiment_id: str, paths: LocalState) -> list[str]:
     """Mark KILLED the runs of this project, made on this host, that are still RUNNING although the
     process that made them is gone (killed, crashed): their ids. Runs of other projects or hosts (a
     shared tracking server) are left alone."""
@@ -132,7 +149,7 @@ def close_stale_runs(client: MlflowClient, experiment_id: str, paths: ProjectPat
 
 @contextmanager
 def run(
-    cfg: Config, paths: ProjectPaths, name: str, parent_run_id: str | None = None, tags: dict | None = None
+    cfg: Settings, paths: LocalState, name: str, parent_run_id: str | None = None, tags: dict | None = None
 ) -> Iterator[Run]:
     """A run that ends FINISHED, or FAILED if the body raises. Nested when a parent id is given. Runs a
     killed process left RUNNING are closed first (see close_stale_runs), once per process and project."""
@@ -156,7 +173,7 @@ def run(
 
 @contextmanager
 def stage_run(
-    cfg: Config, paths: ProjectPaths, stage: str, sections: tuple[str, ...], parent_run_id: str | None = None
+    cfg: Settings, paths: LocalState, stage: str, sections: tuple[str, ...], parent_run_id: str | None = None
 ) -> Iterator[Run]:
     """A stage's run, nested under `parent_run_id` (or the run named by LDMFLOW_PARENT_RUN_ID) if any."""
     with run(cfg, paths, stage, parent_run_id=parent_run_id or os.environ.get(PARENT_RUN_ENV)) as r:
@@ -169,7 +186,7 @@ def stage_run(
 
 def register_text_to_image(
     stage: Run,
-    cfg: Config,
+    cfg: Settings,
     python_model: mlflow.pyfunc.PythonModel,
     artifacts: dict[str, str],
     signature: Any,
@@ -213,7 +230,7 @@ def current_champion(client: MlflowClient, name: str):
         return None
 
 
-def champion_part(cfg: Config, paths: ProjectPaths, part: str) -> tuple[str, Path] | None:
+def champion_part(cfg: Settings, paths: LocalState, part: str) -> tuple[str, Path] | None:
     """One part of the registered champion (`unet`, `vae`, ...), downloaded under .ldmflow/champion/:
     (its version, the folder). None when there is no champion yet. Each process of a distributed run
     downloads its own copy, so none reads a half-written one."""
@@ -225,7 +242,7 @@ def champion_part(cfg: Config, paths: ProjectPaths, part: str) -> tuple[str, Pat
     if champion is None:
         return None
     rank = os.environ.get("RANK", "0")
-    folder = paths.state / "champion" / f"{name}-v{champion.version}-rank{rank}"
+    folder = paths.champions / f"{name}-v{champion.version}-rank{rank}"
     artifacts = f"models:/{name}/{champion.version}/artifacts"
     listed = {Path(a.path).name for a in mlflow.artifacts.list_artifacts(artifact_uri=artifacts)}
     # the part inside the pipeline folder; a model registered before it has the part as its own artifact
@@ -234,15 +251,15 @@ def champion_part(cfg: Config, paths: ProjectPaths, part: str) -> tuple[str, Pat
 
 
 def model_version(client: MlflowClient, uri: str):
-    """The ModelVersion of `models:/NAME/VERSION` or `models:/NAME@ALIAS` (MlflowException if none)."""
-    rest = uri.removeprefix("models:/")
-    name, at, alias = rest.partition("@")
-    if rest != uri and at and name and alias:
-        return client.get_model_version_by_alias(name, alias)
-    name, slash, version = rest.partition("/")
-    if rest != uri and slash and name and version.isdigit():
-        return client.get_model_version(name, version)
-    raise ConfigError(f"model URI {uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+    """The ModelVersion a `models:/NAME/VERSION` or `models:/NAME@ALIAS` URI names (MlflowException, which
+    says what a proper URI looks like, if it names none)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    found = get_model_name_and_version(client, uri)
+    if len(found) != 2:  # models:/m-<id>, a logged model: no registered version
+        raise MlflowException(f"{uri}: names a logged model, not a registered version (models:/NAME/VERSION)")
+    return client.get_model_version(*found)
 
 
 def run_artifact_text(client: MlflowClient, run_id: str, artifact: str) -> str:

@@ -27,7 +27,7 @@ import os
 import secrets
 from pathlib import Path
 
-from tasks.common.paths import private_dir
+from infra.state import private_dir
 
 CERT_DAYS = 3650
 # weed's parts that serve gRPC (each needs the certificate to serve, and uses it to dial the others)

@@ -9,9 +9,12 @@ from __future__ import annotations
 import functools
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
+
+if TYPE_CHECKING:
+    from infra.s3.embedded import StorageSettings
 
 NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 
@@ -242,14 +245,14 @@ class ObjectStore:
                 raise self._fail(f"DeleteObject {key}", err) from err
 
 
-def object_store_from_config(storage_cfg: Any, state_dir: Path) -> ObjectStore:
+def object_store_from_config(storage_cfg: StorageSettings, state_dir: Path) -> ObjectStore:
     """The ObjectStore for a `StorageConfig`, its bucket created if missing.
 
     `endpoint_url: null` means the embedded SeaweedFS server of `state_dir` (started if needed, its
     credentials used); any other endpoint uses boto3's default credential chain.
     """
     if storage_cfg.endpoint_url is None:
-        from tasks.common.embedded_s3 import ensure_running
+        from infra.s3.embedded import ensure_running
 
         ep = ensure_running(state_dir, s3_port=storage_cfg.embedded_port)
         store = ObjectStore(
