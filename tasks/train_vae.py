@@ -38,6 +38,10 @@ from tasks.common.paths import METRICS, TRAIN_CURVE, ProjectPaths
 
 CURVE_COLUMNS = ["train_loss", "recon_l1", "recon_mse", "kl"]
 NORMALISATION_KEYS = ("scaling_factor", "latents_mean", "latents_std")
+# The learning rate's linear warm-up: Adam's first updates, before its second-moment estimate has settled,
+# are its largest relative to the fresh weights. A fixed count, not a share of `vae.steps`, so a longer run
+# starts exactly as a shorter one does (the same early trajectory for the same seed).
+WARMUP_STEPS = 50
 
 
 def batches(images: StoredImages, limit: int, batch_size: int) -> Iterator[torch.Tensor]:
@@ -77,7 +81,7 @@ def fit(
     discriminator's too once it played) and the seconds taken."""
     v, a = cfg.vae, cfg.vae.adversarial
     opt = torch.optim.AdamW(params, lr=v.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / WARMUP_STEPS))
     adversary, opt_d = _adversary(cfg, device) if a.weight > 0 else (None, None)
     gen = torch.Generator().manual_seed(cfg.seed)
     start = time.perf_counter()

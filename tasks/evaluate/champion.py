@@ -30,9 +30,12 @@ class Verdict:
     champion_value: float | None  # its value, measured like `value`
     reason: str
 
+    @property
+    def alias(self) -> str:
+        return CHAMPION if self.promote else CHALLENGER
+
     def __str__(self) -> str:
-        alias = CHAMPION if self.promote else CHALLENGER
-        return f"{alias}: {self.reason}"
+        return f"{self.alias}: {self.reason}"
 
 
 def _better(metric: str, a: float, b: float, by: float) -> bool:

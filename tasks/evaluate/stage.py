@@ -11,25 +11,19 @@ probe (adherence.py). Writes `artifacts/eval/metrics.json` (flat {name: number})
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from infra import tracking
 from infra.storage import ObjectStore, object_store_from_config
-from infra.tracking import CHALLENGER, CHAMPION, Run, current_champion
-from models import pyfunc
+from infra.tracking import Run
 from models.device import pick_device
-from models.export import export_pipeline
 from models.fingerprint import module_fingerprint
 from models.images import make_grid
 from models.pipeline import LatentDiffusionPipeline
-from models.pyfunc import PIPELINE, TextToImageModel, signature
 from models.text_encoder import load_text_encoder
 from tasks.common.atomic_dir import replaced_dir
 from tasks.common.captions import CaptionTable
@@ -37,11 +31,11 @@ from tasks.common.config import Config
 from tasks.common.keys import content_key
 from tasks.common.paths import CACHE_INFO, EVAL_REPORT, MANIFEST, METRICS, SAMPLES, ProjectPaths
 from tasks.evaluate.adherence import Adherence, labelled
-from tasks.evaluate.champion import JUDGE_TAG, SETTINGS_TAG, decide, metric_tag
+from tasks.evaluate.champion import JUDGE_TAG, SETTINGS_TAG
 from tasks.evaluate.clip import ClipReference
 from tasks.evaluate.inception import InceptionReference
 from tasks.evaluate.judge import ReadyJudge, ready_judge
-from tasks.evaluate.lineage import LOCK_ARTIFACT, lineage_tags
+from tasks.evaluate.registration import gate_and_register
 from tasks.evaluate.scores import RealReference, choose_rows, read_rows
 from tasks.evaluate.sweep import guidance_sweep, write_sweep
 from tasks.evaluate.views import ATTENTION, LATENTS, WALKS, report_markdown, write_views
@@ -56,7 +50,7 @@ def load_pipeline(vae_dir: Path, unet_dir: Path, text_dir: Path, cfg: Config) ->
     if module_fingerprint(encoder) != info["encoder_fingerprint"]:
         raise ValueError(
             f"text encoder {info['encoder']!r} no longer matches the one the U-Net was trained with "
-            f"({text_dir / 'cache.json'}); re-run embed_text and train_unet"
+            f"({text_dir / CACHE_INFO}); re-run embed_text and train_unet"
         )
     scheduler_config = dict(json.loads((unet_dir / "scheduler" / "scheduler_config.json").read_text()))
     return LatentDiffusionPipeline(
@@ -103,6 +97,10 @@ class Measurement:
             seed=self.cfg.seed,
             batch_size=e.batch_size,
         )
+
+    def of(self, pipe: LatentDiffusionPipeline) -> dict[str, float]:
+        """The scores of `pipe`'s samples."""
+        return self.scores(self.samples(pipe))
 
     def scores(self, samples: np.ndarray) -> dict[str, float]:
         metrics = self.reference.scores(samples, self.prompts["caption"].tolist())
@@ -177,55 +175,8 @@ def run_evaluate(
             tracker.log_metrics({f"view_seconds_{name}": t for name, t in views["seconds"].items()})
         for path in [SAMPLES, EVAL_REPORT, *(p.name for p in plots), *(VIEW_FILES if views else [])]:
             tracker.log_artifact(paths.eval / path)
-        gate_and_register(cfg, paths, pipe, tracker, measure, metrics)
+        gate_and_register(cfg, paths, pipe, tracker, metrics, measure.alike, measure.of)
     return metrics
-
-
-def gate_and_register(cfg: Config, paths: ProjectPaths, pipe: LatentDiffusionPipeline, tracker: Run,
-                      measure: Measurement, metrics: dict[str, float]) -> None:  # fmt: skip
-    """Decide champion or challenger against the current champion, then register with that alias."""
-    gate = cfg.eval.gate
-    if gate.metric not in metrics:
-        measured = ", ".join(sorted(metrics))
-        raise ValueError(
-            f"eval.gate.metric {gate.metric!r} is not measured on this data (measured: {measured})"
-        )
-    name = cfg.tracking.registered_model
-
-    def measure_champion(version: str) -> float:
-        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
-        return measure.scores(measure.samples(model.pipe))[gate.metric]
-
-    champion = current_champion(tracker.client, name)
-    verdict = decide(gate, metrics[gate.metric], champion, measure.alike, measure_champion)
-    tags = measure.alike | {metric_tag(k): repr(float(v)) for k, v in metrics.items()}
-    tags |= lineage_tags(cfg, paths.root, paths.ingested)
-    version = register(cfg, pipe, tracker, CHAMPION if verdict.promote else CHALLENGER, tags)
-    if (paths.root / "dvc.lock").is_file():
-        tracker.log_artifact(paths.root / "dvc.lock", str(Path(LOCK_ARTIFACT).parent))
-    tracker.set_tags({"ldmflow.gate": str(verdict)})
-    if verdict.champion_value is not None:
-        tracker.log_metrics({f"champion_{verdict.metric}": verdict.champion_value})
-    print(f"registered {name} version {version} as {verdict}")
-
-
-def register(
-    cfg: Config, pipe: LatentDiffusionPipeline, tracker: Run, alias: str, tags: dict[str, str]
-) -> str:
-    """Register the sampler as a pyfunc text-to-image model whose artifact is its diffusers pipeline folder
-    (models/export.py)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = export_pipeline(pipe, Path(tmp) / PIPELINE)
-        return tracking.register_text_to_image(
-            tracker,
-            cfg,
-            TextToImageModel(),
-            {PIPELINE: str(folder)},
-            signature(),
-            code_paths=[str(Path(pyfunc.__file__).parent)],  # the `models` package travels with the model
-            alias=alias,
-            tags=tags,
-        )
 
 
 def main(cfg: Config, paths: ProjectPaths, tracker: Run) -> dict:

@@ -1,0 +1,93 @@
+"""A measured model into the registry: the gate's verdict against the champion (champion.py decides), the
+version's tags (its metrics, how they were measured, lineage.py's provenance), the model itself as a
+pyfunc whose artifact is its diffusers pipeline folder, and the decision in the evaluate run."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import mlflow
+
+from infra import tracking
+from infra.tracking import Run, current_champion
+from models import pyfunc
+from models.export import export_pipeline
+from models.pipeline import LatentDiffusionPipeline
+from models.pyfunc import PIPELINE, TextToImageModel, signature
+from tasks.common.config import Config
+from tasks.common.paths import ProjectPaths
+from tasks.evaluate.champion import Verdict, decide, metric_tag
+from tasks.evaluate.lineage import LOCK_ARTIFACT, lineage_tags
+
+
+def gate_and_register(
+    cfg: Config,
+    paths: ProjectPaths,
+    pipe: LatentDiffusionPipeline,
+    tracker: Run,
+    metrics: dict[str, float],
+    measured_alike: dict[str, str],  # the judge's key and the evaluation settings the metrics depend on
+    measure: Callable[[LatentDiffusionPipeline], dict[str, float]],  # a pipeline's metrics, measured now
+) -> str:
+    """Register the evaluated model as champion or challenger; its version."""
+    verdict = against_champion(cfg, tracker, metrics, measured_alike, measure)
+    tags = measured_alike | {metric_tag(k): repr(float(v)) for k, v in metrics.items()}
+    tags |= lineage_tags(cfg, paths.root, paths.ingested)
+    version = register(cfg, pipe, tracker, verdict.alias, tags)
+    record_decision(tracker, paths, verdict)
+    print(f"registered {cfg.tracking.registered_model} version {version} as {verdict}")
+    return version
+
+
+def against_champion(
+    cfg: Config,
+    tracker: Run,
+    metrics: dict[str, float],
+    measured_alike: dict[str, str],
+    measure: Callable[[LatentDiffusionPipeline], dict[str, float]],
+) -> Verdict:
+    """The gate's verdict on `metrics` against the registry's champion, which is measured again here when
+    its own figures were measured otherwise."""
+    gate, name = cfg.eval.gate, cfg.tracking.registered_model
+    if gate.metric not in metrics:
+        measured = ", ".join(sorted(metrics))
+        raise ValueError(
+            f"eval.gate.metric {gate.metric!r} is not measured on this data (measured: {measured})"
+        )
+
+    def measure_champion(version: str) -> float:
+        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
+        return measure(model.pipe)[gate.metric]
+
+    champion = current_champion(tracker.client, name)
+    return decide(gate, metrics[gate.metric], champion, measured_alike, measure_champion)
+
+
+def register(
+    cfg: Config, pipe: LatentDiffusionPipeline, tracker: Run, alias: str, tags: dict[str, str]
+) -> str:
+    """Register the sampler as a pyfunc text-to-image model whose artifact is its diffusers pipeline folder
+    (models/export.py)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = export_pipeline(pipe, Path(tmp) / PIPELINE)
+        return tracking.register_text_to_image(
+            tracker,
+            cfg,
+            TextToImageModel(),
+            {PIPELINE: str(folder)},
+            signature(),
+            code_paths=[str(Path(pyfunc.__file__).parent)],  # the `models` package travels with the model
+            alias=alias,
+            tags=tags,
+        )
+
+
+def record_decision(tracker: Run, paths: ProjectPaths, verdict: Verdict) -> None:
+    """The gate's sentence, the champion's figure it was compared with, and the run's dvc.lock (lineage)."""
+    if (paths.root / "dvc.lock").is_file():
+        tracker.log_artifact(paths.root / "dvc.lock", str(Path(LOCK_ARTIFACT).parent))
+    tracker.set_tags({"ldmflow.gate": str(verdict)})
+    if verdict.champion_value is not None:
+        tracker.log_metrics({f"champion_{verdict.metric}": verdict.champion_value})
