@@ -1,0 +1,7 @@
+"""`python -m flows.cli`: what torchrun and accelerate launch run."""
+
+import sys
+
+from flows.cli import main
+
+sys.exit(main())
