@@ -244,7 +244,7 @@ def test_reingest_with_ten_percent_more_decodes_only_the_new_items(tmp_path, mon
 def test_growing_folder_links_intact_shards_and_packs_partial_ones(tmp_path, monkeypatch):
     """Night after night a few images arrive or go: every output holds exactly the images a fresh ingest
     makes; full intact shards are linked, and partly filled ones never pile up past the limit."""
-    monkeypatch.setattr("tasks.ingest.stage.MAX_PARTIAL_SHARDS", 2)
+    monkeypatch.setattr("tasks.ingest.incremental.MAX_PARTIAL_SHARDS", 2)
     root = tmp_path / "side"
     root.mkdir()
 
