@@ -164,11 +164,6 @@ def ingested_images(path: Path, split: str | None = None) -> tuple[pd.DataFrame,
     return manifest.reset_index(drop=True), images
 
 
-def read_buckets(path: Path, split: str | None = None) -> list[tuple[pd.DataFrame, np.ndarray]]:
-    """`image_groups` with every image read into memory (for small sets: tests, notebooks)."""
-    return [(rows, images[:]) for rows, images in image_groups(path, split)]
-
-
 def read_ingested(path: Path, split: str | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """`ingested_images` with every image read into memory (for small sets: tests, notebooks)."""
     manifest, images = ingested_images(path, split)
