@@ -32,19 +32,6 @@ from .text_encoder import encode_captions, load_text_encoder
 from .unet import check_cross_attention_dim, default_latent_size
 
 
-def save_sampling_config(
-    path: str | Path, scheduler_config: dict[str, Any], max_length: int, clip_skip: int = 0
-) -> None:
-    """Write what sampling needs besides the weights: the noise schedule, the token length and the text
-    encoder layer read (the layout of models registered before the pipeline folder)."""
-    payload = {
-        "scheduler": dict(scheduler_config),
-        "max_length": int(max_length),
-        "clip_skip": int(clip_skip),
-    }
-    Path(path).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-
-
 def _read_sampling_config(path_or_dict: str | Path | dict[str, Any]) -> dict[str, Any]:
     cfg = path_or_dict if isinstance(path_or_dict, dict) else json.loads(Path(path_or_dict).read_text())
     missing = {"scheduler", "max_length"} - set(cfg)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from tasks.cache_latents import run_cache_latents
 from tasks.common.config import config_from_dict
-from tasks.common.ingested import read_buckets, read_ingested
+from tasks.common.ingested import image_groups, read_ingested
 from tasks.embed_text import run_embed_text
 from tasks.ingest.preprocess import aspect_buckets, nearest_bucket
 from tasks.ingest.stage import run_ingest
@@ -82,7 +82,7 @@ def test_ingest_puts_each_image_in_its_nearest_bucket(tmp_path):
         assert row.bucket == f"{row.width}x{row.height}" and row.shard.startswith(f"images-{row.bucket}-")
     assert manifest.groupby("shard")["index"].max().max() == 4  # shards of 5, one size each
 
-    groups = read_buckets(tmp_path / "out")
+    groups = [(rows, images[:]) for rows, images in image_groups(tmp_path / "out")]
     assert [images.shape for _, images in groups] == [(8, 24, 40, 3), (8, 32, 32, 3), (8, 40, 24, 3)]
     for rows, images in groups:  # rows keep their manifest index: the images line up with them
         assert list(rows["sha256"]) == [hashlib.sha256(image.tobytes()).hexdigest() for image in images]

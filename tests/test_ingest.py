@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from tasks.common.config import config_from_dict
-from tasks.common.ingested import ImageShards, read_ingested
+from tasks.common.ingested import ImageShards, parse_shard_name, read_ingested, shard_name
 from tasks.ingest import synthetic
 from tasks.ingest.preprocess import crop_box
 from tasks.ingest.stage import run_ingest, split_for
@@ -61,6 +61,14 @@ def test_ingest_synthetic_writes_contract(tmp_path):
     import hashlib
 
     assert manifest["sha256"][5] == hashlib.sha256(images[5].tobytes()).hexdigest()
+
+
+def test_shard_names_are_built_and_parsed_in_one_format():
+    assert shard_name("40x24", 7) == "images-40x24-00007"
+    assert parse_shard_name(shard_name("40x24", 123456)) == ("40x24", 123456)
+    for bad in ("images-00001", "latents-16x16-00001", "images-16x16-x"):
+        with pytest.raises(ValueError, match="not an image shard"):
+            parse_shard_name(bad)
 
 
 def test_images_are_read_by_shard_and_index_in_any_order(tmp_path):

@@ -12,7 +12,7 @@ from user_data import make_dataset, png_bytes, write_every_convention, write_tar
 
 from tasks.common.config import config_from_dict
 from tasks.common.ingested import read_ingested
-from tasks.ingest.decode import DecodeError, DecodeLimits, decode_image
+from tasks.ingest.decode import DecodeError, DecodeLimits, decode_rgb
 from tasks.ingest.source_roots import FileRef, file_stamp, local_files
 from tasks.ingest.stage import run_ingest
 
@@ -24,12 +24,17 @@ def save(img: Image.Image, path, **kw):
     return path
 
 
+def decode(path, limits=LIMITS) -> tuple[np.ndarray, tuple[int, int]]:
+    rgb, orig = decode_rgb(path, limits)
+    return np.asarray(rgb), orig
+
+
 def test_exif_orientation_is_applied(tmp_path):
     img = Image.new("RGB", (40, 20), (0, 0, 0))
     img.paste((255, 0, 0), (0, 0, 10, 20))  # red strip on the left
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 CW to display"
-    pixels, orig = decode_image(save(img, tmp_path / "r.jpg", exif=exif, quality=95), LIMITS)
+    pixels, orig = decode(save(img, tmp_path / "r.jpg", exif=exif, quality=95))
     assert orig == (40, 20) and pixels.shape == (40, 20, 3)  # displayed upright: 20 wide, 40 high
     assert pixels[2, 10, 0] > 200  # the red strip is now on top
 
@@ -45,9 +50,7 @@ def test_exif_orientation_is_applied(tmp_path):
     ],
 )
 def test_modes_become_8bit_rgb(tmp_path, make, expected):
-    pixels, _ = decode_image(
-        save(make(), tmp_path / "x.png" if make().mode != "CMYK" else tmp_path / "x.jpg"), LIMITS
-    )
+    pixels, _ = decode(save(make(), tmp_path / "x.png" if make().mode != "CMYK" else tmp_path / "x.jpg"))
     assert pixels.dtype == np.uint8 and pixels.shape == (10, 10, 3)
     assert np.abs(pixels[5, 5].astype(int) - expected).max() <= 3
 
@@ -55,7 +58,7 @@ def test_modes_become_8bit_rgb(tmp_path, make, expected):
 def test_palette_transparency_uses_background(tmp_path):
     img = Image.new("P", (10, 10), 0)
     img.putpalette([0, 255, 0] * 256)
-    pixels, _ = decode_image(
+    pixels, _ = decode(
         save(img, tmp_path / "p.png", transparency=0), DecodeLimits(background=(9, 9, 9), min_size=8)
     )
     assert tuple(pixels[0, 0]) == (9, 9, 9)
@@ -75,7 +78,7 @@ def test_bad_files_are_rejected_with_a_reason(tmp_path, write, reason):
     path = tmp_path / "bad.png"
     write(path)
     with pytest.raises(DecodeError) as err:
-        decode_image(path, LIMITS)
+        decode_rgb(path, LIMITS)
     assert err.value.reason == reason
 
 
@@ -244,7 +247,7 @@ def test_reingest_with_ten_percent_more_decodes_only_the_new_items(tmp_path, mon
 def test_growing_folder_links_intact_shards_and_packs_partial_ones(tmp_path, monkeypatch):
     """Night after night a few images arrive or go: every output holds exactly the images a fresh ingest
     makes; full intact shards are linked, and partly filled ones never pile up past the limit."""
-    monkeypatch.setattr("tasks.ingest.stage.MAX_PARTIAL_SHARDS", 2)
+    monkeypatch.setattr("tasks.ingest.incremental.MAX_PARTIAL_SHARDS", 2)
     root = tmp_path / "side"
     root.mkdir()
 

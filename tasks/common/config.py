@@ -6,8 +6,6 @@ key raises `ConfigError` whose message names the key's dotted path.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -116,10 +114,6 @@ class VaeConfig(Section):
     adversarial: AdversarialConfig = AdversarialConfig()
     latent_norm: Literal["channel", "global"] = "channel"
     log_every: int = Field(50, ge=1)
-
-    @property
-    def downsample_factor(self) -> int:
-        return 2 ** (len(self.block_out_channels) - 1)
 
 
 class LatentsConfig(Section):
@@ -289,11 +283,6 @@ class Config(Section):
     storage: StorageConfig = StorageConfig()
     tracking: TrackingConfig = TrackingConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
-
-    def section_hash(self, *names: str) -> str:
-        """Stable short hash of the named sections (used to fingerprint what a stage depends on)."""
-        payload = {n: getattr(self, n).model_dump(mode="json") for n in names}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class ConfigError(ValueError):

@@ -33,6 +33,19 @@ MANIFEST_COLUMNS = [
 LABELS = ("color", "shape", "size", "position")  # what a caption asks for, where the source knows it
 
 
+def shard_name(bucket: str, number: int) -> str:
+    """The name of image shard `number` of `bucket` ("<W>x<H>"): `images-<W>x<H>-NNNNN`."""
+    return f"images-{bucket}-{number:05d}"
+
+
+def parse_shard_name(name: str) -> tuple[str, int]:
+    """(bucket, number) of a shard named by `shard_name`."""
+    bucket, sep, number = name.removeprefix("images-").rpartition("-")
+    if not (name.startswith("images-") and sep and number.isdigit()):
+        raise ValueError(f"{name!r} is not an image shard's name (images-<W>x<H>-NNNNN)")
+    return bucket, int(number)
+
+
 class ImageShards:
     """Random access to stored images by (shard, index): reads just those images from disk."""
 
@@ -149,11 +162,6 @@ def ingested_images(path: Path, split: str | None = None) -> tuple[pd.DataFrame,
         raise ValueError(f"{path / MANIFEST}: images come in several sizes ({sizes}); use image_groups")
     manifest, images = groups[0]
     return manifest.reset_index(drop=True), images
-
-
-def read_buckets(path: Path, split: str | None = None) -> list[tuple[pd.DataFrame, np.ndarray]]:
-    """`image_groups` with every image read into memory (for small sets: tests, notebooks)."""
-    return [(rows, images[:]) for rows, images in image_groups(path, split)]
 
 
 def read_ingested(path: Path, split: str | None = None) -> tuple[pd.DataFrame, np.ndarray]:

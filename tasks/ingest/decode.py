@@ -87,9 +87,3 @@ def decode_rgb(
     except Exception as err:  # noqa: BLE001 - a damaged file can make a PIL plugin fail in any way
         raise DecodeError("undecodable", f"{type(err).__name__}: {err}") from None
     return rgb, (w, h)
-
-
-def decode_image(source: Path | bytes, limits: DecodeLimits) -> tuple[np.ndarray, tuple[int, int]]:
-    """(uint8 RGB array [H, W, 3] with EXIF orientation applied, original (width, height))."""
-    rgb, size = decode_rgb(source, limits)
-    return np.asarray(rgb, dtype=np.uint8), size

@@ -3,11 +3,11 @@ in the format of tasks/common/ingested.py (the only thing later stages read).
 
 User items are decoded in jobs (preprocess.py) on the flow's task runner under `ldmflow run`, or on
 `data.workers` threads under `ldmflow stage` (dvc repro); the output is the same whatever runs them.
-Inputs an earlier ingest already decoded with the same preprocessing are reused: not read at all when
-their files' stamps are unchanged, else not decoded when their bytes are. Reused images stay in their
-shards: an earlier shard whose images are all kept is linked into the new output as it is, the others'
-images are packed with the new ones. So a nightly run over a folder that grew by 1% reads and writes
-about 1%, and now and then packs the small shards that leaves into full ones. The new output is
+Inputs an earlier ingest already decoded with the same preprocessing are reused (incremental.py): not
+read at all when their files' stamps are unchanged, else not decoded when their bytes are. Reused images
+stay in their shards: an earlier shard whose images are all kept is linked into the new output as it is,
+the others' images are packed with the new ones. So a nightly run over a folder that grew by 1% reads and
+writes about 1%, and now and then packs the small shards that leaves into full ones. The new output is
 written beside the old one and swapped in when complete, so a failed ingest leaves the previous one
 intact.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,16 +30,11 @@ from infra.parallel import available_cores, map_on_threads
 from infra.progress import progress
 from tasks.common.atomic_dir import replaced_dir
 from tasks.common.config import Config, DataConfig
-from tasks.common.ingested import (
-    LABELS,
-    MANIFEST_COLUMNS,
-    ImageShards,
-    ShardBuffer,
-    read_rejects,
-)
+from tasks.common.ingested import LABELS, MANIFEST_COLUMNS, ShardBuffer, read_rejects, shard_name
 from tasks.common.paths import INGEST_REPORT, MANIFEST, REJECTS, ProjectPaths
 from tasks.ingest import sources, synthetic
 from tasks.ingest.decode import DecodeLimits
+from tasks.ingest.incremental import PreviousIngest, StoredImage, place_stored
 from tasks.ingest.listing import write_listing
 from tasks.ingest.preprocess import DecodeJob, Prepared, Preprocessing, aspect_buckets, decode_chunk
 from tasks.ingest.source_roots import Root, open_root
@@ -48,16 +42,6 @@ from tasks.ingest.sources import Reject, SourceItem
 
 if TYPE_CHECKING:  # MLflow takes seconds to import
     from infra.tracking import Run
-
-
-@dataclass(frozen=True)
-class StoredImage:
-    """Where an earlier ingest stored an image, and its size."""
-
-    shard: str
-    index: int
-    width: int
-    height: int
 
 
 @dataclass
@@ -119,75 +103,23 @@ def synthetic_candidates(data: DataConfig, seed: int) -> Iterator[Candidate | Re
         )
 
 
-class PreviousIngest:
-    """What an earlier ingest into the same folder made, by sample id; its images are read only if asked."""
-
-    # columns an earlier version may lack: its items are then read and hashed once more, not decoded
-    OPTIONAL = ("raw_sha256", "source_stamp")
-
-    def __init__(self, out: Path) -> None:
-        self.rows: dict[str, dict] = {}  # sample id -> its manifest row (rows with an input key)
-        self.shard_sizes: Counter[str] = Counter()  # shard -> images in it
-        self.shards = ImageShards(out)
-        try:
-            manifest = pd.read_parquet(out / MANIFEST)
-        except (FileNotFoundError, OSError):
-            return
-        for column in self.OPTIONAL:
-            if column not in manifest:
-                manifest[column] = None
-        if sorted(manifest.columns) != sorted(MANIFEST_COLUMNS):  # another version: decode everything
-            return
-        self.shard_sizes = Counter(manifest["shard"])
-        columns = list(manifest.columns)  # rows built from plain lists: to_dict("records") boxes every cell
-        for values in zip(*(manifest[c].tolist() for c in columns), strict=True):
-            row = dict(zip(columns, values, strict=True))
-            if isinstance(row["input_key"], str):
-                self.rows[row["sample_id"]] = row
-
-    def key_of(self, sample_id: str) -> str | None:
-        row = self.rows.get(sample_id)
-        return row and row["input_key"]
-
-    def unchanged(self, item: SourceItem, spec: Preprocessing) -> Prepared | None:
-        """`item` as the earlier ingest made it, without reading it: when its files' stamps and the
-        preprocessing are the ones that made it. The caption is the stored one when it came from a file."""
-        row = self.rows.get(item.name)
-        stamp = item.stamp
-        if row is None or stamp is None or row["source_stamp"] != stamp or not row["raw_sha256"]:
-            return None
-        key = spec.input_key(row["raw_sha256"], item.name)
-        if key != row["input_key"]:
-            return None
-        caption = row["caption"] if item.caption is not None and not isinstance(item.caption, str) else None
-        caption = (item.caption or "").strip() if caption is None else caption
-        if not caption and spec.empty_captions == "reject":
-            return None  # prepare() says why
-        return Prepared(item.name, item.where, caption, key, raw_sha256=row["raw_sha256"], stamp=stamp)
-
-    def candidate(self, item: Prepared) -> Candidate:
-        """`item` (reused: no image) as a candidate whose image stays where the earlier ingest stored it."""
-        row = self.rows[item.name]
-        return Candidate(
-            sample_id=item.name,
-            source_item=item.where,
-            caption=item.caption,
-            image=None,
-            sha256=row["sha256"],
-            orig_size=(int(row["orig_width"]), int(row["orig_height"])),
-            crop=(int(row["crop_left"]), int(row["crop_top"])),
-            input_key=item.input_key,
-            pixels_sha256=row["pixels_sha256"],
-            raw_sha256=item.raw_sha256,
-            source_stamp=item.stamp,
-            stored=StoredImage(row["shard"], int(row["index"]), int(row["width"]), int(row["height"])),
-        )
-
-    def next_shard_number(self, bucket: str) -> int:
-        """A number after every earlier shard's of `bucket`: new shards never take a linked one's name."""
-        prefix = f"images-{bucket}-"
-        numbers = [int(name[len(prefix) :]) for name in self.shard_sizes if name.startswith(prefix)]
-        return max(numbers, default=-1) + 1
+def reused_candidate(item: Prepared, previous: PreviousIngest) -> Candidate:
+    """`item` (reused: no image) as a candidate whose image stays where the earlier ingest stored it."""
+    row = previous.rows[item.name]
+    return Candidate(
+        sample_id=item.name,
+        source_item=item.where,
+        caption=item.caption,
+        image=None,
+        sha256=row["sha256"],
+        orig_size=(int(row["orig_width"]), int(row["orig_height"])),
+        crop=(int(row["crop_left"]), int(row["crop_top"])),
+        input_key=item.input_key,
+        pixels_sha256=row["pixels_sha256"],
+        raw_sha256=item.raw_sha256,
+        source_stamp=item.stamp,
+        stored=previous.stored(item.name),
+    )
 
 
 def preprocessing(cfg: Config) -> Preprocessing:
@@ -243,7 +175,7 @@ def user_candidates(
             yield item
             continue
         if item.image is None:
-            candidate = previous.candidate(item)
+            candidate = reused_candidate(item, previous)
             count.reused += 1
         else:
             candidate = Candidate(
@@ -283,8 +215,7 @@ class ShardWriter:
         shard = self.filling.get(bucket)
         if shard is None or shard.full:
             number = shard.number + 1 if shard else self.first_number(bucket)
-            name = f"images-{bucket}-{number:05d}"
-            shard = self.filling[bucket] = ShardBuffer(name, number, self.shard_size)
+            shard = self.filling[bucket] = ShardBuffer(shard_name(bucket, number), number, self.shard_size)
         index = shard.add(image)
         if shard.full:
             shard.save(self.out)
@@ -296,57 +227,6 @@ class ShardWriter:
                 shard.save(self.out)
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        target.hardlink_to(source)  # the old output goes once the new one is in place
-    except OSError:  # a file system without hard links
-        shutil.copy2(source, target)
-
-
-# Earlier shards that are intact but not full (each ingest that adds images leaves one per image size)
-# are linked as they are until an image size has this many; then they are packed into full ones.
-MAX_PARTIAL_SHARDS = 8
-
-
-def linked_shards(kept: Counter[str], previous: PreviousIngest, shard_size: int) -> set[str]:
-    """The earlier shards to link into the new output as they are: those whose every image is kept, but
-    not the partly filled ones of an image size that has MAX_PARTIAL_SHARDS of them (compaction)."""
-    intact = {name for name, n in kept.items() if n == previous.shard_sizes[name]}
-    partial = Counter(name.rsplit("-", 1)[0] for name in intact if previous.shard_sizes[name] != shard_size)
-    return {
-        name
-        for name in intact
-        if previous.shard_sizes[name] == shard_size or partial[name.rsplit("-", 1)[0]] < MAX_PARTIAL_SHARDS
-    }
-
-
-def place_stored(
-    stored: list[tuple[dict, Candidate]], previous: PreviousIngest, shards: ShardWriter, shard_size: int
-) -> None:
-    """Give the rows of images an earlier ingest stored their shard and index in the new output: an
-    earlier shard whose every image is kept is linked as it is (see `linked_shards`); the other kept
-    images are packed anew."""
-    whole = linked_shards(Counter(item.stored.shard for _, item in stored), previous, shard_size)
-    for name in sorted(whole):
-        file = f"{name}.safetensors"
-        _link_or_copy(previous.shards.path / file, shards.out / file)
-    moved = []
-    for row, item in stored:
-        if item.stored.shard in whole:
-            row.update(shard=item.stored.shard, index=item.stored.index)
-        else:
-            moved.append((row, item.stored))
-    moved.sort(key=lambda pair: (pair[1].height, pair[1].width))  # ImageShards.images reads one size
-    for start in range(0, len(moved), shard_size):
-        batch = moved[start : start + shard_size]
-        sizes = {(s.width, s.height) for _, s in batch}
-        for size in sorted(sizes):
-            same = [(row, s) for row, s in batch if (s.width, s.height) == size]
-            images = previous.shards.images([(s.shard, s.index) for _, s in same])
-            for (row, _), image in zip(same, images, strict=True):
-                row["shard"], row["index"] = shards.place(image)
-
-
 def write_ingested(
     items: Iterator[Candidate | Reject], out: Path, data: DataConfig, previous: PreviousIngest | None = None
 ) -> dict:
@@ -355,7 +235,7 @@ def write_ingested(
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     rejects: list[Reject] = []
-    stored: list[tuple[dict, Candidate]] = []  # rows whose image an earlier ingest stored
+    stored: list[tuple[dict, StoredImage]] = []  # rows whose image an earlier ingest stored
     shards = ShardWriter(out, data.shard_size, previous.next_shard_number if previous else lambda _: 0)
     seen_ids: set[str] = set()
 
@@ -391,11 +271,11 @@ def write_ingested(
         }
         rows.append(row)
         if item.image is None:
-            stored.append((row, item))
+            stored.append((row, item.stored))
         else:
             row["shard"], row["index"] = shards.place(item.image)
     if stored:
-        place_stored(stored, previous, shards, data.shard_size)
+        place_stored(stored, previous, out, shards.place, data.shard_size)
     shards.close()
 
     pd.DataFrame(rows, columns=MANIFEST_COLUMNS).to_parquet(out / MANIFEST, index=False)

@@ -6,12 +6,13 @@ import pandas as pd
 import pytest
 import torch
 from diffusers import AutoencoderKL
+from legacy_sampling import save_sampling_config
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from models.images import make_grid
 from models.noise_schedule import make_train_scheduler
-from models.pipeline import LatentDiffusionPipeline, save_sampling_config
+from models.pipeline import LatentDiffusionPipeline
 from models.pyfunc import PYFUNC_PARAMS_SCHEMA, TextToImageModel, signature
 from models.text_encoder import encode_captions
 
