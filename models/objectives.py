@@ -1,5 +1,6 @@
-"""The U-Net's training objective: what it predicts, how each sample's error is weighted, and the noise
-tricks of the SD trainers (noise offset, input perturbation). Pure tensor functions, no training loop.
+"""The U-Net's training objective and its loss (`Objective.loss`): what it predicts, how each sample's error
+is weighted, and the noise tricks of the SD trainers (noise offset, input perturbation). Pure tensor code,
+no training loop.
 
 Randomness comes in as tensors (`NoiseDraw`), drawn per sample by the caller, so the loss of a sample
 depends only on that sample and its draw: not on which process, micro-batch or batch it lands in.
@@ -20,6 +21,33 @@ class Objective:
     snr_gamma: float | None = None  # min-SNR-gamma weighting (Hang et al. 2023); None: every t weighs 1
     noise_offset: float = 0.0  # + offset * a per-channel constant (Guttenberg 2023): very dark/bright images
     input_perturbation: float = 0.0  # noise the input with eps + p * xi, regress eps (Ning et al. 2023)
+
+    def loss(
+        self,
+        unet: UNet2DConditionModel,
+        scheduler: DDPMScheduler,
+        latents: torch.Tensor,
+        text_hidden: torch.Tensor,
+        text_mask: torch.Tensor,
+        draw: NoiseDraw,
+    ) -> torch.Tensor:
+        """[B] weighted squared error of the U-Net's prediction (Ho et al. 2020, eq. 14, target eps or v).
+
+        latents [B, C, h, w] (already normalised), text_hidden [B, L, D], text_mask [B, L] (1 = real token).
+        """
+        x0, t = latents.float(), draw.timesteps
+        # the noise the model must recover: eps (+ a per-channel offset, so the mean brightness can change)
+        noise = draw.noise + self.noise_offset * draw.offset
+        # x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) (eps + p xi): input perturbation noises the input a little
+        # more than the target says, which narrows the gap between training and sampling inputs
+        noisy = scheduler.add_noise(x0, noise + self.input_perturbation * draw.perturbation, t)
+        target = prediction_target(scheduler, x0, noise, t)
+        pred = unet(noisy, t, encoder_hidden_states=text_hidden, encoder_attention_mask=text_mask).sample
+        loss = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
+        if self.snr_gamma is not None:
+            snr = compute_snr(scheduler, t)
+            loss = loss * min_snr_weights(snr, self.snr_gamma, self.prediction_type)
+        return loss
 
 
 @dataclass(frozen=True)
@@ -72,31 +100,3 @@ def prediction_target(
     if scheduler.config.prediction_type == "v_prediction":
         return scheduler.get_velocity(x0, noise, t)
     return noise
-
-
-def per_sample_loss(
-    unet: UNet2DConditionModel,
-    scheduler: DDPMScheduler,
-    objective: Objective,
-    latents: torch.Tensor,
-    text_hidden: torch.Tensor,
-    text_mask: torch.Tensor,
-    draw: NoiseDraw,
-) -> torch.Tensor:
-    """[B] weighted squared error of the U-Net's prediction (Ho et al. 2020, eq. 14, target eps or v).
-
-    latents [B, C, h, w] (already normalised), text_hidden [B, L, D], text_mask [B, L] (1 = real token).
-    """
-    x0, t = latents.float(), draw.timesteps
-    # the noise the model must recover: eps (+ a per-channel offset, so the mean brightness can change)
-    noise = draw.noise + objective.noise_offset * draw.offset
-    # x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) (eps + p xi): input perturbation noises the input a little
-    # more than the target says, which narrows the gap between training and sampling inputs
-    noisy = scheduler.add_noise(x0, noise + objective.input_perturbation * draw.perturbation, t)
-    target = prediction_target(scheduler, x0, noise, t)
-    pred = unet(noisy, t, encoder_hidden_states=text_hidden, encoder_attention_mask=text_mask).sample
-    loss = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
-    if objective.snr_gamma is not None:
-        snr = compute_snr(scheduler, t)
-        loss = loss * min_snr_weights(snr, objective.snr_gamma, objective.prediction_type)
-    return loss

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from infra.launch import launched_distributed
 from models.noise_schedule import make_train_scheduler
-from models.objectives import NoiseDraw, Objective, per_sample_loss
+from models.objectives import NoiseDraw, Objective
 from models.pretrained import load_pretrained_unet
 from models.unet import build_unet, check_unet_fits
 from tasks.common.config import UnetConfig
@@ -122,9 +122,10 @@ class UnetTraining:
         losses = []
         for mb in micro_batches:
             with acc.accumulate(self.unet):  # gradients sync (DDP) and the optimiser steps on the last one
-                loss = per_sample_loss(
-                    self.unet, self.noise_scheduler, self.objective, mb.latents.to(acc.device),
-                    mb.hidden.to(acc.device), mb.mask.to(acc.device), mb.draw.to(acc.device),
+                # the objective (models/objectives.py) gives a loss per sample [B]; the micro-batch's mean
+                loss = self.objective.loss(
+                    self.unet, self.noise_scheduler, mb.latents.to(acc.device), mb.hidden.to(acc.device),
+                    mb.mask.to(acc.device), mb.draw.to(acc.device),
                 ).mean()  # fmt: skip
                 acc.backward(loss)  # divided by the accumulation steps
                 if acc.sync_gradients and self.max_grad_norm:

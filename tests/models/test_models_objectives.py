@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from models.noise_schedule import make_train_scheduler
-from models.objectives import NoiseDraw, Objective, min_snr_weights, per_sample_loss
+from models.objectives import NoiseDraw, Objective, min_snr_weights
 
 
 def draws(b: int, shape=(4, 8, 8), seed: int = 0) -> NoiseDraw:
@@ -34,11 +34,11 @@ def test_min_snr_weight_of_v_at_zero_terminal_snr_is_finite():
     assert torch.isfinite(min_snr_weights(abar / (1 - abar), 5.0, "v_prediction")).all()
 
 
-def test_per_sample_loss_is_the_unweighted_mse_without_tricks(tiny_unet):
+def test_the_loss_is_the_unweighted_mse_without_tricks(tiny_unet):
     unet, s = tiny_unet(), make_train_scheduler(1000, "scaled_linear", "epsilon")
     z, h, mask = torch.randn(3, 4, 8, 8), torch.randn(3, 5, 16), torch.ones(3, 5, dtype=torch.long)
     d = draws(3)
-    loss = per_sample_loss(unet, s, Objective("epsilon"), z, h, mask, d)
+    loss = Objective("epsilon").loss(unet, s, z, h, mask, d)
     with torch.no_grad():
         pred = unet(s.add_noise(z, d.noise, d.timesteps), d.timesteps, encoder_hidden_states=h,
                     encoder_attention_mask=mask).sample  # fmt: skip
@@ -54,10 +54,10 @@ def test_a_samples_loss_depends_on_its_own_draw_only(tiny_unet):
     objective = Objective("v_prediction", snr_gamma=5.0, noise_offset=0.1, input_perturbation=0.1)
     d = draws(4)
     with torch.no_grad():
-        whole = per_sample_loss(unet, s, objective, z, h, mask, d)
+        whole = objective.loss(unet, s, z, h, mask, d)
         halves = [
-            per_sample_loss(unet, s, objective, z[i : i + 2], h[i : i + 2], mask[i : i + 2],
-                            NoiseDraw(*(getattr(d, f)[i : i + 2] for f in NoiseDraw.__dataclass_fields__)))
+            objective.loss(unet, s, z[i : i + 2], h[i : i + 2], mask[i : i + 2],
+                           NoiseDraw(*(getattr(d, f)[i : i + 2] for f in NoiseDraw.__dataclass_fields__)))
             for i in (0, 2)
         ]  # fmt: skip
     torch.testing.assert_close(whole, torch.cat(halves), rtol=1e-5, atol=1e-6)
@@ -68,7 +68,7 @@ def test_noise_offset_and_input_perturbation_change_what_the_model_sees(tiny_une
     z, h, mask = torch.randn(2, 4, 8, 8), torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.long)
     d = draws(2)
     with torch.no_grad():
-        plain = per_sample_loss(unet, s, Objective("epsilon"), z, h, mask, d)
-        offset = per_sample_loss(unet, s, Objective("epsilon", noise_offset=0.5), z, h, mask, d)
-        perturbed = per_sample_loss(unet, s, Objective("epsilon", input_perturbation=0.5), z, h, mask, d)
+        plain = Objective("epsilon").loss(unet, s, z, h, mask, d)
+        offset = Objective("epsilon", noise_offset=0.5).loss(unet, s, z, h, mask, d)
+        perturbed = Objective("epsilon", input_perturbation=0.5).loss(unet, s, z, h, mask, d)
     assert not torch.allclose(plain, offset) and not torch.allclose(plain, perturbed)
