@@ -22,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.attention_maps import CrossAttentionMaps, explain  # noqa: E402
+from models.views.attention_maps import CrossAttentionMaps, explain  # noqa: E402
 from tasks.common.config import load_config  # noqa: E402
 from tasks.common.paths import MANIFEST, ProjectPaths  # noqa: E402
 from tasks.ingest.synthetic import PALETTE  # noqa: E402

@@ -84,12 +84,12 @@ def main() -> None:
 
     from infra.s3 import embedded
     from infra.storage import ObjectStore
-    from models.device import pick_device
-    from models.images import to_model_space
-    from models.latents import posterior_fp16, set_normalisation, to_diffusion_space
-    from models.sample_draws import draw_samples
-    from models.text_encoder import encode_captions, load_text_encoder
-    from models.vae import build_vae
+    from models.autoencoder.vae import build_vae
+    from models.diffusion.sample_draws import draw_samples
+    from models.sampler.device import pick_device
+    from models.sampler.images import to_model_space
+    from models.sampler.latents import posterior_fp16, set_normalisation, to_diffusion_space
+    from models.sampler.text_encoder import encode_captions, load_text_encoder
     from tasks.cache_latents import run_cache_latents
     from tasks.common.config import load_config
     from tasks.common.content_cache import ShardResult, encode_shard, gather

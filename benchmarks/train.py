@@ -58,7 +58,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from infra.s3 import embedded
     from infra.storage import ObjectStore
-    from models.vae import build_vae
+    from models.autoencoder.vae import build_vae
     from tasks.cache_latents import run_cache_latents
     from tasks.common.config import load_config
     from tasks.common.paths import ProjectPaths

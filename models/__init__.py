@@ -1,4 +1,6 @@
-"""Pure model code: diffusers/transformers builders, losses, sampler glue and the pyfunc model.
+"""Pure model code, by role: sampler/ (what ships in an exported pipeline), diffusion/ (the training
+objective), autoencoder/ (the VAE recipe), judges/ (evaluation's models), views/ (what the report draws);
+beside them the registered form (pyfunc.py, export.py), pretrained parts and fingerprints.
 
 Imports torch, diffusers, transformers (and mlflow.pyfunc in `pyfunc.py` only); never orchestration,
 tracking or storage code.

@@ -3,7 +3,7 @@
 The folder has Stable Diffusion's layout (`model_index.json`, `vae/`, `unet/`, `text_encoder/`,
 `tokenizer/`, `scheduler/`), so each part loads on its own the usual way, and ldmflow's `vae.pretrained`,
 `unet.pretrained` and `text.encoder` take the folder too. Its pipeline class is ldmflow's sampler, shipped
-inside the folder (`pipeline.py` and the modules it imports), so that
+inside the folder (models/sampler/: `pipeline.py` and the modules it imports), so that
 
     DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
 
@@ -20,19 +20,18 @@ import json
 import shutil
 from pathlib import Path
 
-from models.pipeline import LatentDiffusionPipeline
+from models.sampler.pipeline import LatentDiffusionPipeline
 
-# models/pipeline.py and every module it imports (relatively, and nothing else of ldmflow)
-SHIPPED = ("pipeline", "device", "images", "latents", "sampling", "text_encoder", "unet")
+SAMPLER = Path(__file__).parent / "sampler"  # the pipeline class and every module it imports (relatively)
 
 
 def export_pipeline(pipe: LatentDiffusionPipeline, folder: str | Path) -> Path:
     """Write `pipe` as a diffusers pipeline folder at `folder` (see the module's doc); return it."""
     folder = Path(folder)
     pipe.save_pretrained(folder)
-    here = Path(__file__).parent
-    for module in SHIPPED:
-        shutil.copyfile(here / f"{module}.py", folder / f"{module}.py")
+    for module in sorted(SAMPLER.glob("*.py")):
+        if module.name != "__init__.py":
+            shutil.copyfile(module, folder / module.name)
     index_path = folder / "model_index.json"
     index = json.loads(index_path.read_text())
     index["_class_name"] = ["pipeline", type(pipe).__name__]  # diffusers' custom pipeline: (module, class)

@@ -55,7 +55,7 @@ class TextToImageModel(mlflow.pyfunc.PythonModel):
     """Prompts in, PNG images out (one row per image)."""
 
     def load_context(self, context) -> None:
-        from models.pipeline import LatentDiffusionPipeline  # heavy imports only when served
+        from models.sampler.pipeline import LatentDiffusionPipeline  # heavy imports only when served
 
         a = context.artifacts
         if PIPELINE in a:

@@ -20,10 +20,10 @@ from diffusers import AutoencoderKL
 
 from infra.storage import ObjectStore, object_store_from_config
 from infra.tracking import Run
-from models.device import pick_device
 from models.fingerprint import module_fingerprint
-from models.images import to_model_space
-from models.latents import posterior_fp16
+from models.sampler.device import pick_device
+from models.sampler.images import to_model_space
+from models.sampler.latents import posterior_fp16
 from tasks.common.atomic_dir import recover, replaced_dir
 from tasks.common.config import Config
 from tasks.common.content_cache import (

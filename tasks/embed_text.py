@@ -17,9 +17,9 @@ import torch
 
 from infra.storage import ObjectStore, object_store_from_config
 from infra.tracking import Run
-from models.device import pick_device
 from models.fingerprint import module_fingerprint
-from models.text_encoder import (
+from models.sampler.device import pick_device
+from models.sampler.text_encoder import (
     check_clip_skip,
     encode_captions,
     load_text_encoder,

@@ -6,7 +6,7 @@ Images are read from the ingested shards a batch at a time, so memory does not g
 
 Writes `artifacts/vae/` (the diffusers model dir, whose config holds the latent statistics estimated
 on the train split: per-channel `latents_mean`/`latents_std`, or SD's global `scaling_factor` = 1/std;
-see models/latents.py) and `artifacts/vae/metrics.json` (validation PSNR and SSIM, and the per-channel
+see models/sampler/latents.py) and `artifacts/vae/metrics.json` (validation PSNR and SSIM, and the per-channel
 mean and std of the held-out images' normalised latents, among others).
 """
 
@@ -23,13 +23,13 @@ from diffusers import AutoencoderKL
 
 from infra.progress import progress
 from infra.tracking import Run, champion_part
-from models.device import autocast, pick_device
-from models.discriminator import AdversarialLoss
-from models.images import make_grid, to_model_space, to_uint8
-from models.latents import set_normalisation, to_diffusion_space
-from models.lpips import LPIPS
+from models.autoencoder.discriminator import AdversarialLoss
+from models.autoencoder.lpips import LPIPS
+from models.autoencoder.vae import build_vae, decoder_parameters, psnr, ssim, vae_loss
 from models.pretrained import load_pretrained_vae
-from models.vae import build_vae, decoder_parameters, psnr, ssim, vae_loss
+from models.sampler.device import autocast, pick_device
+from models.sampler.images import make_grid, to_model_space, to_uint8
+from models.sampler.latents import set_normalisation, to_diffusion_space
 from tasks.common.atomic_dir import replaced_dir
 from tasks.common.config import Config
 from tasks.common.curves import Curve

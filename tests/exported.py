@@ -13,7 +13,7 @@ import numpy as np
 
 _SAMPLE = """
 import json, sys
-for package in ("models", "tasks", "flows"):  # ldmflow's own packages: the folder must not need them
+for package in ("models", "tasks", "flows", "infra"):  # ldmflow's own packages: the folder must not need them
     sys.modules[package] = None
 import numpy as np
 from diffusers import DiffusionPipeline

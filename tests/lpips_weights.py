@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from models.lpips import WIDTHS, vgg16_features
+from models.autoencoder.lpips import WIDTHS, vgg16_features
 
 
 def write_lpips_weights(folder: Path, seed: int = 0) -> Path:

@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 from tiny_sd import write_sd_text_parts
 
-from models.vae import build_vae
+from models.autoencoder.vae import build_vae
 from tasks.cache_latents import run_cache_latents
 from tasks.common.config import config_from_dict
 from tasks.common.content_cache import gather
@@ -86,7 +86,7 @@ def test_text_cache_has_every_caption_once_plus_empty(tmp_path, object_store):
 
 
 def test_flip_caches_each_images_mirror_and_training_uses_it(tmp_path, object_store):
-    from models.images import to_model_space
+    from models.sampler.images import to_model_space
     from tasks.common.content_cache import read_shard
     from tasks.common.ingested import read_ingested
     from tasks.train_unet.loop import run_train_unet

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from user_data import write_photo_folder
 
-from models.latent_space import channel_stats, project_2d
-from models.vae import build_vae
+from models.autoencoder.latent_space import channel_stats, project_2d
+from models.autoencoder.vae import build_vae
 from tasks.common.config import config_from_dict
 from tasks.evaluate.latent_view import colourings, latent_space_view, leading_words
 from tasks.ingest.stage import run_ingest

@@ -149,7 +149,7 @@ def test_nothing_changed_means_nothing_runs(project):
 
 def test_editing_the_sampler_makes_the_stages_that_sample_stale(project):
     root, env, _ = project
-    sampler = root / "models" / "sampling.py"
+    sampler = root / "models" / "sampler" / "sampling.py"
     original = sampler.read_text()
     try:
         sampler.write_text(original + "\n# an edit\n")

@@ -20,7 +20,7 @@ from test_pipeline_e2e import ldmflow, stage_outcomes
 from tiny_sd import write_sd_pipeline
 
 from models.fingerprint import module_fingerprint
-from models.images import make_grid
+from models.sampler.images import make_grid
 
 pytestmark = pytest.mark.e2e
 SD = ["vae.pretrained=sd", "vae.finetune=none", "text.encoder=sd", "text.max_length=null", "text.clip_skip=1",

@@ -10,8 +10,8 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
+from models.autoencoder.vae import build_vae
 from models.fingerprint import module_fingerprint
-from models.vae import build_vae
 from tasks.common.config import config_from_dict
 from tasks.ingest.stage import run_ingest
 from tasks.train_vae import run_train_vae

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.unet import build_unet, default_latent_size
+from models.sampler.unet import build_unet, default_latent_size
 from tasks.common.config import UnetConfig
 from tasks.train_unet.setup import check_latents_fit, default_latent_shape
 from tasks.train_unet.trainer import UnetTraining, make_accelerator
@@ -74,7 +74,7 @@ def test_mixed_precision_needs_a_gpu_and_auto_is_fp32_on_cpu():
 
 def test_gradient_accumulation_gives_the_step_of_the_whole_batch():
     """2 micro-batches of 4 with accumulation 2 move the weights as 1 batch of 8 does."""
-    from models.objectives import NoiseDraw
+    from models.diffusion.objectives import NoiseDraw
     from tasks.train_unet.trainer import MicroBatch
 
     torch.manual_seed(0)

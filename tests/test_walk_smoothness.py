@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.judge import Judge, JudgeShape
+from models.judges.judge import Judge, JudgeShape
 from tasks.evaluate.views import smoothness
 
 

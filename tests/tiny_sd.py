@@ -51,8 +51,8 @@ def write_sd_text_parts(root: Path) -> Path:
 def write_sd_pipeline(root: Path) -> Path:
     """A tiny Stable Diffusion pipeline folder: `vae/` (f=2, SD's global scaling factor), `text_encoder/`,
     `tokenizer/` and `unet/` (cross-attention to the 32-wide CLIP tokens), each saved with save_pretrained."""
-    from models.unet import build_unet
-    from models.vae import build_vae
+    from models.autoencoder.vae import build_vae
+    from models.sampler.unet import build_unet
 
     write_sd_text_parts(root)
     torch.manual_seed(1)

@@ -69,7 +69,7 @@ class Registered:
 
 
 def _write_grid(images, out: str, ncols: int | None, what: str) -> None:
-    from models.images import make_grid
+    from models.sampler.images import make_grid
 
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,9 +106,9 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     if len(args.prompts) == 1 and len(args.seeds) not in (2, 4):
         print("ldmflow interpolate: one prompt walks between 2 seeds, or over a sheet of 4", file=sys.stderr)
         return 2
-    from models.interpolation import fractions  # (torch: after the arguments are checked)
     from models.pyfunc import request_params
-    from models.walks import prompt_walk, seed_sheet, seed_walk
+    from models.views.interpolation import fractions  # (torch: after the arguments are checked)
+    from models.views.walks import prompt_walk, seed_sheet, seed_walk
 
     wanted = {"num_images_per_prompt": args.frames**2 if len(args.seeds) == 4 else args.frames}
     wanted |= _sampling_params(args)
@@ -131,8 +131,8 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """Each token's cross-attention map over the sample it steered."""
-    from models.attention_maps import explain
     from models.pyfunc import request_params
+    from models.views.attention_maps import explain
     from tasks.evaluate.attention_view import attention_figure
 
     wanted = {"seed": args.seed, **_sampling_params(args)}

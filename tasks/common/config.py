@@ -84,7 +84,7 @@ class DataConfig(Section):
 
 
 class AdversarialConfig(Section):
-    """The LDM autoencoder's PatchGAN (models/discriminator.py)."""
+    """The LDM autoencoder's PatchGAN (models/autoencoder/discriminator.py)."""
 
     weight: float = Field(0.0, ge=0)  # times the adaptive weight; 0: off (the LDM paper: 0.5)
     start: int = Field(500, ge=0)  # the step the discriminator starts (the LDM paper's disc_start)
@@ -107,8 +107,8 @@ class VaeConfig(Section):
     lr: float = Field(1e-3, gt=0)
     kl_weight: float = Field(1e-6, ge=0)
     mse_weight: float = Field(1.0, ge=0)  # reconstruction: L1 + this x MSE (0: the LDM paper's L1 alone)
-    # a folder with torchvision's VGG16 weights and the LPIPS heads (models/lpips.py): adds the LDM paper's
-    # perceptual term, perceptual_weight x LPIPS, and val_lpips. None: no perceptual loss
+    # a folder with torchvision's VGG16 weights and the LPIPS heads (models/autoencoder/lpips.py): adds the
+    # LDM paper's perceptual term, perceptual_weight x LPIPS, and val_lpips. None: no perceptual loss
     lpips_weights: str | None = None
     perceptual_weight: float = Field(1.0, ge=0)
     adversarial: AdversarialConfig = AdversarialConfig()

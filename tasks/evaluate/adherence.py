@@ -1,6 +1,6 @@
 """Prompt adherence on labelled data (the synthetic set): does each sample show what its prompt asked for
 (colour, shape, size, position, whichever the data labels), as judged by a small probe trained on the real
-train images (models/probe.py)?"""
+train images (models/judges/probe.py)?"""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.probe import predict_attributes, train_probe
+from models.judges.probe import predict_attributes, train_probe
 from tasks.common.ingested import LABELS, ingested_images
 from tasks.common.paths import MANIFEST
 

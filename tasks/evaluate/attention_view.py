@@ -1,6 +1,6 @@
 """Cross-attention maps drawn over their samples: one row per prompt, the sample first, then one panel per
 token of the prompt with its map laid over the sample, bright where the token is attended to most
-(models/attention_maps.py records them)."""
+(models/views/attention_maps.py records them)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure  # drawn straight to a file: no pyplot, no display
 
-from models.attention_maps import Explanation
+from models.views.attention_maps import Explanation
 
 
 def attention_figure(explained: list[Explanation], prompts: list[str], out: Path) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.device import pick_device
-from models.judge_metrics import frechet_and_kid
+from models.judges.judge_metrics import frechet_and_kid
+from models.sampler.device import pick_device
 from tasks.evaluate.scores import ImageSet
 
 FEATURES = "2048"  # the pool features FID is defined on

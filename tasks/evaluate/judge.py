@@ -1,5 +1,5 @@
-"""Evaluation's judge (models/judge.py): trained on the real train split against the text cache's frozen
-caption embeddings, kept in object storage under a key of everything it is trained from.
+"""Evaluation's judge (models/judges/judge.py): trained on the real train split against the text cache's
+frozen caption embeddings, kept in object storage under a key of everything it is trained from.
 
 The key hashes the train split's pixels and captions, the text cache's encoder and tokenizer settings,
 `eval.judge` and the seed, but nothing of the U-Net: a new U-Net is judged by the same judge as the
@@ -19,9 +19,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from infra.storage import ObjectNotFound, ObjectStore
-from models.device import pick_device
-from models.judge import Judge, JudgeShape, embed_caption_rows, train_judge
-from models.judge_metrics import r_precision
+from models.judges.judge import Judge, JudgeShape, embed_caption_rows, train_judge
+from models.judges.judge_metrics import r_precision
+from models.sampler.device import pick_device
 from tasks.common.captions import CaptionTable
 from tasks.common.config import Config
 from tasks.common.ingested import image_groups

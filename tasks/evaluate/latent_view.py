@@ -1,6 +1,6 @@
 """The latent-space view of a VAE on the project's held-out images, as one figure: a 2-D projection of their
 latents coloured by what their captions say, the per-channel mean and std, and decodes of random N(0, I)
-latents beside decodes of real ones (models/latent_space.py measures; this draws)."""
+latents beside decodes of real ones (models/autoencoder/latent_space.py measures; this draws)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import pandas as pd
 from diffusers import AutoencoderKL
 from matplotlib.figure import Figure  # drawn straight to a file: no pyplot, no display
 
-from models.images import make_grid
-from models.latent_space import (
+from models.autoencoder.latent_space import (
     channel_stats,
     decode_normalised,
     encode_normalised,
@@ -21,6 +20,7 @@ from models.latent_space import (
     random_latents,
     umap_installed,
 )
+from models.sampler.images import make_grid
 from tasks.common.ingested import LABELS, image_groups
 
 ARTICLES = {"a", "an", "the", "this", "that", "some"}

@@ -14,8 +14,8 @@ from infra import tracking
 from infra.tracking import Run, current_champion
 from models import pyfunc
 from models.export import export_pipeline
-from models.pipeline import LatentDiffusionPipeline
 from models.pyfunc import PIPELINE, TextToImageModel, signature
+from models.sampler.pipeline import LatentDiffusionPipeline
 from tasks.common.config import Config
 from tasks.common.paths import ProjectPaths
 from tasks.evaluate.champion import Verdict, decide, metric_tag

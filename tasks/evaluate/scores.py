@@ -12,9 +12,9 @@ import pandas as pd
 import torch
 from diffusers import AutoencoderKL
 
-from models.judge import embed_images
-from models.judge_metrics import frechet_and_kid, precision_recall
-from models.latent_space import reconstruct
+from models.autoencoder.latent_space import reconstruct
+from models.judges.judge import embed_images
+from models.judges.judge_metrics import frechet_and_kid, precision_recall
 from tasks.common.ingested import ImageShards
 from tasks.common.paths import MANIFEST
 from tasks.evaluate.judge import ReadyJudge

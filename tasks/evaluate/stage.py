@@ -20,11 +20,11 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from infra.storage import ObjectStore, object_store_from_config
 from infra.tracking import Run
-from models.device import pick_device
 from models.fingerprint import module_fingerprint
-from models.images import make_grid
-from models.pipeline import LatentDiffusionPipeline
-from models.text_encoder import load_text_encoder
+from models.sampler.device import pick_device
+from models.sampler.images import make_grid
+from models.sampler.pipeline import LatentDiffusionPipeline
+from models.sampler.text_encoder import load_text_encoder
 from tasks.common.atomic_dir import replaced_dir
 from tasks.common.captions import CaptionTable
 from tasks.common.config import Config

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure  # drawn straight to a file: no pyplot, no display
 
-from models.pipeline import LatentDiffusionPipeline
+from models.sampler.pipeline import LatentDiffusionPipeline
 from tasks.common.paths import SWEEP, SWEEP_PLOT
 from tasks.evaluate.scores import RealReference
 

@@ -3,9 +3,9 @@ beside the PNGs it shows (artifacts/eval/).
 
 - the latent space of its VAE on held-out images (tasks/evaluate/latent_view.py);
 - interpolations: one prompt between two seeds, two prompts at one seed, a sheet over four seeds
-  (models/walks.py), each with how far apart neighbouring frames are against its two ends, in pixels and
+  (models/views/walks.py), each with how far apart neighbouring frames are against its two ends, in pixels and
   in the judge's image space (a smooth walk moves less per frame than from end to end);
-- the cross-attention map of every token of a few held-out captions (models/attention_maps.py).
+- the cross-attention map of every token of a few held-out captions (models/views/attention_maps.py).
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from models.attention_maps import explain
-from models.images import make_grid
-from models.interpolation import fractions
-from models.judge import Judge, embed_images
-from models.pipeline import LatentDiffusionPipeline
-from models.walks import prompt_walk, refine_walk, seed_sheet, seed_walk
+from models.judges.judge import Judge, embed_images
+from models.sampler.images import make_grid
+from models.sampler.pipeline import LatentDiffusionPipeline
+from models.views.attention_maps import explain
+from models.views.interpolation import fractions
+from models.views.walks import prompt_walk, refine_walk, seed_sheet, seed_walk
 from tasks.common.config import Config
 from tasks.evaluate.attention_view import attention_figure
 from tasks.evaluate.latent_view import latent_space_view

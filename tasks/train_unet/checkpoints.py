@@ -122,7 +122,8 @@ RUN_CONTROL = {"checkpoint_every", "checkpoints_total_limit", "resume", "log_eve
 
 def run_identity(cfg: Config, data: TrainingSet, global_batch: int) -> str:
     """What a checkpoint must match to be resumed from: everything that decides the weights step by step.
-    The split of the global batch over processes and micro-batches does not (models/sample_draws.py)."""
+    The split of the global batch over processes and micro-batches does not
+    (models/diffusion/sample_draws.py)."""
     unet = {k: v for k, v in cfg.unet.model_dump(mode="json").items() if k not in RUN_CONTROL}
     return content_key({"seed": cfg.seed, "unet": unet, "global_batch": global_batch}, data.identity)
 

@@ -15,8 +15,8 @@ import pandas as pd
 import torch
 
 from infra.storage import ObjectStore
-from models.latents import to_diffusion_space
-from models.sample_draws import draw_samples
+from models.diffusion.sample_draws import draw_samples
+from models.sampler.latents import to_diffusion_space
 from tasks.common.captions import CaptionTable
 from tasks.common.config import Config
 from tasks.common.keys import content_key
@@ -32,7 +32,7 @@ class TrainingSet:
     text_index: torch.Tensor  # [N] row of each sample's caption in `captions`
     captions: CaptionTable  # token embeddings and masks of every distinct caption, read a batch at a time
     empty_index: int  # row of the empty caption (classifier-free guidance)
-    normalisation: dict  # the VAE's latent statistics (models/latents.py)
+    normalisation: dict  # the VAE's latent statistics (models/sampler/latents.py)
     latent_shapes: dict[str, list[int]]  # bucket -> [C, h, w]
     identity: str  # hashes the samples, their latent keys and the caption keys: what was trained on
     held_out: pd.DataFrame  # the other split's rows (validation), those whose caption has an embedding

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from infra.progress import progress
 from infra.tracking import Run
-from models.device import PeakMemory
+from models.sampler.device import PeakMemory
 from tasks.common.config import UnetConfig
 from tasks.common.curves import Curve, lines_before
 from tasks.common.paths import SAMPLES_LOG, TRAIN_CURVE, VAL_CURVE

@@ -2,7 +2,7 @@
 `torchrun` (DDP; gloo on CPU, NCCL on GPUs), bf16 autocast on CUDA, gradient accumulation.
 
 `UnetTraining.step` takes this process's micro-batches of one global batch. The loss of each sample is
-a mean over its own draws (models/sample_draws.py) and the global loss a mean over samples, so the
+a mean over its own draws (models/diffusion/sample_draws.py) and the global loss a mean over samples, so the
 weights after a step do not depend on how the global batch was split over processes and micro-batches.
 """
 
@@ -25,10 +25,10 @@ from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 
 from infra.launch import launched_distributed
-from models.noise_schedule import make_train_scheduler
-from models.objectives import NoiseDraw, Objective
+from models.diffusion.noise_schedule import make_train_scheduler
+from models.diffusion.objectives import NoiseDraw, Objective
 from models.pretrained import load_pretrained_unet
-from models.unet import build_unet, check_unet_fits
+from models.sampler.unet import build_unet, check_unet_fits
 from tasks.common.config import UnetConfig
 
 
@@ -122,7 +122,8 @@ class UnetTraining:
         losses = []
         for mb in micro_batches:
             with acc.accumulate(self.unet):  # gradients sync (DDP) and the optimiser steps on the last one
-                # the objective (models/objectives.py) gives a loss per sample [B]; the micro-batch's mean
+                # the objective (models/diffusion/objectives.py) gives a loss per sample [B]; the
+                # micro-batch's mean
                 loss = self.objective.loss(
                     self.unet, self.noise_scheduler, mb.latents.to(acc.device), mb.hidden.to(acc.device),
                     mb.mask.to(acc.device), mb.draw.to(acc.device),

@@ -18,12 +18,12 @@ from PIL import Image
 
 from infra.storage import ObjectStore
 from infra.tracking import Run
-from models.images import make_grid, to_uint8
-from models.latents import from_diffusion_space, to_diffusion_space
-from models.objectives import prediction_target
-from models.sample_draws import keyed_generator
-from models.sampling import sample_latents
-from models.unet import default_latent_size
+from models.diffusion.objectives import prediction_target
+from models.diffusion.sample_draws import keyed_generator
+from models.sampler.images import make_grid, to_uint8
+from models.sampler.latents import from_diffusion_space, to_diffusion_space
+from models.sampler.sampling import sample_latents
+from models.sampler.unet import default_latent_size
 from tasks.common.config import ValidationConfig
 from tasks.common.content_cache import gather
 from tasks.train_unet.data import TrainingSet

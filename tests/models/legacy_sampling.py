@@ -1,4 +1,5 @@
-"""The sampling config of models registered before the pipeline folder (models/pipeline.py reads it)."""
+"""The sampling config of models registered before the pipeline folder (models/sampler/pipeline.py
+reads it)."""
 
 from __future__ import annotations
 

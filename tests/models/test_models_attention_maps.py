@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.attention_maps import CrossAttentionMaps, explain
+from models.views.attention_maps import CrossAttentionMaps, explain
 
 
 def test_maps_on_give_the_same_images_and_a_map_per_real_token(tiny_pipe):

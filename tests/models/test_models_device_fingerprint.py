@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from models.device import autocast, pick_device
 from models.fingerprint import module_fingerprint
+from models.sampler.device import autocast, pick_device
 
 
 def test_pick_device_explicit_and_auto():

@@ -7,14 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.discriminator import (
+from models.autoencoder.discriminator import (
     AdversarialLoss,
     PatchDiscriminator,
     adaptive_weight,
     generator_loss,
     hinge_discriminator_loss,
 )
-from models.vae import vae_loss
+from models.autoencoder.vae import vae_loss
 
 
 @pytest.mark.parametrize("side, layers, patches", [(32, 3, 2), (64, 3, 6), (32, 2, 6)])

@@ -14,13 +14,13 @@ import pytest
 from exported import sample_exported
 from PIL import Image
 
+from models.diffusion.noise_schedule import make_train_scheduler
 from models.export import export_pipeline
 from models.fingerprint import module_fingerprint
-from models.noise_schedule import make_train_scheduler
-from models.pipeline import LatentDiffusionPipeline
 from models.pretrained import load_pretrained_unet, load_pretrained_vae
 from models.pyfunc import PIPELINE, TextToImageModel, signature
-from models.text_encoder import load_text_encoder
+from models.sampler.pipeline import LatentDiffusionPipeline
+from models.sampler.text_encoder import load_text_encoder
 
 PROMPTS = ["a small red circle at the top left", "a large blue square"]
 

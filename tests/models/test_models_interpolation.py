@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.interpolation import fractions, lerp, slerp, slerp_sheet
-from models.walks import prompt_walk, refine_walk, seed_sheet, seed_walk
+from models.views.interpolation import fractions, lerp, slerp, slerp_sheet
+from models.views.walks import prompt_walk, refine_walk, seed_sheet, seed_walk
 
 
 def test_slerp_of_gaussian_noise_keeps_its_norm_where_lerp_shrinks_it():

@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from models.judge import Judge, JudgeShape, contrastive_loss, embed_caption_rows, embed_images, train_judge
-from models.judge_metrics import frechet_and_kid, precision_recall, r_precision
+from models.judges.judge import (
+    Judge,
+    JudgeShape,
+    contrastive_loss,
+    embed_caption_rows,
+    embed_images,
+    train_judge,
+)
+from models.judges.judge_metrics import frechet_and_kid, precision_recall, r_precision
 
 COLORS = np.array([[220, 30, 30], [30, 200, 30], [30, 30, 220], [230, 220, 40]], dtype=np.uint8)
 N_CAPTIONS = 8  # 4 colours x {left, right}

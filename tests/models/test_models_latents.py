@@ -3,7 +3,12 @@ import math
 import pytest
 import torch
 
-from models.latents import from_diffusion_space, posterior_stats, set_normalisation, to_diffusion_space
+from models.sampler.latents import (
+    from_diffusion_space,
+    posterior_stats,
+    set_normalisation,
+    to_diffusion_space,
+)
 
 
 def batches():

@@ -1,11 +1,11 @@
-"""LPIPS built here (models/lpips.py) from the two weight files a user brings: it loads them as they are
-named, scores an image against itself 0, and passes gradients to the reconstruction."""
+"""LPIPS built here (models/autoencoder/lpips.py) from the two weight files a user brings: it loads them as
+they are named, scores an image against itself 0, and passes gradients to the reconstruction."""
 
 import pytest
 import torch
 from lpips_weights import write_lpips_weights
 
-from models.lpips import LPIPS
+from models.autoencoder.lpips import LPIPS
 
 
 @pytest.fixture(scope="module")

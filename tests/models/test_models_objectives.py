@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from models.noise_schedule import make_train_scheduler
-from models.objectives import NoiseDraw, Objective, min_snr_weights
+from models.diffusion.noise_schedule import make_train_scheduler
+from models.diffusion.objectives import NoiseDraw, Objective, min_snr_weights
 
 
 def draws(b: int, shape=(4, 8, 8), seed: int = 0) -> NoiseDraw:

@@ -10,11 +10,11 @@ from legacy_sampling import save_sampling_config
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from models.images import make_grid
-from models.noise_schedule import make_train_scheduler
-from models.pipeline import LatentDiffusionPipeline
+from models.diffusion.noise_schedule import make_train_scheduler
 from models.pyfunc import PYFUNC_PARAMS_SCHEMA, TextToImageModel, signature
-from models.text_encoder import encode_captions
+from models.sampler.images import make_grid
+from models.sampler.pipeline import LatentDiffusionPipeline
+from models.sampler.text_encoder import encode_captions
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 import numpy as np
 
-from models.probe import AttributeProbe, predict_attributes, train_probe
+from models.judges.probe import AttributeProbe, predict_attributes, train_probe
 
 COLORS = np.array([[220, 30, 30], [30, 200, 30], [30, 30, 220]], dtype=np.uint8)
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from models.noise_schedule import make_train_scheduler
-from models.sampling import sample_latents
-from models.unet import build_unet, check_cross_attention_dim
+from models.diffusion.noise_schedule import make_train_scheduler
+from models.sampler.sampling import sample_latents
+from models.sampler.unet import build_unet, check_cross_attention_dim
 
 
 def test_train_scheduler_config():

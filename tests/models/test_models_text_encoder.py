@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.text_encoder import encode_captions, resolve_encoder_source, tokenizer_settings
+from models.sampler.text_encoder import encode_captions, resolve_encoder_source, tokenizer_settings
 
 
 def test_resolve_encoder_source():

@@ -9,7 +9,7 @@ import torch
 from tiny_sd import tiny_clip_text_model, write_clip_tokenizer, write_sd_text_parts
 from transformers import CLIPConfig, CLIPModel
 
-from models.text_encoder import (
+from models.sampler.text_encoder import (
     check_clip_skip,
     encode_captions,
     load_text_encoder,

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from models.vae import build_vae, psnr, ssim, vae_loss
+from models.autoencoder.vae import build_vae, psnr, ssim, vae_loss
 
 
 def test_vae_f4_shapes_and_config():

@@ -1,5 +1,5 @@
 """The forward process around the U-Net: the noise schedule training draws from (the objective is in
-models/objectives.py, sampling in models/sampling.py)."""
+models/diffusion/objectives.py, sampling in models/sampler/sampling.py)."""
 
 from __future__ import annotations
 

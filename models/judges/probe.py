@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.convnet import conv_trunk, imperfect, trunk_features
-from models.device import pick_device
-from models.images import Images, to_model_space
+from models.judges.convnet import conv_trunk, imperfect, trunk_features
+from models.sampler.device import pick_device
+from models.sampler.images import Images, to_model_space
 
 
 class AttributeProbe(nn.Module):

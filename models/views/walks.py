@@ -1,4 +1,4 @@
-"""Interpolation grids of a trained model (models/interpolation.py has the maths): one prompt between two
+"""Interpolation grids of a trained model (interpolation.py beside this has the maths): one prompt between two
 seeds, two prompts at one seed, and a sheet over four seeds. Every frame is sampled exactly as `generate`
 samples, so a walk's end is the sample `generate` gives for that anchor. A pairwise walk is drawn at the
 fractions of the way it is given (`fractions(n)`: evenly), and `refine_walk` adds frames where it moves
@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from models.interpolation import lerp, slerp, slerp_sheet
-from models.pipeline import LatentDiffusionPipeline
+from models.sampler.pipeline import LatentDiffusionPipeline
+from models.views.interpolation import lerp, slerp, slerp_sheet
 
 
 def seed_walk(

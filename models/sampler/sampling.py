@@ -1,5 +1,5 @@
 """The reverse process: guided DDIM sampling in latent space (the noise schedule is in
-models/noise_schedule.py)."""
+models/diffusion/noise_schedule.py)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.objectives import NoiseDraw
+from models.diffusion.objectives import NoiseDraw
 
 
 def keyed_generator(*words: int) -> torch.Generator:

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
-from models.images import to_model_space, to_uint8
-from models.latents import from_diffusion_space, to_diffusion_space
+from models.sampler.images import to_model_space, to_uint8
+from models.sampler.latents import from_diffusion_space, to_diffusion_space
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ def build_vae(
     """A diffusers AutoencoderKL with len(block_out_channels) - 1 downsamplings (f = 2 ** that).
 
     [32, 64, 64] gives f=4: [B, 3, 32, 32] -> latents [B, latent_channels, 8, 8].
-    The latent statistics start neutral; set them from data with `models.latents.set_normalisation`.
+    The latent statistics start neutral; set them from data with `models.sampler.latents.set_normalisation`.
     """
     bad = [c for c in block_out_channels if c % norm_num_groups]
     if bad:
@@ -68,7 +68,7 @@ def vae_loss(
     """The loss of images [B, 3, H, W] in [-1, 1]:
 
     |x - x_hat|_1 + mse_weight |x - x_hat|_2^2 (per-pixel means) [+ perceptual_weight * perceptual(x, x_hat),
-    batch mean: LPIPS, models/lpips.py] + kl_weight * KL(q(z|x) || N(0, I)), the KL summed over latent dims
+    batch mean: LPIPS, lpips.py] + kl_weight * KL(q(z|x) || N(0, I)), the KL summed over latent dims
     and averaged over the batch; z is sampled (reparameterisation).
     """
     posterior = vae.encode(images).latent_dist  # diagonal Gaussian over [B, C, h, w]
