@@ -29,18 +29,20 @@ def ensure_remote(root: Path, storage: StorageConfig, s3_state: Path) -> str:
     """Make the project's object storage the default DVC remote (`ldmflow`, s3://<bucket>/dvc); returns its
     URL. A configured endpoint is shared: it goes to .dvc/config, which is committed, so a teammate's clone
     finds it, and credentials come from where boto3 finds them for the caches (environment, ~/.aws); they
-    are never written. The embedded server is this machine's alone: its endpoint and generated credentials
-    go to .dvc/config.local, which DVC keeps out of git."""
+    are never written. The embedded server is this machine's alone: its endpoint goes to .dvc/config.local,
+    which DVC keeps out of git, and its keys stay in the owner-only state folder, where DVC reads them from
+    an AWS credentials file (`credentialpath`, `profile`): no project file holds the secret."""
+    from infra.s3.embedded import AWS_PROFILE, aws_credentials_file
     from infra.storage import object_store_from_config
 
     url = f"s3://{storage.bucket}/{REMOTE_FOLDER}"
     # the server started and the bucket made when missing: a run of a stage without object storage (ingest
     # alone) makes neither
     store = object_store_from_config(storage, s3_state)
-    if storage.endpoint_url is None:  # the embedded server: its endpoint and generated credentials
+    if storage.endpoint_url is None:  # the embedded server: its endpoint, and where its keys are
         shared: dict[str, str] = {}
         local = {"url": url, "endpointurl": store.endpoint_url, "region": store.region,
-                 "access_key_id": store.access_key, "secret_access_key": store.secret_key}  # fmt: skip
+                 "credentialpath": str(aws_credentials_file(s3_state)), "profile": AWS_PROFILE}  # fmt: skip
     else:
         shared = {"url": url, "endpointurl": storage.endpoint_url, "region": storage.region}
         local = {}

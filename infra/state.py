@@ -6,6 +6,8 @@ stage outputs live under `data/` and `artifacts/` (tasks/common/paths.py names t
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,19 @@ def private_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     path.chmod(0o700)
     return path
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """`data` into `path`, readable by its owner alone from the first byte (made aside with mode 0600, then
+    renamed over any older file, whatever that one's mode was)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 @dataclass(frozen=True)

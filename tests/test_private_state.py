@@ -1,17 +1,26 @@
-"""Local run state holds secrets: `.ldmflow/` is the owner's alone, and the embedded S3 server's
-credentials file is there complete or not at all (a kill while it is written bricks nothing)."""
+"""Local run state holds secrets: `.ldmflow/` is the owner's alone, the embedded S3 server's credentials
+file is there complete or not at all (a kill while it is written bricks nothing), and no secret sits in a
+project file another user can read."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import stat
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
 
 import pytest
+from projects import BIN, cli_env
 
-from flows import runtime
+from flows import dvc_state, runtime
 from infra.s3 import embedded
+from infra.storage import ObjectStore
 from infra.tracking import tracking_uri
-from tasks.common.config import config_from_dict
+from tasks.common.config import StorageConfig, config_from_dict
 from tasks.common.paths import ProjectPaths
 
 
@@ -52,3 +61,47 @@ def test_a_half_written_credentials_file_is_replaced_not_fatal(tmp_path):
     assert saved == {"access_key": access, "secret_key": secret}
     assert mode(tmp_path / "credentials.json") == 0o600
     assert embedded.load_or_create_credentials(tmp_path) == (access, secret)  # kept from now on
+
+
+OTHER_UID = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]  # nobody: another user
+
+
+@pytest.mark.faults
+def test_the_embedded_dvc_remote_leaves_no_secret_where_another_user_can_read_it(
+    s3_server, s3_state_dir, fault
+):
+    """`ldmflow run` makes the embedded server the project's DVC remote. Its keys must stay in the owner-only
+    state folder: a project folder is usually readable by others (0755), and so is `.dvc/config.local`."""
+    bucket = f"remote-{uuid.uuid4().hex[:10]}"
+    root = Path(tempfile.mkdtemp(prefix="ldmflow-remote-"))  # not under pytest's owner-only folder
+    root.chmod(0o755)
+    env = {
+        k: v for k, v in cli_env(s3_server).items() if not k.startswith("AWS_")
+    }  # DVC gets no keys but ours
+    try:
+        subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+        subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=root, env=env, check=True)
+        dvc_state.ensure_remote(root, StorageConfig(bucket=bucket), s3_state_dir)
+        secret = s3_server.secret_key.encode()
+        assert [p for p in root.rglob("*") if p.is_file() and secret in p.read_bytes()] == []
+        keys = embedded.aws_credentials_file(s3_state_dir)
+        assert mode(keys) == 0o600 and mode(keys.parent) == 0o700
+        if os.geteuid() == 0 and shutil.which("setpriv"):  # a real second user reads what it can
+            seen = subprocess.run([*OTHER_UID, "sh", "-c", "cat .dvc/config .dvc/config.local"], cwd=root,
+                                  capture_output=True)  # fmt: skip
+            assert seen.returncode == 0 and b"endpointurl" in seen.stdout and secret not in seen.stdout
+            fault("local attacker: another uid reads .dvc/ for the S3 secret",
+                  "not there: DVC reads it from the owner-only state folder")  # fmt: skip
+        # and DVC still pushes, with the keys it reads from the state folder alone
+        (root / "data.txt").write_text("the project's output\n")
+        dvc = [str(BIN / "dvc")]
+        subprocess.run([*dvc, "add", "-q", "data.txt"], cwd=root, env=env, check=True)
+        pushed = subprocess.run([*dvc, "push"], cwd=root, env=env, capture_output=True, text=True)
+        assert pushed.returncode == 0 and "1 file pushed" in pushed.stdout, pushed.stdout + pushed.stderr
+    finally:
+        shutil.rmtree(root)
+        store = ObjectStore(s3_server.endpoint_url, bucket, "", s3_server.region, s3_server.access_key,
+                            s3_server.secret_key)  # fmt: skip
+        for key in store.list_keys(""):
+            store.delete(key)
+        store.client.delete_bucket(Bucket=bucket)

@@ -46,7 +46,7 @@ from typing import Protocol
 
 from infra.processes import pid_alive
 from infra.s3.tls import write_security_toml
-from infra.state import private_dir
+from infra.state import private_dir, write_private
 
 
 class StorageSettings(Protocol):
@@ -147,6 +147,7 @@ def _paths(state_dir: Path) -> dict[str, Path]:
     return {
         "data": state_dir / "data",
         "credentials": state_dir / "credentials.json",
+        "aws_credentials": state_dir / "aws-credentials",
         "pid": state_dir / "server.pid",
         "server": state_dir / "server.json",
         "log": state_dir / "weed.log",
@@ -198,6 +199,20 @@ def load_or_create_credentials(state_dir: Path) -> tuple[str, str]:
     finally:
         os.unlink(tmp)
     return access, secret
+
+
+AWS_PROFILE = "ldmflow"  # the profile of aws-credentials
+
+
+def aws_credentials_file(state_dir: Path) -> Path:
+    """The server's keys as an AWS shared-credentials file (profile AWS_PROFILE), owner-only in the state
+    folder, for clients that read keys from a file rather than take them as arguments: DVC's
+    `credentialpath`, so that no secret sits in the project's `.dvc/config.local`."""
+    access, secret = load_or_create_credentials(state_dir)
+    path = _paths(state_dir)["aws_credentials"]
+    text = f"[{AWS_PROFILE}]\naws_access_key_id = {access}\naws_secret_access_key = {secret}\n"
+    write_private(path, text.encode())
+    return path
 
 
 def _read_pid(state_dir: Path) -> int | None:

@@ -23,23 +23,16 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-import os
 import secrets
 from pathlib import Path
 
-from infra.state import private_dir
+from infra.state import private_dir, write_private
 
 CERT_DAYS = 3650
 # weed's parts that serve gRPC (each needs the certificate to serve, and uses it to dial the others)
 GRPC_PARTS = ("master", "volume", "filer", "s3", "admin", "worker", "client")
 HTTPS_PARTS = ("master", "volume", "filer", "admin")  # their HTTP ports: the S3 port stays plain SigV4
 JWT_KEYS = ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
 
 
 def ensure_certificates(state_dir: Path) -> dict[str, Path]:
@@ -92,9 +85,9 @@ def ensure_certificates(state_dir: Path) -> dict[str, Path]:
     )
     pem = serialization.Encoding.PEM
     key_pem = weed_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    _write_private(files["key"], key_pem)
-    _write_private(files["cert"], weed.public_bytes(pem))
-    _write_private(files["ca"], ca.public_bytes(pem))  # last: its presence says the set is complete
+    write_private(files["key"], key_pem)
+    write_private(files["cert"], weed.public_bytes(pem))
+    write_private(files["ca"], ca.public_bytes(pem))  # last: its presence says the set is complete
     return files
 
 
@@ -109,5 +102,5 @@ def write_security_toml(state_dir: Path) -> Path:
     sections += [f'[{name}]\nkey = "{secrets.token_hex(32)}"\n' for name in JWT_KEYS]
     sections += ["[access]\nui = false\n"]
     path = Path(state_dir) / "security.toml"
-    _write_private(path, "\n".join(sections).encode())
+    write_private(path, "\n".join(sections).encode())
     return path
