@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -91,10 +92,36 @@ def test_code_defaults_match_params_yaml():
         ("data.path", "s3://key:secret@", "bucket/images"),
         ("tracking.uri", "https://alice:hunter2@", "mlflow.example.org"),
         ("orchestration.notify_url", "https://token@", "hooks.example.org/x"),
+        ("tracking.uri", "alice:hunter2@", "mlflow.example.org:5000"),  # no scheme: still a credential
     ],
 )
 def test_credentials_in_urls_are_refused_with_where_to_put_them(key, secret, host):
     with pytest.raises(ConfigError, match=rf"{key}.*credentials in a URL are refused.*environment"):
         load_config(REPO / "params.yaml", [f"{key}={secret}{host}"])
-    scheme = secret.split("//")[0]
-    load_config(REPO / "params.yaml", [f"{key}={scheme}//{host}"])  # the same URL without them is fine
+    scheme = f"{secret.split('//')[0]}//" if "//" in secret else ""
+    load_config(REPO / "params.yaml", [f"{key}={scheme}{host}"])  # the same URL without them is fine
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("unet.lr=.inf", "unet.lr"),
+        ("eval.guidance_scale=.inf", "eval.guidance_scale"),
+        ("eval.gate.floor=.nan", "eval.gate.floor"),
+        ("data.background=[999,-1,3]", "data.background.0"),
+        ("seed=12345678901234567890123", "seed"),
+        ("seed=-1", "seed"),
+    ],
+)
+def test_values_out_of_range_are_refused_by_key(override, key):
+    with pytest.raises(ConfigError, match=rf"`{re.escape(key)}`"):
+        load_config(REPO / "params.yaml", [override])
+
+
+def test_deeply_nested_params_are_a_config_error(tmp_path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("a: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(deep)
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(REPO / "params.yaml", ["unet.lr=" + "[" * 100_000 + "]" * 100_000])

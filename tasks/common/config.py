@@ -6,6 +6,7 @@ key raises `ConfigError` whose message names the key's dotted path.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -23,13 +24,17 @@ from pydantic import (
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no float setting means anything at infinity or NaN: `unet.lr: .inf` is a typo, refused by name
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+_SCHEMELESS_USER = re.compile(r"^[^/@:]+:[^/@]*@")  # user:secret@host..., which urlsplit reads as a scheme
 
 
 def _without_credentials(url: str | None) -> str | None:
     """Refuse a URL with user info (`scheme://user:secret@host`): params are copied into dvc.lock, MLflow
     and Prefect, where a secret does not belong."""
-    if url and urlsplit(url).netloc.rpartition("@")[1]:
+    if url and (urlsplit(url).netloc.rpartition("@")[1] or _SCHEMELESS_USER.match(url)):
         raise ValueError(
             "credentials in a URL are refused (params are copied into dvc.lock, MLflow and Prefect); "
             "give them through the environment: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for S3, "
@@ -76,7 +81,7 @@ class DataConfig(Section):
     max_file_bytes: int = Field(256 * 2**20, gt=0)  # an image file, tar member or parquet cell
     max_caption_bytes: int = Field(64 * 2**10, gt=0)  # a caption file, field or cell
     max_metadata_bytes: int = Field(2**30, gt=0)  # metadata.jsonl / metadata.csv
-    background: list[int] = Field([255, 255, 255], min_length=3, max_length=3)
+    background: list[Annotated[int, Field(ge=0, le=255)]] = Field([255, 255, 255], min_length=3, max_length=3)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     shard_size: int = Field(1024, gt=0)
     workers: int = Field(0, ge=0)
@@ -273,7 +278,7 @@ class OrchestrationConfig(Section):
 
 
 class Config(Section):
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)  # what torch, numpy and Python's generators all take
     data: DataConfig = DataConfig()
     vae: VaeConfig = VaeConfig()
     latents: LatentsConfig = LatentsConfig()
@@ -308,6 +313,8 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         node[keys[-1]] = yaml.safe_load(text)
     except yaml.YAMLError:
         node[keys[-1]] = text.strip()
+    except RecursionError:
+        raise ConfigError(f"override {path}: nested too deeply") from None
 
 
 def _format_errors(source: str, err: ValidationError) -> str:
@@ -337,6 +344,8 @@ def load_config(path: str | Path = "params.yaml", overrides: list[str] | tuple[s
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be params") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     for assignment in overrides:
