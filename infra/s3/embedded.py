@@ -4,6 +4,7 @@ State lives in one folder (the project uses `.ldmflow/s3`, git-ignored)::
 
     data/              weed's -dir (objects, filer and master metadata)
     credentials.json   access/secret key, generated on first start (mode 0600), reused afterwards
+    aws-credentials    the same keys as an AWS credentials file, for DVC (`aws_credentials_file`)
     security.toml, tls/  what closes weed's internal ports to all but weed itself (tls.py)
     server.pid         pid of the running weed process
     server.json        its ports and endpoint

@@ -38,6 +38,11 @@ def shard_name(bucket: str, number: int) -> str:
     return f"images-{bucket}-{number:05d}"
 
 
+def shard_file(folder: Path, name: str) -> Path:
+    """Where the image shard `name` is stored in an ingested folder."""
+    return folder / f"{name}.safetensors"
+
+
 def parse_shard_name(name: str) -> tuple[str, int]:
     """(bucket, number) of a shard named by `shard_name`."""
     bucket, sep, number = name.removeprefix("images-").rpartition("-")
@@ -66,7 +71,7 @@ class ImageShards:
             stored: dict[str, Any] = {}  # shard -> its lazily read `images` tensor
             for pos, (shard, index) in enumerate(refs):
                 if shard not in stored:
-                    file = opened.enter_context(safe_open(self.path / f"{shard}.safetensors", "numpy"))
+                    file = opened.enter_context(safe_open(shard_file(self.path, shard), "numpy"))
                     stored[shard] = file.get_slice("images")
                     dtype = stored[shard].get_dtype()
                     if dtype != "U8":
@@ -103,7 +108,7 @@ class ShardBuffer:
         return self.count - 1
 
     def save(self, out: Path) -> None:
-        save_file({"images": self.images[: self.count]}, str(out / f"{self.name}.safetensors"))
+        save_file({"images": self.images[: self.count]}, str(shard_file(out, self.name)))
 
 
 def read_rejects(path: Path, limit: int | None = None) -> list[dict]:

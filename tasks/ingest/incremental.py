@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.common.ingested import MANIFEST_COLUMNS, ImageShards, parse_shard_name
+from tasks.common.ingested import MANIFEST_COLUMNS, ImageShards, parse_shard_name, shard_file
 from tasks.common.paths import MANIFEST
 from tasks.ingest.preprocess import Prepared, Preprocessing
 from tasks.ingest.sources import SourceItem
@@ -121,8 +121,7 @@ def place_stored(
     images are packed anew by `place` (which returns an image's shard and index)."""
     whole = linked_shards(Counter(s.shard for _, s in stored), previous, shard_size)
     for name in sorted(whole):
-        file = f"{name}.safetensors"
-        _link_or_copy(previous.shards.path / file, out / file)
+        _link_or_copy(shard_file(previous.shards.path, name), shard_file(out, name))
     moved = []
     for row, s in stored:
         if s.shard in whole:

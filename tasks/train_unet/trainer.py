@@ -122,8 +122,7 @@ class UnetTraining:
         losses = []
         for mb in micro_batches:
             with acc.accumulate(self.unet):  # gradients sync (DDP) and the optimiser steps on the last one
-                # the objective (models/diffusion/objectives.py) gives a loss per sample [B]; the
-                # micro-batch's mean
+                # a loss per sample [B] (models/diffusion/objectives.py), then the micro-batch's mean
                 loss = self.objective.loss(
                     self.unet, self.noise_scheduler, mb.latents.to(acc.device), mb.hidden.to(acc.device),
                     mb.mask.to(acc.device), mb.draw.to(acc.device),
