@@ -109,9 +109,7 @@ def main() -> None:
             server_pid = int((tmp / "s3" / "server.pid").read_text())
             if args.server_core is not None:  # inside the try: a bad core still stops the server
                 torch.set_num_threads(pin_apart(server_pid, args.server_core))
-            store_args = dict(endpoint_url=endpoint.endpoint_url, bucket="bench", region=endpoint.region,
-                              access_key=endpoint.access_key, secret_key=endpoint.secret_key)  # fmt: skip
-            store = ObjectStore(**store_args, prefix="cache")
+            store = ObjectStore.on_server(endpoint, "bench", "cache")
             store.ensure_bucket()
             cfg = load_config(
                 ROOT / "params.yaml", [f"data.synthetic.count={args.images}", "storage.bucket=bench"]
@@ -146,7 +144,7 @@ def main() -> None:
                 server_start = cpu_seconds(server_pid)
                 start = time.perf_counter()
                 run_cache_latents(cfg, tmp / "ingested", tmp / "vae", tmp / f"cache{run}" / "latents",
-                                  ObjectStore(**store_args, prefix=f"cache{run}"))  # fmt: skip
+                                  ObjectStore.on_server(endpoint, "bench", f"cache{run}"))  # fmt: skip
                 stage_rates.append(len(images) / (time.perf_counter() - start))
                 server_cpu.append(cpu_seconds(server_pid) - server_start)
                 bare_rates.append(bare_loop())

@@ -68,9 +68,7 @@ def main() -> None:
     peaks: dict[int, dict[str, tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         endpoint = embedded.start(Path(tmp) / ".s3", embedded.find_free_s3_port())
-        env = {**os.environ, "AWS_ACCESS_KEY_ID": endpoint.access_key,
-               "AWS_SECRET_ACCESS_KEY": endpoint.secret_key,
-               "AWS_DEFAULT_REGION": endpoint.region}  # fmt: skip
+        env = {**os.environ, **endpoint.client_environment()}
         try:
             for n in sizes:
                 project = Path(tmp) / f"n{n}"

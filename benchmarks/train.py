@@ -76,8 +76,7 @@ def main() -> None:
             (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
             cfg = load_config(project / "params.yaml")
             paths = ProjectPaths.at(project)
-            store = ObjectStore(endpoint.endpoint_url, "bench", "cache", endpoint.region, endpoint.access_key,
-                                endpoint.secret_key)  # fmt: skip
+            store = ObjectStore.on_server(endpoint, "bench", "cache")
             store.ensure_bucket()
             run_ingest(cfg, paths.ingested)
             v = cfg.vae  # the default VAE architecture; untrained weights make latents just as large
@@ -86,9 +85,7 @@ def main() -> None:
                       latent_channels=v.latent_channels).save_pretrained(paths.vae)  # fmt: skip
             run_cache_latents(cfg, paths.ingested, paths.vae, paths.latents, store)
             run_embed_text(cfg, paths.ingested, paths.text, store)
-            env = {**os.environ, "AWS_ACCESS_KEY_ID": endpoint.access_key,
-                   "AWS_SECRET_ACCESS_KEY": endpoint.secret_key,
-                   "AWS_DEFAULT_REGION": endpoint.region}  # fmt: skip
+            env = {**os.environ, **endpoint.client_environment()}
             common = [f"unet.steps={args.steps}", f"unet.batch_size={args.batch}", "unet.resume=none",
                       "unet.checkpoint_every=0", "unet.validation.prompts=0"]  # fmt: skip
             one = train(project, env, 1, common)

@@ -31,7 +31,8 @@ def ensure_remote(root: Path, storage: StorageConfig, s3_state: Path) -> str:
     finds it, and credentials come from where boto3 finds them for the caches (environment, ~/.aws); they
     are never written. The embedded server is this machine's alone: its endpoint goes to .dvc/config.local,
     which DVC keeps out of git, and its keys stay in the owner-only state folder, where DVC reads them from
-    an AWS credentials file (`credentialpath`, `profile`): no project file holds the secret."""
+    an AWS credentials file (`credentialpath`, `profile`): no project file holds the secret. DVC trusts only
+    the server's own CA (`ssl_verify`), so a listener another user put on the port gets nothing."""
     from infra.s3.embedded import AWS_PROFILE, aws_credentials_file
     from infra.storage import object_store_from_config
 
@@ -42,7 +43,8 @@ def ensure_remote(root: Path, storage: StorageConfig, s3_state: Path) -> str:
     if storage.endpoint_url is None:  # the embedded server: its endpoint, and where its keys are
         shared: dict[str, str] = {}
         local = {"url": url, "endpointurl": store.endpoint_url, "region": store.region,
-                 "credentialpath": str(aws_credentials_file(s3_state)), "profile": AWS_PROFILE}  # fmt: skip
+                 "credentialpath": str(aws_credentials_file(s3_state)), "profile": AWS_PROFILE,
+                 "ssl_verify": store.ca_bundle}  # fmt: skip
     else:
         shared = {"url": url, "endpointurl": storage.endpoint_url, "region": storage.region}
         local = {}

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 if TYPE_CHECKING:
-    from infra.s3.embedded import StorageSettings
+    from infra.s3.embedded import S3Endpoint, StorageSettings
 
 NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 
@@ -60,8 +60,9 @@ class ObjectStore:
     """A bucket (and key prefix) on an S3 endpoint.
 
     `endpoint_url=None` means AWS S3 itself; `access_key=None` means boto3's default credential chain
-    (environment, profile, instance role). Keys given to the methods are full keys: build them with
-    `key(...)`, which puts the prefix in front.
+    (environment, profile, instance role); `ca_bundle` is the only CA the server's certificate may come
+    from (None: the system's, or AWS_CA_BUNDLE's, as for any boto3 client). Keys given to the methods are
+    full keys: build them with `key(...)`, which puts the prefix in front.
     """
 
     def __init__(
@@ -72,14 +73,22 @@ class ObjectStore:
         region: str = "us-east-1",
         access_key: str | None = None,
         secret_key: str | None = None,
+        ca_bundle: str | None = None,
     ) -> None:
         self.endpoint_url = endpoint_url
+        self.ca_bundle = ca_bundle
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.region = region
         self.access_key = access_key
         self.secret_key = secret_key
         self._client = None
+
+    @classmethod
+    def on_server(cls, server: S3Endpoint, bucket: str, prefix: str = "") -> ObjectStore:
+        """`bucket` (under `prefix`) on a server whose address, keys and CA `server` holds."""
+        return cls(server.endpoint_url, bucket, prefix, server.region, server.access_key, server.secret_key,
+                   server.ca_bundle)  # fmt: skip
 
     def __repr__(self) -> str:
         return f"ObjectStore({self.uri(self.prefix)!r}, endpoint_url={self.endpoint_url!r})"
@@ -114,6 +123,7 @@ class ObjectStore:
                     aws_access_key_id=self.access_key,
                     aws_secret_access_key=self.secret_key,
                     region_name=self.region,
+                    verify=self.ca_bundle,
                     config=config,
                 )
         return self._client
@@ -255,9 +265,7 @@ def object_store_from_config(storage_cfg: StorageSettings, state_dir: Path) -> O
         from infra.s3.embedded import ensure_running
 
         ep = ensure_running(state_dir, s3_port=storage_cfg.embedded_port)
-        store = ObjectStore(
-            ep.endpoint_url, storage_cfg.bucket, storage_cfg.prefix, ep.region, ep.access_key, ep.secret_key
-        )
+        store = ObjectStore.on_server(ep, storage_cfg.bucket, storage_cfg.prefix)
     else:
         store = ObjectStore(
             storage_cfg.endpoint_url, storage_cfg.bucket, storage_cfg.prefix, storage_cfg.region

@@ -25,19 +25,29 @@ def s3_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def s3_server(s3_state_dir: Path) -> Iterator[S3Endpoint]:
-    """The running test S3 server's endpoint and credentials; stopped at the end of the session."""
+    """The running test S3 server's endpoint and credentials; stopped at the end of the session.
+
+    Tests that name it as a configured endpoint (`storage.endpoint_url`) trust its CA as a user trusts a
+    private CA: through AWS_CA_BUNDLE, which every boto3 client (and DVC's) reads."""
     # 64 MB volumes: SeaweedFS needs a volume per bucket, and the tests make a bucket each
     for attempt in range(3):  # a port found free can be taken before weed binds it: retry
         try:
             endpoint = embedded.start(s3_state_dir, embedded.find_free_s3_port(), volume_size_mb=64)
             break
         except embedded.S3ServerError as err:
-            if "already in use" not in str(err) or attempt == 2:
+            taken = "already in use" in str(err) or "not this project's S3 server" in str(err)
+            if not taken or attempt == 2:
                 raise
+    before = os.environ.get("AWS_CA_BUNDLE")
+    os.environ["AWS_CA_BUNDLE"] = endpoint.ca_bundle
     try:
         yield endpoint
     finally:
         embedded.stop(s3_state_dir)
+        if before is None:
+            os.environ.pop("AWS_CA_BUNDLE", None)
+        else:
+            os.environ["AWS_CA_BUNDLE"] = before
 
 
 def _drop_bucket(store: ObjectStore) -> None:
@@ -55,14 +65,7 @@ def _drop_bucket(store: ObjectStore) -> None:
 @pytest.fixture
 def object_store(s3_server: S3Endpoint) -> Iterator[ObjectStore]:
     """An ObjectStore on the test server with a fresh bucket of its own (removed afterwards)."""
-    store = ObjectStore(
-        s3_server.endpoint_url,
-        bucket=f"t-{uuid.uuid4().hex[:12]}",
-        prefix="cache",
-        region=s3_server.region,
-        access_key=s3_server.access_key,
-        secret_key=s3_server.secret_key,
-    )
+    store = ObjectStore.on_server(s3_server, f"t-{uuid.uuid4().hex[:12]}", "cache")
     store.ensure_bucket()
     yield store
     _drop_bucket(store)

@@ -49,9 +49,7 @@ def cli_env(s3_server: S3Endpoint, **extra: str) -> dict[str, str]:
     return {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "AWS_ACCESS_KEY_ID": s3_server.access_key,
-        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
-        "AWS_DEFAULT_REGION": s3_server.region,
+        **s3_server.client_environment(),
         "DVC_NO_ANALYTICS": "1",  # else each dvc command starts a daemon that reports usage over the net
         **extra,
     }

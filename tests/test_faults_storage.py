@@ -33,7 +33,7 @@ class Server:
 
     def store(self, bucket: str = "faults") -> ObjectStore:
         ep = self.endpoint
-        store = ObjectStore(ep.endpoint_url, bucket, "cache", ep.region, ep.access_key, ep.secret_key)
+        store = ObjectStore.on_server(ep, bucket, "cache")
         store.ensure_bucket()
         return store
 

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Protocol
 
 from infra.processes import pid_alive
-from infra.s3.tls import write_security_toml
+from infra.s3.tls import ensure_certificates, write_security_toml
 from infra.state import private_dir, write_private
 
 
@@ -83,6 +83,14 @@ class S3Endpoint:
     access_key: str
     secret_key: str
     region: str = REGION
+    ca_bundle: str | None = None  # the CA that signs the server's certificate; None: the system's
+
+    def client_environment(self) -> dict[str, str]:
+        """The environment of a process that names this server as its configured endpoint: its keys and
+        region, and its CA as AWS_CA_BUNDLE (what any boto3 client, DVC's too, trusts for a private CA)."""
+        env = {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
+               "AWS_DEFAULT_REGION": self.region}  # fmt: skip
+        return env | ({"AWS_CA_BUNDLE": self.ca_bundle} if self.ca_bundle else {})
 
     def __repr__(self) -> str:  # never print the secret
         return (
@@ -269,6 +277,7 @@ def _client(endpoint: S3Endpoint, timeout: float = 2.0):
         aws_access_key_id=endpoint.access_key,
         aws_secret_access_key=endpoint.secret_key,
         region_name=endpoint.region,
+        verify=endpoint.ca_bundle,
         config=Config(
             connect_timeout=timeout,
             read_timeout=timeout,
@@ -279,10 +288,19 @@ def _client(endpoint: S3Endpoint, timeout: float = 2.0):
 
 
 def _answers(endpoint: S3Endpoint, timeout: float = 2.0) -> bool:
-    """True when an authenticated ListBuckets succeeds."""
+    """True when an authenticated ListBuckets succeeds; False while nothing answers yet. A listener that
+    cannot show a certificate of the endpoint's CA is not our server, whatever it answers: refused."""
+    from botocore.exceptions import SSLError
+
     try:
         _client(endpoint, timeout).list_buckets()
-    except Exception:  # noqa: BLE001 - any failure means "not ready"
+    except SSLError as err:
+        port = endpoint.endpoint_url.rsplit(":", 1)[-1]
+        raise S3ServerError(
+            f"the listener on port {port} is not this project's S3 server: it does not show a certificate "
+            f"of {endpoint.ca_bundle} ({err}). Another process, maybe another user's, holds the port."
+        ) from err
+    except Exception:  # noqa: BLE001 - any other failure means "not ready"
         return False
     return True
 
@@ -336,7 +354,7 @@ def status(state_dir: Path) -> S3Endpoint | None:
         access, secret = load_or_create_credentials(state_dir)
     except (OSError, ValueError, KeyError):
         return None
-    endpoint = S3Endpoint(info["endpoint_url"], access, secret, info.get("region", REGION))
+    endpoint = S3Endpoint(info["endpoint_url"], access, secret, info.get("region", REGION), info.get("ca"))
     return endpoint if _answers(endpoint) else None
 
 
@@ -378,6 +396,8 @@ def _start_unlocked(
         raise S3ServerError(f"cannot start the S3 server on port {s3_port}: ports already in use: {named}")
     access, secret = load_or_create_credentials(state_dir)
     write_security_toml(state_dir)  # weed reads it from its working directory, the state dir
+    certs = ensure_certificates(state_dir)
+    sockets = _socket_paths(state_dir)
     paths["data"].mkdir(parents=True, exist_ok=True)
     cmd = [
         weed_binary(),
@@ -402,6 +422,11 @@ def _start_unlocked(
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         "-master.telemetry=false",
+        f"-s3.cert.file={certs['cert']}",
+        f"-s3.key.file={certs['key']}",
+        f"-s3.localSocket={sockets['s3']}",
+        f"-filer.localSocket={sockets['filer']}",
+        f"-s3.localFilerSocket={sockets['filer']}",
     ]
     if volume_size_mb is not None:
         cmd.append(f"-master.volumeSizeLimitMB={volume_size_mb}")
@@ -417,21 +442,29 @@ def _start_unlocked(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            umask=0o077,  # its sockets and files: the owner's alone, whatever the caller's umask
         )
     _CHILDREN[proc.pid] = proc
-    endpoint = S3Endpoint(f"http://127.0.0.1:{ports['s3']}", access, secret, REGION)
+    endpoint = S3Endpoint(f"https://127.0.0.1:{ports['s3']}", access, secret, REGION, str(certs["ca"]))
     paths["pid"].write_text(f"{proc.pid}\n")
-    info = {"pid": proc.pid, "endpoint_url": endpoint.endpoint_url, "region": REGION, "ports": ports}
+    info = {"pid": proc.pid, "endpoint_url": endpoint.endpoint_url, "region": REGION}
+    info |= {"ca": endpoint.ca_bundle, "ports": ports, "sockets": [str(path) for path in sockets.values()]}
     paths["server"].write_text(json.dumps(info, indent=2) + "\n")
     deadline = t0 + timeout
     while time.monotonic() < deadline:
+        try:  # first: whoever answers on the port, weed or not, must prove it is ours
+            ready = _answers(endpoint, timeout=1.0)
+        except S3ServerError:
+            _stop_pid(proc.pid)
+            _clear_state(state_dir)
+            raise
         if proc.poll() is not None:
             _clear_state(state_dir)
             raise S3ServerError(
                 f"weed exited with code {proc.returncode} while starting; "
                 f"tail of weed.log:\n{_log_tail(state_dir)}"
             )
-        if _answers(endpoint, timeout=1.0):
+        if ready:
             info["ready_s"] = round(time.monotonic() - t0, 2)
             paths["server"].write_text(json.dumps(info, indent=2) + "\n")
             if idle_timeout_s is None:
@@ -464,14 +497,31 @@ def _stop_pid(pid: int, timeout: float = STOP_TIMEOUT_S) -> None:
         raise S3ServerError(f"weed (pid {pid}) did not exit after SIGKILL")
 
 
-def _remove_sockets(ports: dict[str, int]) -> None:
-    """Remove the unix sockets weed leaves in the temp dir (named after our ports) once it has exited."""
-    tmp = Path(tempfile.gettempdir())
-    for port in ports.values():
-        for sock in tmp.glob(f"seaweedfs-*-{port}.sock"):
+SOCKET_PATH_MAX = 107  # a unix socket's path, in bytes (sun_path is 108 with its NUL)
+
+
+def _socket_paths(state_dir: Path) -> dict[str, Path]:
+    """Where weed's unix sockets go: in the owner-only state dir, or where its path is too long for a
+    socket, in a fresh owner-only temp dir (a random name nobody else can make first, unlike weed's
+    default /tmp/seaweedfs-s3-<port>.sock)."""
+    where = Path(state_dir) / "sockets"
+    if len(os.fsencode(where / "filer.sock")) > SOCKET_PATH_MAX:
+        where = Path(tempfile.mkdtemp(prefix="ldmflow-weed-"))  # 0700
+    private_dir(where)
+    for stale in where.glob("*.sock"):
+        stale.unlink()
+    return {"s3": where / "s3.sock", "filer": where / "filer.sock"}
+
+
+def _remove_sockets(sockets: list[str]) -> None:
+    """Remove the unix sockets weed leaves once it has exited (and their temp dir, when they had one)."""
+    for sock in map(Path, sockets):
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(sock.lstat().st_mode):
+                sock.unlink()
+        if sock.parent.name.startswith("ldmflow-weed-"):
             with contextlib.suppress(OSError):
-                if stat.S_ISSOCK(sock.lstat().st_mode):
-                    sock.unlink()
+                sock.parent.rmdir()
 
 
 def stop(state_dir: Path, timeout: float = STOP_TIMEOUT_S) -> bool:
@@ -482,11 +532,11 @@ def stop(state_dir: Path, timeout: float = STOP_TIMEOUT_S) -> bool:
         running = pid is not None and _alive(pid)
         if running:
             try:
-                ports = json.loads(_paths(state_dir)["server"].read_text())["ports"]
+                sockets = json.loads(_paths(state_dir)["server"].read_text())["sockets"]
             except (OSError, ValueError, KeyError):
-                ports = {}
+                sockets = []
             _stop_pid(pid, timeout)
-            _remove_sockets(ports)
+            _remove_sockets(sockets)
         _clear_state(state_dir)
         return running
 
