@@ -17,9 +17,9 @@ def prepare(paths: ProjectPaths) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_API_ENABLE_HTTP2", "false")
     if not os.environ.get("PREFECT_API_URL"):
-        # the temporary server listens on 127.0.0.1 for as long as the run: its API would take flow runs,
-        # with any parameters, from anyone on the host. It and this process's clients (and their
-        # children, which inherit the environment) share a password made for this run.
+        # the run's server (infra/prefect_server.py) listens on 127.0.0.1 for as long as the run: its API
+        # would take flow runs, with any parameters, from anyone on the host. It and this process's
+        # clients (and their children, which inherit the environment) share a password made for this run.
         password = f"ldmflow:{secrets.token_urlsafe(24)}"
         os.environ.setdefault("PREFECT_SERVER_API_AUTH_STRING", password)
         os.environ.setdefault("PREFECT_API_AUTH_STRING", os.environ["PREFECT_SERVER_API_AUTH_STRING"])

@@ -120,3 +120,37 @@ def attackers_certificate(folder: Path) -> tuple[Path, Path]:
     for path in (folder, folder / "tls", made["cert"], made["key"]):
         path.chmod(0o755 if path.is_dir() else 0o644)
     return made["cert"], made["key"]
+
+
+# Binds 127.0.0.1:PORT if it can ("bound", else "refused"), then answers every request with 200 "true"
+# (enough for a health check) and reports whether it carried an Authorization header.
+GRAB_PORT = r"""
+import socket, sys
+listener = socket.socket()
+try:
+    listener.bind(("127.0.0.1", int(sys.argv[1])))
+    listener.listen(16)
+except OSError:
+    print("refused", flush=True)
+    sys.exit(0)
+print("bound", flush=True)
+listener.settimeout(30)
+while True:
+    try:
+        conn, _ = listener.accept()
+    except OSError:
+        break
+    head = conn.recv(65536).split(b"\r\n\r\n")[0].decode("latin-1")
+    print("request", "authorization:" in head.lower(), head.splitlines()[0] if head else "", flush=True)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 4\r\n\r\ntrue")
+    conn.close()
+"""
+
+
+def grab_port(port: int) -> subprocess.Popen:
+    """The other user tries to take 127.0.0.1:`port` now; returns once it knows whether it could (its
+    first line of output, "bound" or "refused", read already; each request it got follows)."""
+    grabber = subprocess.Popen([*OTHER_UID, other_users_python(), "-c", GRAB_PORT, str(port)],
+                               stdout=subprocess.PIPE, text=True)  # fmt: skip
+    grabber.first_line = grabber.stdout.readline().strip()
+    return grabber

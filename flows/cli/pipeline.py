@@ -13,14 +13,15 @@ from tasks.graph import ORDER, STAGES
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from infra.prefect_server import run_server_unless_configured
     from infra.s3.embedded import serving_unless_configured
 
     paths, cfg = project(args, environment=True)
     from flows.pipeline import pipeline
 
-    # The embedded S3 server binds its six ports before Prefect's temporary server picks a free one: the
-    # other way round, Prefect's random port can land on one of them (seen: 8336, the filer's).
-    with serving_unless_configured(cfg.storage, paths.s3_state):
+    # The embedded S3 server binds its six ports before the run's Prefect server takes a free one: the
+    # other way round, that port could be one of them.
+    with serving_unless_configured(cfg.storage, paths.s3_state), run_server_unless_configured():
         outcome = pipeline(
             stages=args.stages or None,
             params_file=args.params,
