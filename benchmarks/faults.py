@@ -20,6 +20,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# rows whose fault starts with "<group>: " are printed together under that heading, the rest first
+GROUPS = ("local attacker",)
+
+
+def grouped(rows: list[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {"faults and bad inputs": []}
+    for row in rows:
+        group = next((g for g in GROUPS if row["fault"].startswith(f"{g}: ")), "faults and bad inputs")
+        groups.setdefault(group, []).append(row)
+    return groups
+
+
 def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         table = Path(tmp) / "faults.json"
@@ -28,9 +40,10 @@ def main(argv: list[str]) -> int:
         command = [sys.executable, "-m", "pytest", "-q", "-m", "faults", *workers, *argv]
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
         rows = json.loads(table.read_text()) if table.is_file() else []
-    print("| fault or bad input | outcome |\n|---|---|")
-    for row in rows:
-        print(f"| {row['fault']} | {row['outcome']} |")
+    for group, members in grouped(rows).items():
+        print(f"\n### {group} ({len(members)})\n\n| fault or bad input | outcome |\n|---|---|")
+        for row in members:
+            print(f"| {row['fault']} | {row['outcome']} |")
     summary = [line for line in done.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
     print(
         f"\n{len(rows)} faults tried; pytest: {done.stdout.strip().splitlines()[-1] if done.stdout else '?'}"

@@ -146,10 +146,10 @@ def test_restart_keeps_data_and_keys_and_tolerates_a_stale_pid(tmp_path):
     t0 = time.monotonic()
     first = embedded.start(state, s3_port=port)
     started_s = time.monotonic() - t0
-    store = ObjectStore.on_server(first, "restart-test")
-    store.ensure_bucket()
-    store.put_bytes("kept", b"survives a restart", metadata={"sha256": "x"})
     try:
+        store = ObjectStore.on_server(first, "restart-test")
+        store.ensure_bucket()
+        store.put_bytes("kept", b"survives a restart", metadata={"sha256": "x"})
         assert embedded.stop(state) is True
         assert embedded.status(state) is None and not (state / "server.pid").exists()
         assert embedded.stop(state) is False  # nothing running: a no-op
