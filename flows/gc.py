@@ -8,13 +8,17 @@ Three kinds of garbage pile up:
 - cache shards (latents, text) that no version of the cache manifests names: left by builds that were
   killed, or by versions whose manifests are gone. The versions are the working tree's and every one
   `dvc.lock` records in the git history (all branches), read through DVC (its cache, else its remote).
-  When a recorded version cannot be read, no shard is removed: it might be one of its.
+  When a recorded version cannot be read, no shard is removed: it might be one of its. Only keys of the
+  shard-key form count (`<prefix>/<cache>/<content key>.safetensors`): anything else in the bucket is
+  not ours to judge.
 
-The caller holds the project's run lock: nothing may write the project meanwhile.
+gc refuses a store without a prefix: the bucket's top-level `latents/`, `text/` and `checkpoints/` may
+then be anyone's. The caller holds the project's run lock: nothing may write the project meanwhile.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -27,6 +31,13 @@ from infra.storage import ObjectStore
 from tasks.common.paths import FINISHED, MANIFEST, ProjectPaths
 
 CACHES = ("latents", "text")  # the content caches' folders under the storage prefix
+# A shard's name in its cache folder, as tasks/common/content_cache.py makes it: the sha256 content key of
+# its members (tasks/common/keys.py), hex.
+SHARD_FILE = re.compile(r"[0-9a-f]{64}\.safetensors")
+
+
+class Refused(ValueError):
+    """gc will not judge this store (see the module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,13 @@ def named_shards(paths: ProjectPaths) -> tuple[set[str], list[str]]:
     return names, unread
 
 
+def is_shard_key(store: ObjectStore, cache: str, key: str) -> bool:
+    """Whether `key` has the form of a shard of `cache` in this store: directly in its folder, named by a
+    content key."""
+    folder = store.key(cache) + "/"
+    return key.startswith(folder) and SHARD_FILE.fullmatch(key[len(folder) :]) is not None
+
+
 def unnamed_shards(store: ObjectStore, paths: ProjectPaths) -> Collection:
     names, unread = named_shards(paths)
     if unread:
@@ -112,12 +130,18 @@ def unnamed_shards(store: ObjectStore, paths: ProjectPaths) -> Collection:
     found = []
     for cache in CACHES:
         for key, size in store.list_sizes(store.key(cache) + "/").items():
-            if key not in names:
+            if is_shard_key(store, cache, key) and key not in names:
                 found.append(Garbage("unnamed cache shard", store.uri(key), size))
     return Collection(found, [])
 
 
 def collect(store: ObjectStore, paths: ProjectPaths) -> Collection:
+    if not store.prefix.strip("/"):
+        raise Refused(
+            f"storage.prefix is empty: at the top of bucket {store.bucket!r}, latents/, text/ and "
+            f"checkpoints/ may be anyone's; gc works only on a project with a storage.prefix of its own "
+            f"(default 'cache')"
+        )
     shards = unnamed_shards(store, paths)
     return Collection(local_checkpoints(paths) + finished_checkpoints(store) + shards.garbage, shards.unread)
 

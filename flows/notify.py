@@ -43,12 +43,19 @@ def post_json(url: str, payload: dict[str, Any]) -> None:
 
 
 def on_pipeline_failure(flow: Any, flow_run: Any, state: Any) -> None:
-    """Prefect flow hook. Never raises: a failed notification must not hide the run's own error."""
+    """Prefect flow hook of the pipeline flow run from the command line: the project as the run's
+    parameters name it. Never raises: a failed notification must not hide the run's own error."""
     params = flow_run.parameters or {}
-    paths = ProjectPaths.at(params.get("root", "."))
+    root, params_file = params.get("root", "."), params.get("params_file", "params.yaml")
+    notify_failure(flow_run, state, root, params_file, params.get("overrides") or [])
+
+
+def notify_failure(flow_run: Any, state: Any, root: str, params_file: str, overrides: list[str]) -> None:
+    """Report a failed run of the pipeline of the project at `root`, configured by `params_file` and
+    `overrides`. Never raises (see `on_pipeline_failure`)."""
+    paths = ProjectPaths.at(root)
     try:
-        params_file = paths.root / params.get("params_file", "params.yaml")
-        cfg = load_config(params_file, params.get("overrides") or [])
+        cfg = load_config(paths.root / params_file, overrides)
         url, tracking_uri = cfg.orchestration.notify_url, cfg.tracking.uri
     except (ConfigError, OSError):  # the run may have failed on its config: report without it
         url, tracking_uri = None, None

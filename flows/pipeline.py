@@ -1,13 +1,15 @@
-"""The pipeline flow: the six stage flows in order, each skipped when DVC says it is up to date."""
+"""The pipeline flow: the six stage flows in order, each skipped when DVC says it is up to date; and the
+same flow as `ldmflow serve` deploys it, its project and params fixed at deploy time."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from prefect import flow
+from prefect import Flow, flow
 
 from flows import dvc_state
-from flows.notify import on_pipeline_failure
+from flows.notify import notify_failure, on_pipeline_failure
 from flows.run_lock import project_run
 from flows.runners import task_runner
 from flows.stage_flows import STAGE_FLOWS
@@ -32,6 +34,33 @@ def pipeline(
     """Run the named stages (and what they depend on), or all; returns {stage: "ran" | "up to date"}.
     One run at a time per project (see flows/run_lock.py); the embedded S3 server runs for the run's
     length when no endpoint is configured."""
+    return run_pipeline(stages, params_file, overrides, force, root)
+
+
+def served_pipeline(root: str, params_file: str, overrides: list[str]) -> Flow[..., dict[str, str]]:
+    """The pipeline flow as `ldmflow serve` deploys it. Whoever can reach the Prefect API can start a run
+    and choose its parameters, so the project, its params file and the overrides are fixed here, at
+    deploy time, in the flow object itself (Prefect's runner cloudpickles this object into each run's
+    process): a run chooses only `stages` and `force`, which pick what runs of this project as configured.
+    A run given any other parameter fails before the flow body runs (Prefect checks the parameters
+    against the signature)."""
+    fixed: dict[str, Any] = {"root": root, "params_file": params_file, "overrides": list(overrides)}
+
+    def on_failure(_flow: Any, flow_run: Any, state: Any) -> None:
+        notify_failure(flow_run, state, **fixed)
+
+    @flow(name="ldmflow-pipeline", log_prints=True, on_failure=[on_failure])
+    def served(stages: list[str] | None = None, force: bool = False) -> dict[str, str]:
+        """Run the named stages (and what they depend on), or all, of the project served."""
+        return run_pipeline(stages=stages, force=force, **fixed)
+
+    return served
+
+
+def run_pipeline(
+    stages: list[str] | None, params_file: str, overrides: list[str] | None, force: bool, root: str
+) -> dict[str, str]:
+    """The body of both flows: see `pipeline`."""
     paths = ProjectPaths.at(root)
     overrides = list(overrides or [])
     cfg = load_config(paths.root / params_file, overrides)

@@ -1,7 +1,7 @@
 """`ldmflow gc` lists, and with --delete removes, what a project no longer needs: local checkpoint copies,
 the checkpoints of finished training runs, and cache shards no version of the manifests names (working
 tree and git history, read through DVC). A dry run removes nothing; a recorded version that cannot be
-read keeps every shard."""
+read keeps every shard. It removes only keys of the shard-key form, and refuses a store without a prefix."""
 
 from __future__ import annotations
 
@@ -10,14 +10,21 @@ import uuid
 
 import pandas as pd
 import pytest
+import yaml
 from projects import BIN, cli_env, write_params
 
 from flows import gc
 from infra.storage import ObjectStore
+from tasks.common.keys import content_key
 from tasks.common.paths import ProjectPaths
 from tasks.train_unet.checkpoints import Checkpoints
 
 DVC_YAML = "stages:\n  latents:\n    cmd: 'true'\n    outs: [artifacts/latents]\n"
+
+
+def shard_key(store: ObjectStore, cache: str, name: str) -> str:
+    """A key of the form a cache shard has: <prefix>/<cache>/<content key>.safetensors."""
+    return store.key(cache, f"{content_key(name)}.safetensors")
 
 
 def write_manifest(paths: ProjectPaths, shards: list[str]) -> None:
@@ -49,16 +56,16 @@ def project(tmp_path, s3_server):
     return ProjectPaths.at(tmp_path), env, store
 
 
-def ldmflow_gc(paths: ProjectPaths, env: dict, *args: str) -> str:
+def ldmflow_gc(paths: ProjectPaths, env: dict, *args: str, code: int = 0) -> str:
     done = subprocess.run([str(BIN / "ldmflow"), "gc", *args], cwd=paths.root, env=env, capture_output=True,
                           text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+    assert done.returncode == code, done.stdout + done.stderr
+    return done.stdout + done.stderr
 
 
 def test_gc_lists_then_removes_only_what_nothing_needs(project, tmp_path):
     paths, env, store = project
-    shard = {name: store.key("latents", f"{name}.safetensors") for name in ("old", "now", "orphan")}
+    shard = {name: shard_key(store, "latents", name) for name in ("old", "now", "orphan")}
     for key in shard.values():
         store.put_bytes(key, b"x" * 1000)
     write_manifest(paths, [shard["old"]])
@@ -93,9 +100,9 @@ def test_gc_lists_then_removes_only_what_nothing_needs(project, tmp_path):
 
 def test_a_recorded_manifest_that_cannot_be_read_keeps_every_shard(project):
     paths, env, store = project
-    orphan = store.key("latents", "orphan.safetensors")
+    orphan = shard_key(store, "latents", "orphan")
     store.put_bytes(orphan, b"x")
-    write_manifest(paths, [store.key("latents", "old.safetensors")])
+    write_manifest(paths, [shard_key(store, "latents", "old")])
     record(paths, env, "a version whose manifest will be lost")
     write_manifest(paths, [])
     subprocess.run(["rm", "-rf", ".dvc/cache"], cwd=paths.root, check=True)  # and no remote holds it
@@ -105,4 +112,45 @@ def test_a_recorded_manifest_that_cannot_be_read_keeps_every_shard(project):
         found.garbage == []
         and len(found.unread) == 1
         and "artifacts/latents/manifest.parquet" in found.unread[0]
+    )
+
+
+@pytest.mark.faults
+def test_gc_removes_only_keys_of_the_shard_key_form(project, fault):
+    paths, env, store = project
+    orphan = shard_key(store, "latents", "orphan")
+    foreign = [store.key("latents", "notes.txt"), store.key("text", "ours.safetensors"),
+               store.key("latents", "deeper", f"{content_key('x')}.safetensors"),
+               store.key("text", f"{content_key('x').upper()}.safetensors")]  # fmt: skip
+    for key in [orphan, *foreign]:
+        store.put_bytes(key, b"x")
+    write_manifest(paths, [])
+
+    removed = ldmflow_gc(paths, env, "--delete")
+    assert "removed 1 item(s)" in removed and store.uri(orphan) in removed, removed
+    assert not store.exists(orphan) and all(store.exists(key) for key in foreign)
+    fault("gc --delete: keys not of the shard-key form under the caches' folders",
+          f"the unnamed shard removed; {len(foreign)} other keys (a .txt, non-hex and upper-case names, one "
+          "a folder deeper) not listed, and kept")  # fmt: skip
+
+
+@pytest.mark.faults
+def test_gc_refuses_a_store_without_a_prefix(project, fault):
+    paths, env, store = project
+    params = yaml.safe_load((paths.root / "params.yaml").read_text())
+    params["storage"]["prefix"] = ""
+    (paths.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    top = ObjectStore(store.endpoint_url, store.bucket, "", store.region, store.access_key, store.secret_key)
+    others = [top.key("latents", "theirs.safetensors"), shard_key(top, "text", "theirs"),
+              top.key("checkpoints", "run", "finished.json")]  # fmt: skip
+    for key in others:
+        top.put_bytes(key, b"x")
+    write_manifest(paths, [])
+
+    refused = ldmflow_gc(paths, env, "--delete", code=2)
+    assert "storage.prefix is empty" in refused and "removed" not in refused, refused
+    assert all(top.exists(key) for key in others)
+    fault(
+        "gc --delete with storage.prefix ''",
+        f"refused with exit 2 naming storage.prefix; all {len(others)} keys at the bucket's top kept",
     )

@@ -204,3 +204,62 @@ def test_served_deployment_runs_to_completion_on_new_data_and_refuses_overlap(
     finally:
         _stop(serve)
         log.close()
+
+
+@pytest.mark.faults
+def test_a_served_deployment_runs_only_the_project_and_params_it_was_served_with(
+    tmp_path, s3_server, prefect_api, fault
+):
+    """Anyone who can reach the Prefect API can start a run of the served deployment. A run given another
+    root, params file or overrides (the server's schema check turned off, as the API lets a run's starter
+    do) crashes before the flow body runs, as Prefect does with parameters its flow does not take: nothing
+    is read or written for it. A run that chooses only its stages runs, in the project it was served from."""
+    private = tmp_path / "private"  # the serving user's own photos
+    write_photo_folder(private, n=12)
+    theirs = tmp_path / "theirs"  # photos of someone else's choosing
+    write_photo_folder(theirs, n=5)
+    params = {**TINY, "data": {"source": "imagefolder", "path": str(private), "resolution": 16,
+                               "shard_size": 32, "val_fraction": 0.25},
+              "orchestration": {"schedule_cron": "0 3 1 1 *"}}  # fmt: skip
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    env = cli_env(s3_server, PREFECT_HOME=str(project / ".prefect"), PREFECT_API_URL=prefect_api)
+    for root, bucket in ((project, "served"), (elsewhere, "elsewhere")):
+        root.mkdir()
+        write_params(root, params, s3_server, f"{bucket}-{os.getpid()}")
+        init_project(root, env)
+    # another user's project on the host: its params read the serving user's photos into a folder of theirs
+    their_params = elsewhere / "params.yaml"
+
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed below
+    serve = subprocess.Popen([str(BIN / "ldmflow"), "serve"], cwd=project, env=env, stdout=log,
+                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        deployment = _wait_for(lambda: _api(f"{prefect_api}/deployments/name/{DEPLOYMENT}")["id"], 120,
+                               "the served deployment", serve)  # fmt: skip
+
+        def run(**parameters) -> dict:
+            body = {"parameters": {"stages": ["ingest"], **parameters}, "enforce_parameter_schema": False}
+            made = _api(f"{prefect_api}/deployments/{deployment}/create_flow_run", body)["id"]
+            return _wait_for(lambda: (s := _api(f"{prefect_api}/flow_runs/{made}")["state"])["type"] in FINAL
+                             and s, 300, f"run {made}", serve)  # fmt: skip
+
+        ingested = [root / "data/ingested" for root in (project, elsewhere)]
+        served_log = tmp_path / "serve.log"
+        attempts = {"root": str(elsewhere), "params_file": str(their_params),
+                    "overrides": [f"data.path={theirs}"]}  # fmt: skip
+        for name, value in attempts.items():
+            state = run(**{name: value})
+            assert state["type"] == "CRASHED", (name, state)
+            said = f"but was provided with parameters ['stages', '{name}']"  # SignatureMismatchError
+            _wait_for(lambda said=said: said in served_log.read_text(), 30, f"the refusal of {name}")
+            assert not any(folder.exists() for folder in ingested), name  # nothing read, nothing written
+        state = run()  # the stages are the run's to choose
+        assert state["type"] == "COMPLETED", state["message"]
+        assert len(pd.read_parquet(project / "data/ingested/manifest.parquet")) == 12
+        assert not (elsewhere / "data/ingested").exists()
+    finally:
+        _stop(serve)
+        log.close()
+    fault("local attacker: runs of the served deployment with another root, params_file or overrides",
+          f"all {len(attempts)} CRASHED before the flow body (a parameter not in its signature), nothing "
+          "ingested anywhere; a run choosing only stages ingested the served project's 12")  # fmt: skip

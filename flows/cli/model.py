@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,43 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least `minimum` (argparse says which option and why)."""
+
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value}: it must be at least {minimum}")
+        return value
+
+    return count
+
+
+def _registry_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """MLflow's refusals as one line and a non-zero exit, not a traceback: a request past the model's limits
+    (exit 2, as for the other bad arguments), and a model, version or alias the registry does not have, or a
+    tracking server that says no (exit 1)."""
+
+    @wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except Exception as err:
+            from mlflow.exceptions import MlflowException
+
+            if not isinstance(err, MlflowException):
+                raise
+            refused = err.error_code == "INVALID_PARAMETER_VALUE"  # models/pyfunc.py's request limits
+            where = f"{args.model}: " if getattr(args, "model", None) and not refused else ""
+            print(f"ldmflow {args.command}: {where}{' '.join(str(err.message).split())}", file=sys.stderr)
+            return 2 if refused else 1
+
+    return run
+
+
 def _add_model_args(p: argparse.ArgumentParser, out: str, sampling: bool = True, seed: bool = False) -> None:
     """What every command that draws a registered model takes: the model, the PNG, the params; and how to
     sample, where it samples."""
@@ -26,14 +64,16 @@ def _add_model_args(p: argparse.ArgumentParser, out: str, sampling: bool = True,
     if seed:
         p.add_argument("--seed", type=int, default=0)
     if sampling:
-        p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+        p.add_argument(
+            "--steps", type=_at_least(1), default=None, help="sampling steps (default: the model's)"
+        )
         p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     add_params_args(p)
 
 
 def _sampling_params(args: argparse.Namespace) -> dict:
     """The model's request params that --steps and --guidance set (the rest keep the model's defaults)."""
-    given = {"num_inference_steps": args.steps or None, "guidance_scale": args.guidance}
+    given = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
     return {name: value for name, value in given.items() if value is not None}
 
 
@@ -204,9 +244,9 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     gen = sub.add_parser("generate", help="sample images from a registered model into a PNG grid")
     gen.add_argument("prompt")
-    gen.add_argument("-n", type=int, default=4, help="number of images (default 4)")
+    gen.add_argument("-n", type=_at_least(1), default=4, help="number of images (default 4)")
     _add_model_args(gen, "grid.png", seed=True)
-    gen.set_defaults(func=cmd_generate)
+    gen.set_defaults(func=_registry_errors(cmd_generate))
 
     walk = sub.add_parser(
         "interpolate", help="a grid that walks between two seeds, two prompts, or four seeds (a sheet)"
@@ -219,24 +259,26 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="2 or 4 seeds with one prompt (default 0 1), 1 with two (default 0)",
     )
-    walk.add_argument("--frames", type=int, default=8, help="frames of a walk, or a sheet's side (default 8)")
+    walk.add_argument(
+        "--frames", type=_at_least(2), default=8, help="frames of a walk, or a sheet's side (default 8)"
+    )
     _add_model_args(walk, "interpolation.png")
-    walk.set_defaults(func=cmd_interpolate)
+    walk.set_defaults(func=_registry_errors(cmd_interpolate))
 
     why = sub.add_parser("explain", help="each prompt token's cross-attention map over its sample")
     why.add_argument("prompts", nargs="+", metavar="PROMPT", help="one row of maps per prompt")
     _add_model_args(why, "attention.png", seed=True)
-    why.set_defaults(func=cmd_explain)
+    why.set_defaults(func=_registry_errors(cmd_explain))
 
     space = sub.add_parser(
         "latents", help="a registered model's latent space on the held-out images, as one figure"
     )
     _add_model_args(space, "latents.png", sampling=False)
-    space.set_defaults(func=cmd_latents)
+    space.set_defaults(func=_registry_errors(cmd_latents))
 
     export = sub.add_parser("export", help="a registered model as a diffusers pipeline folder")
     _add_model_args(export, "pipeline", sampling=False)
-    export.set_defaults(func=cmd_export)
+    export.set_defaults(func=_registry_errors(cmd_export))
 
     lineage = sub.add_parser(
         "lineage", help="where a registered model came from: git commit, data and params hashes"
@@ -249,4 +291,4 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     lineage.add_argument("--dvc-lock", action="store_true", help="print the dvc.lock the model's run used")
     add_params_args(lineage)
-    lineage.set_defaults(func=cmd_lineage)
+    lineage.set_defaults(func=_registry_errors(cmd_lineage))

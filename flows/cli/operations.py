@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from flows.cli.project import add_params_args, project
 from tasks.common.paths import ProjectPaths
@@ -36,7 +37,11 @@ def cmd_gc(args: argparse.Namespace) -> int:
     paths, cfg = project(args)
     with project_run(paths, "ldmflow gc", wait=False), serving_unless_configured(cfg.storage, paths.s3_state):
         store = object_store_from_config(cfg.storage, paths.s3_state)
-        found = gc.collect(store, paths)
+        try:
+            found = gc.collect(store, paths)
+        except gc.Refused as err:
+            print(f"ldmflow gc: {err}", file=sys.stderr)
+            return 2
         for item in found.garbage:
             print(f"{item.size:>14,}  {item.kind}: {item.where}")
         for why in found.unread:

@@ -105,12 +105,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    from flows.pipeline import pipeline
+    if not os.environ.get("PREFECT_API_AUTH_STRING"):
+        print(
+            "ldmflow serve: no PREFECT_API_AUTH_STRING: a Prefect server without auth takes runs from anyone "
+            "who can reach it; on a shared host set PREFECT_SERVER_API_AUTH_STRING (README, A schedule)",
+            file=sys.stderr,
+        )
+    from flows.pipeline import served_pipeline
 
-    pipeline.serve(
+    # the project, params file and overrides are this command's, fixed in the served flow: a run's
+    # starter chooses only the stages and force (see served_pipeline)
+    served = served_pipeline(str(paths.root), args.params, args.overrides)
+    served.serve(
         name="nightly",
         cron=cfg.orchestration.schedule_cron,
-        parameters={"params_file": args.params, "overrides": args.overrides, "root": str(paths.root)},
+        description=f"the ldmflow pipeline of {paths.root}, with the params `ldmflow serve` was given; "
+        "a run chooses only `stages` and `force`",
     )
     return 0
 
