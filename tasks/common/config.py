@@ -81,6 +81,9 @@ class DataConfig(Section):
     max_file_bytes: int = Field(256 * 2**20, gt=0)  # an image file, tar member or parquet cell
     max_caption_bytes: int = Field(64 * 2**10, gt=0)  # a caption file, field or cell
     max_metadata_bytes: int = Field(2**30, gt=0)  # metadata.jsonl / metadata.csv
+    max_tar_bytes: int = Field(
+        32 * 2**30, gt=0
+    )  # a tar shard once decompressed; past it, the rest is rejected
     background: list[Annotated[int, Field(ge=0, le=255)]] = Field([255, 255, 255], min_length=3, max_length=3)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     shard_size: int = Field(1024, gt=0)

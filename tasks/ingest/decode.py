@@ -75,9 +75,8 @@ def decode_rgb(
                 img.load()
                 # exif_transpose returns a new image: `img` itself is released when the file closes
                 rgb = _to_8bit_rgb(ImageOps.exif_transpose(img), limits.background)
-    except UnidentifiedImageError:
-        head = source[:16] if isinstance(source, bytes) else source.open("rb").read(16)
-        raise DecodeError("not_an_image", f"no image format recognised; the file starts {head!r}") from None
+    except UnidentifiedImageError:  # (its bytes are not quoted: a reject is no way to read a file)
+        raise DecodeError("not_an_image", f"no image format recognised in its {size} bytes") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise DecodeError("decompression_bomb", str(err)) from None
     except (OSError, SyntaxError, ValueError) as err:  # PIL reports cut-off data as OSError/SyntaxError

@@ -19,7 +19,7 @@ from PIL import Image
 
 from tasks.common.keys import Framed, content_key, sha256_hex
 from tasks.ingest.decode import DecodeError, DecodeLimits, decode_rgb
-from tasks.ingest.source_roots import TooLarge, read_ref
+from tasks.ingest.source_roots import MissingFile, OutsideRoot, TooLarge, read_ref
 from tasks.ingest.sources import Reject, SourceItem
 
 # Part of every input key: bump it when a code change alters what the same input and params produce.
@@ -150,10 +150,17 @@ def decode_chunk(job: DecodeJob) -> list[Prepared | Reject]:
     return [prepare(item, job.spec, job.reusable) for item in job.items]
 
 
+class CaptionNotText(ValueError):
+    """A caption file that is not UTF-8."""
+
+
 def _caption(item: SourceItem) -> str:
     text = item.caption
     if text is not None and not isinstance(text, str):  # a sidecar file
-        text = read_ref(text).decode("utf-8", errors="replace")
+        try:
+            text = read_ref(text).decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise CaptionNotText(f"the caption file {text.path} is not UTF-8 (byte {err.start})") from None
     return (text or "").strip()
 
 
@@ -170,7 +177,11 @@ def prepare(
         raw = read_ref(item.image)
     except TooLarge as err:  # grew past its limit after it was listed
         return Reject(item.name, "too_large", str(err))
-    except FileNotFoundError as err:
+    except OutsideRoot as err:  # swapped for a symlink, or moved out by one, after it was listed
+        return Reject(item.name, "path_outside_root", str(err))
+    except CaptionNotText as err:
+        return Reject(item.name, "malformed_metadata", str(err))
+    except (FileNotFoundError, MissingFile) as err:
         return Reject(item.name, "missing_file", str(err))
     except OSError as err:
         return Reject(item.name, "unreadable", f"{type(err).__name__}: {err}")

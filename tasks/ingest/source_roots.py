@@ -9,8 +9,10 @@ bytes themselves.
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -36,6 +38,40 @@ class TooLarge(OSError):
     """A file above its byte limit (`data.max_file_bytes`, `data.max_caption_bytes`, ...)."""
 
 
+def open_inside(path: str, base: str) -> BinaryIO:
+    """The local file `path` opened for reading, if it is a regular file inside the folder `base` (a real
+    path) now, as opened: not through a symlink (O_NOFOLLOW; the name was resolved when it was listed),
+    and not in a folder that a symlink now moves out of `base` (the opened file's own path is checked).
+    OutsideRoot or MissingFile otherwise, naming `path`; no byte of it is read."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC  # NONBLOCK: a FIFO
+    try:
+        fd = os.open(path, flags)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise OutsideRoot(f"{path} is a symlink now, not the file that was listed; not read") from None
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise MissingFile(path) from None
+        raise
+    try:
+        if not Path(_opened_path(fd, path)).is_relative_to(base):
+            raise OutsideRoot(f"{path} now lies outside {base} (a folder on its way is a symlink); not read")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise MissingFile(f"{path} is not a regular file now")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _opened_path(fd: int, path: str) -> str:
+    """The real path of the file open as `fd` (Linux: /proc; else `path` resolved, if it is that file)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        real = os.path.realpath(path)
+        return real if os.path.samestat(os.fstat(fd), os.stat(real)) else "/"
+
+
 def over_limit(size: int, limit: int, setting: str) -> str | None:
     """Why `size` bytes are refused under `setting`, or None when they are within it."""
     return f"{size} bytes, above {setting}={limit}" if size > limit else None
@@ -51,25 +87,25 @@ class FileRef:
     stamp: str = field(default="", compare=False)
     size: int | None = field(default=None, compare=False)  # bytes, when listed
     limit: int | None = field(default=None, compare=False)  # the most bytes `read` takes
+    inside: str | None = field(default=None, compare=False)  # a local file's root folder, as a real path
 
     def read(self) -> bytes:
-        """The file's bytes; TooLarge past `limit` (checked again here: a file can grow after listing)."""
-        if self.limit is None:
-            return self.fs.cat_file(self.path)
-        with self.fs.open(self.path, "rb") as f:
-            data = f.read(self.limit + 1)
-        if len(data) > self.limit:
+        """The file's bytes; TooLarge past `limit` (checked again here: a file can grow after listing). A
+        local file is read only if it is still inside its root (see `open_inside`)."""
+        with open_inside(self.path, self.inside) if self.inside else self.fs.open(self.path, "rb") as f:
+            data = f.read() if self.limit is None else f.read(self.limit + 1)
+        if self.limit is not None and len(data) > self.limit:
             raise TooLarge(f"{self.path}: more than {self.limit} bytes")
         return data
 
 
-def _ref(fs, path: str, stamp: str, size: int | None, limit: int | None, setting: str) -> FileRef:
-    """A reference to a listed file, read at most `limit` bytes; TooLarge (naming `setting`) when its listed
-    size is already over."""
+def _ref(root: Root, path: str, stamp: str, size: int | None, limit: int | None, setting: str) -> FileRef:
+    """A reference to a listed file of `root`, read at most `limit` bytes; TooLarge (naming `setting`) when
+    its listed size is already over."""
     refused = over_limit(size, limit, setting) if size is not None and limit is not None else None
     if refused:
         raise TooLarge(refused)
-    return FileRef(fs, path, stamp, size, limit)
+    return FileRef(root.fs, path, stamp, size, limit, root._real_base.as_posix() if root.local else None)
 
 
 def file_stamp(info: os.stat_result | dict) -> str:
@@ -173,7 +209,7 @@ class Root:
         if self.local and self._listing is not None:  # a convention walked the folder (sidecar)
             info = self._listing.get(name)  # a walked name is relative and normal, and a file
             if info is not None and not info.get("islink") and self._inside(name, link=False):
-                return _ref(self.fs, self._path(name), self.stamps()[name], info.get("size"), limit, setting)
+                return _ref(self, self._path(name), self.stamps()[name], info.get("size"), limit, setting)
         normal = posixpath.normpath(name)
         if name.startswith("/") or os.path.isabs(name) or normal == ".." or normal.startswith("../"):
             raise OutsideRoot(name)
@@ -181,7 +217,7 @@ class Root:
             info = self.listing().get(normal)
             if info is None:
                 raise MissingFile(name)
-            return _ref(self.fs, self._path(normal), self.stamps()[normal], info.get("size"), limit, setting)
+            return _ref(self, self._path(normal), self.stamps()[normal], info.get("size"), limit, setting)
         path = self._path(normal)
         try:
             link = stat.S_ISLNK(os.lstat(path).st_mode)
@@ -195,7 +231,9 @@ class Root:
             raise MissingFile(name) from None
         if not stat.S_ISREG(info.st_mode):
             raise MissingFile(name)
-        return _ref(self.fs, path, file_stamp(info), info.st_size, limit, setting)
+        if link:  # read where it points (inside): the file is opened without following symlinks
+            path = os.path.realpath(path)
+        return _ref(self, path, file_stamp(info), info.st_size, limit, setting)
 
     def _inside(self, normal: str, link: bool) -> bool:
         """A local file is inside the root unless it is a symlink pointing out or its folder resolves
@@ -212,27 +250,30 @@ class Root:
     def _real_base(self) -> Path:
         return Path(self.base).resolve()
 
-    def read_text(self, name: str) -> str:
-        return self.fs.cat_file(self._path(name)).decode("utf-8")
-
     @contextmanager
     def open(self, name: str) -> Iterator[BinaryIO]:
-        with self.fs.open(self._path(name), "rb") as f:
+        """A listed file, open for reading (seekable); a local one only if it lies inside the root (a
+        symlink is followed only to a file inside): OutsideRoot otherwise."""
+        if not self.local:
+            with self.fs.open(self._path(name), "rb") as f:
+                yield f
+            return
+        with open_inside(os.path.realpath(self._path(name)), self._real_base.as_posix()) as f:
             yield f
 
     @contextmanager
-    def local_path(self, name: str) -> Iterator[Path]:
-        """A local file with the file's bytes: the file itself, or a temporary download (removed after)."""
+    def local_copy(self, name: str) -> Iterator[BinaryIO]:
+        """A listed file open for reading, local and seekable: the file itself (as `open`), or a temporary
+        download (removed after)."""
         if self.local:
-            yield Path(self._path(name))
+            with self.open(name) as f:
+                yield f
             return
-        fd, tmp = tempfile.mkstemp(suffix=posixpath.splitext(name)[1])
-        os.close(fd)
-        try:
-            self.fs.get_file(self._path(name), tmp)
-            yield Path(tmp)
-        finally:
-            os.unlink(tmp)
+        with tempfile.TemporaryFile(suffix=posixpath.splitext(name)[1]) as tmp:
+            with self.fs.open(self._path(name), "rb") as remote:
+                shutil.copyfileobj(remote, tmp, 2**20)
+            tmp.seek(0)
+            yield tmp
 
 
 def open_root(path: str, endpoint_url: str | None = None) -> Root:

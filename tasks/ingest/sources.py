@@ -21,7 +21,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tasks.common.config import DataConfig
+from tasks.ingest.parquet_pages import BadPage, batch_rows, pages
+from tasks.ingest.parquet_pages import refusal as page_refusal
 from tasks.ingest.source_roots import FileRef, MissingFile, OutsideRoot, Root, TooLarge, open_root, over_limit
+from tasks.ingest.tar_reader import TarLimit, regular_members
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 SOURCES = ("imagefolder", "sidecar", "parquet", "webdataset")
@@ -57,10 +60,11 @@ class ReadLimits:
     max_file_bytes: int  # an image: file, tar member or parquet cell
     max_caption_bytes: int  # a caption: sidecar file, metadata field, tar member or parquet cell
     max_metadata_bytes: int  # metadata.jsonl / metadata.csv
+    max_tar_bytes: int  # a tar shard, decompressed
 
     @classmethod
     def of(cls, data: DataConfig) -> ReadLimits:
-        return cls(data.max_file_bytes, data.max_caption_bytes, data.max_metadata_bytes)
+        return cls(data.max_file_bytes, data.max_caption_bytes, data.max_metadata_bytes, data.max_tar_bytes)
 
 
 # Lone surrogates: what undecodable bytes in a file name or a CSV become, or a JSON "\udXXX" escape. No
@@ -195,39 +199,127 @@ def sidecar_items(root: Root, limits: ReadLimits) -> Iterator[SourceItem | Rejec
 def parquet_items(
     root: Root, image_column: str, caption_column: str, limits: ReadLimits
 ) -> Iterator[SourceItem | Reject]:
+    """Each row of each `.parquet` file. A row group is read only when its pages' headers show it can hold
+    no cell above its byte limit's worth (parquet_pages.py), in batches whose cells are bounded; a cell
+    above its limit is rejected before it is copied out of Arrow."""
     import pyarrow.parquet as pq
 
     for name in root.files((".parquet",)):
-        with root.local_path(name) as path:
-            file = pq.ParquetFile(path)
-            missing = [c for c in (image_column, caption_column) if c not in file.schema_arrow.names]
-            if missing:
-                raise ValueError(f"{root.describe(name)}: no column(s) {missing} (data.image_column / "
-                                 f"data.caption_column); columns are {file.schema_arrow.names}")  # fmt: skip
-            row = 0
-            for batch in file.iter_batches(batch_size=64, columns=[image_column, caption_column]):
-                cells, captions = batch.column(0).to_pylist(), batch.column(1).to_pylist()
-                for cell, caption in zip(cells, captions, strict=True):
-                    where = f"{name}:row {row}"
-                    row += 1
-                    if isinstance(cell, dict):  # Hugging Face datasets' Image feature: {"bytes", "path"}
-                        data, item = cell.get("bytes"), cell.get("path") or where
-                    else:
-                        data, item = cell, where
-                    if not isinstance(data, bytes):
-                        yield Reject(where, "missing_image", f"no image bytes in column {image_column!r}")
-                        continue
-                    refused = _too_large(
-                        str(item), len(data), limits.max_file_bytes, "max_file_bytes", where
-                    ) or _caption_problem(str(item), caption, limits, where)
-                    yield refused or SourceItem(str(item), data, caption, where)
+        try:
+            with root.local_copy(name) as f:
+                file = pq.ParquetFile(f)
+                missing = [c for c in (image_column, caption_column) if c not in file.schema_arrow.names]
+                if missing:
+                    raise ValueError(
+                        f"{root.describe(name)}: no column(s) {missing} (data.image_column / "
+                        f"data.caption_column); columns are {file.schema_arrow.names}"
+                    )
+                yield from _parquet_rows(file, f, name, image_column, caption_column, limits)
+        except OutsideRoot as err:
+            yield Reject(name, "path_outside_root", f"{err}; not read")
+
+
+def _parquet_rows(file, f, name: str, image_column: str, caption_column: str, limits: ReadLimits):
+    meta, columns = file.metadata, (image_column, caption_column)
+    caps = {image_column: (limits.max_file_bytes, "max_file_bytes"),
+            caption_column: (limits.max_caption_bytes, "max_caption_bytes")}  # fmt: skip
+    plans = [_row_group_plan(meta.row_group(i), f, caps) for i in range(meta.num_row_groups)]  # all, first
+    row = 0
+    for group, (refused, rows) in enumerate(plans):
+        first, row = row, row + meta.row_group(group).num_rows
+        if refused:
+            for r in range(first, row):
+                yield Reject(f"{name}:row {r}", "too_large", f"{refused} ({name}: row group {group})")
+            continue
+        batches = file.iter_batches(
+            batch_size=rows, row_groups=[group], columns=list(columns), use_threads=False
+        )
+        for batch in batches:
+            yield from _parquet_batch(batch, name, first, image_column, limits)
+            first += batch.num_rows
+
+
+def _row_group_plan(group, f, caps: dict[str, tuple[int, str]]) -> tuple[str | None, int]:
+    """(why the row group is refused, or None; rows per batch) from its pages' headers."""
+    largest = 0
+    for j in range(group.num_columns):
+        chunk = group.column(j)
+        column = chunk.path_in_schema.split(".")[0]
+        if column not in caps:
+            continue
+        limit, setting = caps[column]
+        start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+        try:
+            found = pages(f, start, chunk.total_compressed_size)
+        except BadPage as err:
+            return f"column {chunk.path_in_schema!r}: {err}", 1
+        refused = page_refusal(found, limit)
+        if refused:
+            return f"column {chunk.path_in_schema!r}: {refused}, above data.{setting}={limit} each", 1
+        largest = max([largest, *(page.uncompressed for page in found)])
+    return None, batch_rows(largest)
+
+
+def _sizes(column) -> list[int | None]:
+    """Each cell's bytes, for a binary or string column (None for a null); 0s for any other."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = column.type
+    if any(
+        f(t)
+        for f in (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_string, pa.types.is_large_string)
+    ):
+        return pc.binary_length(column).to_pylist()
+    return [0] * len(column)
+
+
+def _parquet_batch(batch, name: str, first: int, image_column: str, limits: ReadLimits):
+    import pyarrow as pa
+
+    images, captions = batch.column(0), batch.column(1)
+    text = pa.types.is_string(captions.type) or pa.types.is_large_string(captions.type)
+    if text:  # as the bytes it holds (no copy): text that is not UTF-8 is then rejected by row, not fatal
+        captions = captions.cast(
+            pa.large_binary() if pa.types.is_large_string(captions.type) else pa.binary()
+        )
+    struct = pa.types.is_struct(images.type)  # Hugging Face datasets' Image feature: {"bytes", "path"}
+    data = images.field("bytes") if struct and images.type.get_field_index("bytes") >= 0 else images
+    sizes, caption_sizes = _sizes(data), _sizes(captions)
+    for i in range(batch.num_rows):
+        where = f"{name}:row {first + i}"
+        refused = _too_large(
+            where, sizes[i] or 0, limits.max_file_bytes, "max_file_bytes", where
+        ) or _too_large(where, caption_sizes[i] or 0, limits.max_caption_bytes, "max_caption_bytes", where)
+        if refused:  # not copied out of Arrow
+            yield refused
+            continue
+        cell, caption = images[i].as_py(), captions[i].as_py()
+        if (
+            text and caption is not None
+        ):  # undecodable bytes become surrogates: `_caption_problem` refuses them
+            caption = caption.decode("utf-8", errors="surrogateescape")
+        if isinstance(cell, dict):
+            cell, item = cell.get("bytes"), cell.get("path") or where
+        else:
+            item = where
+        if not isinstance(cell, bytes):
+            yield Reject(where, "missing_image", f"no image bytes in column {image_column!r}")
+            continue
+        yield _caption_problem(str(item), caption, limits, where) or SourceItem(
+            str(item), cell, caption, where
+        )
+
+
+IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")  # in the order a sample's image is chosen
+CAPTION_MEMBERS = ("txt", "json")
 
 
 def _tar_caption(members: dict[str, bytes]) -> object:
-    """The caption of a tar sample: its `.txt`, or the "text" (or "caption") of its `.json`; ValueError or
-    RecursionError when the JSON does not parse."""
+    """The caption of a tar sample: its `.txt`, or the "text" (or "caption") of its `.json`; ValueError
+    (UnicodeDecodeError when the text is not UTF-8) or RecursionError when it does not parse."""
     if "txt" in members:
-        return members["txt"].decode("utf-8", errors="replace").strip()
+        return members["txt"].decode("utf-8").strip()
     if "json" in members:
         meta = json.loads(members["json"])
         return meta.get("text", meta.get("caption")) if isinstance(meta, dict) else None
@@ -236,52 +328,67 @@ def _tar_caption(members: dict[str, bytes]) -> object:
 
 def _tar_sample(shard: str, key: str, members: dict[str, bytes], limits: ReadLimits) -> SourceItem | Reject:
     where = f"{shard}:{key}"
-    ext = next((e for e in ("jpg", "jpeg", "png", "webp") if e in members), None)
+    ext = next((e for e in IMAGE_MEMBERS if e in members), None)
     if ext is None:
         return Reject(where, "missing_image", f"no image among {sorted(members)}")
     try:
         caption = _tar_caption(members)
     except (ValueError, RecursionError) as err:  # invalid JSON or UTF-8, or nested past Python's limit
-        return Reject(where, "malformed_metadata", f"{key}.json: {type(err).__name__}: {str(err)[:200]}")
+        member = f"{key}.{'txt' if 'txt' in members else 'json'}"
+        return Reject(where, "malformed_metadata", f"{member}: {type(err).__name__}: {str(err)[:200]}")
     refused = _caption_problem(where, caption, limits, "its .txt or .json")
     return refused or SourceItem(f"{key}.{ext}", members[ext], caption, where)
 
 
-CAPTION_MEMBERS = ("txt", "json")
-
-
 def webdataset_items(root: Root, limits: ReadLimits) -> Iterator[SourceItem | Reject]:
     """WebDataset convention: adjacent members sharing a key (the name up to the basename's first dot)
-    are one sample. Tars are streamed, never held whole in memory; a member above its byte limit is
-    not read, and its sample is rejected."""
+    are one sample. Tars are streamed, never held whole in memory (tar_reader.py: its limits hold before
+    anything is decompressed); only a sample's image and caption members are read, none above its byte
+    limit, and its images together within `data.max_file_bytes`, its captions within
+    `data.max_caption_bytes`."""
     for shard in root.files((".tar",)):
         try:
             yield from _tar_samples(root, shard, limits)
+        except OutsideRoot as err:
+            yield Reject(shard, "path_outside_root", f"{err}; not read")
+        except TarLimit as err:  # what came before it stays
+            yield Reject(shard, "too_large", f"{err}; the rest of the shard is not read")
         except (tarfile.TarError, EOFError) as err:  # cut short or damaged: what came before it stays
             yield Reject(shard, "unreadable", f"the tar ends or breaks here: {type(err).__name__}: {err}")
 
 
 def _tar_samples(root: Root, shard: str, limits: ReadLimits) -> Iterator[SourceItem | Reject]:
-    with root.open(shard) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
-        key, members, refused = None, {}, None
-        for member in tar:
-            if not member.isfile():
-                continue
-            folder, _, base = member.name.rpartition("/")
-            stem, _, ext = base.partition(".")
-            member_key = f"{folder}/{stem}" if folder else stem
-            if member_key != key and key is not None:
+    with root.open(shard) as stream:
+        key, members, refused, held = None, {}, None, {}
+        try:
+            for member, read in regular_members(stream, limits.max_tar_bytes):
+                folder, _, base = member.name.rpartition("/")
+                stem, _, ext = base.partition(".")
+                member_key = f"{folder}/{stem}" if folder else stem
+                if member_key != key and key is not None:
+                    yield refused or _tar_sample(shard, key, members, limits)
+                    members, refused, held = {}, None, {}
+                key, ext = member_key, ext.lower()
+                if refused is not None or ext not in IMAGE_MEMBERS + CAPTION_MEMBERS:
+                    continue  # not read: no reader uses it
+                if ext in CAPTION_MEMBERS:
+                    kind, limit, setting = "captions", limits.max_caption_bytes, "max_caption_bytes"
+                else:
+                    kind, limit, setting = "images", limits.max_file_bytes, "max_file_bytes"
+                held[kind] = held.get(kind, 0) + member.size
+                item = f"{shard}:{member_key}"
+                refused = _too_large(item, member.size, limit, setting, member.name) or _too_large(
+                    item, held[kind], limit, setting, f"{member.name}: the sample's {kind} together"
+                )
+                if refused is None:
+                    members[ext] = read()
+        except (
+            tarfile.TarError,
+            EOFError,
+        ):  # the sample read whole before the break stays (the caller says why)
+            if refused or any(e in members for e in IMAGE_MEMBERS):
                 yield refused or _tar_sample(shard, key, members, limits)
-                members, refused = {}, None
-            key, ext = member_key, ext.lower()
-            if ext in CAPTION_MEMBERS:
-                limit, setting = limits.max_caption_bytes, "max_caption_bytes"
-            else:
-                limit, setting = limits.max_file_bytes, "max_file_bytes"
-            if refused is None:
-                refused = _too_large(f"{shard}:{member_key}", member.size, limit, setting, member.name)
-            if refused is None:
-                members[ext] = tar.extractfile(member).read()
+            raise
         if key is not None:
             yield refused or _tar_sample(shard, key, members, limits)
 
