@@ -64,15 +64,13 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    import mlflow
-
-    from infra.tracking import connect
+    from infra.tracking import connect, registered_pipeline
 
     paths = ProjectPaths.at(args.project)
     cfg = load_config(paths.root / "params.yaml")
     connect(cfg, paths)
     uri = f"models:/{cfg.tracking.registered_model}@champion"
-    pipe = mlflow.pyfunc.load_model(uri).unwrap_python_model().pipe
+    pipe = registered_pipeline(uri)  # from its pipeline folder: none of the registry's code runs
     manifest = pd.read_parquet(paths.ingested / MANIFEST)
     if "shape" not in manifest or manifest["shape"].isna().any():
         print(f"{paths.ingested}: no shape labels (not the synthetic set)", file=sys.stderr)

@@ -187,18 +187,19 @@ def stage_run(
 def register_text_to_image(
     stage: Run,
     cfg: Settings,
-    python_model: mlflow.pyfunc.PythonModel,
+    model_code: Path,
     artifacts: dict[str, str],
     signature: Any,
     code_paths: list[str],
     alias: str,
     tags: dict[str, str],
 ) -> str:
-    """Log the pyfunc model in the stage's run, register a version with `tags`, and point `alias` at it."""
+    """Log the pyfunc model in the stage's run as a "model from code" (`model_code`, a Python file that
+    calls mlflow.models.set_model: no pickle), register a version with `tags`, and point `alias` at it."""
     with mlflow.start_run(run_id=stage.run_id):
         info = mlflow.pyfunc.log_model(
             name="text_to_image",
-            python_model=python_model,
+            python_model=str(model_code),
             artifacts=artifacts,
             signature=signature,
             code_paths=code_paths,
@@ -248,6 +249,31 @@ def champion_part(cfg: Settings, paths: LocalState, part: str) -> tuple[str, Pat
     # the part inside the pipeline folder; a model registered before it has the part as its own artifact
     uri = f"{artifacts}/{PIPELINE}/{part}" if PIPELINE in listed else f"{artifacts}/{part}"
     return champion.version, Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder)))
+
+
+def download_model_artifacts(uri: str, dst: Path) -> dict[str, str]:
+    """The artifacts of the model `uri` names (`models:/NAME/VERSION`, `models:/NAME@ALIAS`, `models:/m-ID`
+    or a model folder's URI), downloaded under `dst`: name -> local path (`pipeline`, or the four parts of a
+    model registered before it). Only the artifacts: not the model's MLmodel, logged code or pickle, which
+    whoever can write to the registry controls; models/pyfunc.py's `load_pipeline` reads them as data."""
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository as Models
+
+    root = Models.get_underlying_uri(uri) if Models.is_models_uri(uri) else uri
+    folder = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"{root.rstrip('/')}/artifacts", dst_path=str(dst)
+    )
+    # an artifact keeps its file's name: `sampling` of an older model is sampling.json
+    return {p.stem: str(p) for p in sorted(Path(folder).iterdir())}
+
+
+def registered_pipeline(uri: str):
+    """The LatentDiffusionPipeline of the model `uri` names, built from its downloaded artifacts alone: what
+    ldmflow's model commands and the gate's re-measure of a champion load (never mlflow.pyfunc.load_model,
+    which runs the code logged with the model, or unpickles an older model's python_model.pkl)."""
+    from models.pyfunc import load_pipeline
+
+    with tempfile.TemporaryDirectory() as tmp:  # every part is read into memory before it goes
+        return load_pipeline(download_model_artifacts(uri, Path(tmp)))
 
 
 def model_version(client: MlflowClient, uri: str):

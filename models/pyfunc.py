@@ -1,11 +1,17 @@
 """The registered text-to-image model: an MLflow pyfunc whose artifact is a diffusers pipeline folder
-(models/export.py); models registered before it have the parts as four artifacts."""
+(models/export.py); models registered before it have the parts as four artifacts.
+
+It is logged as an MLflow "model from code" (MODEL_CODE, no pickle), and `load_pipeline` is the one way in
+from a model's artifacts: ldmflow's own loads call it on the downloaded artifacts alone, MLflow's (`mlflow
+models serve`) through `load_context`. It reads safetensors and JSON, and runs none of the model's code."""
 
 from __future__ import annotations
 
 import io
 import math
-from typing import Any
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import mlflow.pyfunc
 import pandas as pd
@@ -14,6 +20,9 @@ from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from PIL import Image
+
+if TYPE_CHECKING:
+    from models.sampler.pipeline import LatentDiffusionPipeline
 
 # name -> (mlflow type, default); the defaults `predict` uses when a param is not given
 PYFUNC_PARAMS_SCHEMA: dict[str, tuple[str, Any]] = {
@@ -24,6 +33,9 @@ PYFUNC_PARAMS_SCHEMA: dict[str, tuple[str, Any]] = {
 }
 PIPELINE = "pipeline"  # the artifact: the pipeline folder
 PARTS = ("vae", "unet", "text_encoder", "sampling")  # the artifacts of models registered before it
+# What MLflow logs with the model and runs to load it: a "model from code" (it calls set_model), so no
+# python_model.pkl is written, and nothing is unpickled when MLflow loads or serves the model.
+MODEL_CODE = Path(__file__).with_name("served.py")
 
 # What one request may ask of a served model (all its images are made in one batch).
 MAX_PROMPTS = 16
@@ -51,20 +63,30 @@ def _png(image) -> bytes:
     return buf.getvalue()
 
 
+def load_pipeline(artifacts: Mapping[str, str | Path], device: str | None = None) -> LatentDiffusionPipeline:
+    """The sampler of a registered model from its artifacts (name -> local path): the pipeline folder, or
+    the four parts of a model registered before it. Safetensors and JSON only: none of the code that came
+    with the model runs (the sampler modules shipped in the folder, a logged code file, a pickle)."""
+    from models.sampler.pipeline import LatentDiffusionPipeline  # heavy imports only when a model loads
+
+    a = artifacts
+    if PIPELINE in a:
+        return LatentDiffusionPipeline.from_folder(a[PIPELINE], device=device)
+    missing = [part for part in PARTS if part not in a]
+    if missing:
+        raise ValueError(f"model artifacts lack {missing}; expected {PIPELINE!r} or {list(PARTS)}")
+    return LatentDiffusionPipeline.from_dirs(a["vae"], a["unet"], a["text_encoder"], a["sampling"], device)
+
+
 class TextToImageModel(mlflow.pyfunc.PythonModel):
-    """Prompts in, PNG images out (one row per image)."""
+    """Prompts in, PNG images out (one row per image). MLflow builds it from MODEL_CODE and calls
+    `load_context`; ldmflow's commands give it the pipeline they loaded (`load_pipeline`)."""
+
+    def __init__(self, pipe: LatentDiffusionPipeline | None = None):
+        self.pipe = pipe
 
     def load_context(self, context) -> None:
-        from models.sampler.pipeline import LatentDiffusionPipeline  # heavy imports only when served
-
-        a = context.artifacts
-        if PIPELINE in a:
-            self.pipe = LatentDiffusionPipeline.from_folder(a[PIPELINE])
-            return
-        missing = [part for part in PARTS if part not in a]
-        if missing:
-            raise ValueError(f"model artifacts lack {missing}; expected {PIPELINE!r} or {list(PARTS)}")
-        self.pipe = LatentDiffusionPipeline.from_dirs(a["vae"], a["unet"], a["text_encoder"], a["sampling"])
+        self.pipe = load_pipeline(context.artifacts)
 
     def predict(self, context, model_input, params=None):
         """model_input: DataFrame with a `prompt` column (or a list of str) -> DataFrame[prompt, image]."""

@@ -149,6 +149,7 @@ STAGES: dict[str, Stage] = {
                 "models/autoencoder/latent_space.py",
                 "models/export.py",
                 "models/pyfunc.py",
+                "models/served.py",
                 "models/fingerprint.py",
             ),
             outs=("artifacts/eval",),

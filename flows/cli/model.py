@@ -80,7 +80,8 @@ def _sampling_params(args: argparse.Namespace) -> dict:
 @dataclass
 class Registered:
     """The registered model `--model` names (default: the champion): its URI, the MLflow client of the
-    project's registry, and the project's config. The model loads on first use (lineage loads none)."""
+    project's registry, and the project's config. The model loads on first use (lineage loads none), from
+    its pipeline folder alone."""
 
     uri: str
     client: MlflowClient
@@ -96,16 +97,19 @@ class Registered:
         return cls(args.model or f"models:/{cfg.tracking.registered_model}@{CHAMPION}", client, cfg, paths)
 
     @cached_property
-    def model(self) -> Any:
-        """The pyfunc model."""
-        import mlflow
+    def pipe(self):
+        """The model's LatentDiffusionPipeline, from its pipeline folder's safetensors and JSON: none of the
+        code that came with the model runs (no python_model.pkl, no logged code file)."""
+        from infra.tracking import registered_pipeline
 
-        return mlflow.pyfunc.load_model(self.uri)
+        return registered_pipeline(self.uri)
 
     @property
-    def pipe(self):
-        """The model's LatentDiffusionPipeline."""
-        return self.model.unwrap_python_model().pipe
+    def model(self) -> Any:
+        """The served model (its request limits and PNG output) around the pipeline."""
+        from models.pyfunc import TextToImageModel
+
+        return TextToImageModel(self.pipe)
 
 
 def _write_grid(images, out: str, ncols: int | None, what: str) -> None:
@@ -126,7 +130,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     found = Registered.connect(args)
     params = {"num_images_per_prompt": args.n, "seed": args.seed, **_sampling_params(args)}
-    result = found.model.predict(pd.DataFrame({"prompt": [args.prompt]}), params=params)
+    result = found.model.predict(None, pd.DataFrame({"prompt": [args.prompt]}), params)
     images = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in result["image"]])
     _write_grid(images, args.out, None, f"from {found.uri}")
     return 0

@@ -95,13 +95,13 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         device: torch.device | str | None = None,
     ) -> LatentDiffusionPipeline:
         """Load the diffusers VAE/U-Net dirs, the transformers encoder dir and the sampling config (the
-        parts of a model registered before the pipeline folder)."""
+        parts of a model registered before the pipeline folder): their safetensors and JSON only."""
         device = device if isinstance(device, torch.device) else pick_device(device)
         cfg = _read_sampling_config(sampling_config_path_or_dict)
-        tokenizer, text_encoder = load_text_encoder(str(text_encoder_dir))
+        tokenizer, text_encoder = load_text_encoder(str(text_encoder_dir), use_safetensors=True)
         return cls(
-            vae=AutoencoderKL.from_pretrained(str(vae_dir)),
-            unet=UNet2DConditionModel.from_pretrained(str(unet_dir)),
+            vae=AutoencoderKL.from_pretrained(str(vae_dir), use_safetensors=True),
+            unet=UNet2DConditionModel.from_pretrained(str(unet_dir), use_safetensors=True),
             tokenizer=tokenizer,
             text_encoder=text_encoder,
             scheduler=cfg["scheduler"],
@@ -115,13 +115,14 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         cls, folder: str | Path, device: torch.device | str | None = None
     ) -> LatentDiffusionPipeline:
         """A pipeline folder this class saved (models/export.py), each part from its subfolder: ldmflow's
-        own way in, which runs none of the code shipped in the folder."""
+        own way in, which reads safetensors and JSON only and runs none of the code shipped in the folder."""
         device = device if isinstance(device, torch.device) else pick_device(device)
         index = json.loads((Path(folder) / "model_index.json").read_text())
-        tokenizer, text_encoder = load_text_encoder(str(folder))  # text_encoder/ beside tokenizer/
+        # text_encoder/ beside tokenizer/
+        tokenizer, text_encoder = load_text_encoder(str(folder), use_safetensors=True)
         return cls(
-            vae=AutoencoderKL.from_pretrained(folder, subfolder="vae"),
-            unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet"),
+            vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True),
+            unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", use_safetensors=True),
             tokenizer=tokenizer,
             text_encoder=text_encoder,
             scheduler=DDIMScheduler.from_pretrained(folder, subfolder="scheduler"),

@@ -47,19 +47,18 @@ def _parts(source: str) -> tuple[str, str]:
 
 
 def load_text_encoder(
-    spec: str, device: torch.device | str | None = None
+    spec: str, device: torch.device | str | None = None, use_safetensors: bool | None = None
 ) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     """(tokenizer, model) from a hub id, a local folder, an SD pipeline folder or "package:<module>"; the
-    model in eval mode. A whole CLIP model (text and vision) gives its text half."""
+    model in eval mode. A whole CLIP model (text and vision) gives its text half. `use_safetensors=True`
+    reads the weights from safetensors only (a registered model's), never a pickled checkpoint."""
     source = resolve_encoder_source(spec)
     tokenizer_dir, model_dir = _parts(source)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     if source != spec:  # name it by the portable spec, not the site-packages path (cache keys use it)
         tokenizer.name_or_path = spec
-    if AutoConfig.from_pretrained(model_dir).model_type == "clip":
-        model = CLIPTextModel.from_pretrained(model_dir).eval()
-    else:
-        model = AutoModel.from_pretrained(model_dir).eval()
+    kind = CLIPTextModel if AutoConfig.from_pretrained(model_dir).model_type == "clip" else AutoModel
+    model = kind.from_pretrained(model_dir, use_safetensors=use_safetensors).eval()
     if device is not None:
         model = model.to(device)
     return tokenizer, model

@@ -8,13 +8,11 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import mlflow
-
 from infra import tracking
 from infra.tracking import Run, current_champion
 from models import pyfunc
 from models.export import export_pipeline
-from models.pyfunc import PIPELINE, TextToImageModel, signature
+from models.pyfunc import MODEL_CODE, PIPELINE, signature
 from models.sampler.pipeline import LatentDiffusionPipeline
 from tasks.common.config import Config
 from tasks.common.paths import ProjectPaths
@@ -57,9 +55,8 @@ def against_champion(
             f"eval.gate.metric {gate.metric!r} is not measured on this data (measured: {measured})"
         )
 
-    def measure_champion(version: str) -> float:
-        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
-        return measure(model.pipe)[gate.metric]
+    def measure_champion(version: str) -> float:  # from its pipeline folder: none of the registry's code runs
+        return measure(tracking.registered_pipeline(f"models:/{name}/{version}"))[gate.metric]
 
     champion = current_champion(tracker.client, name)
     return decide(gate, metrics[gate.metric], champion, measured_alike, measure_champion)
@@ -68,14 +65,14 @@ def against_champion(
 def register(
     cfg: Config, pipe: LatentDiffusionPipeline, tracker: Run, alias: str, tags: dict[str, str]
 ) -> str:
-    """Register the sampler as a pyfunc text-to-image model whose artifact is its diffusers pipeline folder
-    (models/export.py)."""
+    """Register the sampler as a pyfunc text-to-image model, logged from code, whose artifact is its
+    diffusers pipeline folder (models/export.py)."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = export_pipeline(pipe, Path(tmp) / PIPELINE)
         return tracking.register_text_to_image(
             tracker,
             cfg,
-            TextToImageModel(),
+            MODEL_CODE,  # a "model from code": no pickle
             {PIPELINE: str(folder)},
             signature(),
             code_paths=[str(Path(pyfunc.__file__).parent)],  # the `models` package travels with the model

@@ -18,7 +18,7 @@ from models.diffusion.noise_schedule import make_train_scheduler
 from models.export import export_pipeline
 from models.fingerprint import module_fingerprint
 from models.pretrained import load_pretrained_unet, load_pretrained_vae
-from models.pyfunc import PIPELINE, TextToImageModel, signature
+from models.pyfunc import MODEL_CODE, PIPELINE, signature
 from models.sampler.pipeline import LatentDiffusionPipeline
 from models.sampler.text_encoder import load_text_encoder
 
@@ -74,7 +74,7 @@ def test_ldmflows_own_loader_and_the_pyfunc_model_read_the_folder(pipe, folder, 
     np.testing.assert_array_equal(np.asarray(call.images[0]), want[0])
 
     path = tmp_path / "model"
-    mlflow.pyfunc.save_model(str(path), python_model=TextToImageModel(), artifacts={PIPELINE: str(folder)},
+    mlflow.pyfunc.save_model(str(path), python_model=str(MODEL_CODE), artifacts={PIPELINE: str(folder)},
                              signature=signature(), pip_requirements=["torch"])  # fmt: skip
     out = mlflow.pyfunc.load_model(str(path)).predict(
         pd.DataFrame({"prompt": PROMPTS[:1]}), params={"num_inference_steps": 2, "seed": 3}

@@ -10,8 +10,9 @@ from legacy_sampling import save_sampling_config
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
+from infra.tracking import registered_pipeline
 from models.diffusion.noise_schedule import make_train_scheduler
-from models.pyfunc import PYFUNC_PARAMS_SCHEMA, TextToImageModel, signature
+from models.pyfunc import MODEL_CODE, PYFUNC_PARAMS_SCHEMA, TextToImageModel, signature
 from models.sampler.images import make_grid
 from models.sampler.pipeline import LatentDiffusionPipeline
 from models.sampler.text_encoder import encode_captions
@@ -87,7 +88,7 @@ def test_pyfunc_save_load_predict(saved_parts, tmp_path):
     path = tmp_path / "model"
     mlflow.pyfunc.save_model(
         str(path),
-        python_model=TextToImageModel(),
+        python_model=str(MODEL_CODE),  # as registered: a model from code
         artifacts=saved_parts,
         signature=signature(),
         pip_requirements=["torch", "diffusers", "transformers"],
@@ -104,6 +105,10 @@ def test_pyfunc_save_load_predict(saved_parts, tmp_path):
     # same seed, same PNGs; the list-of-str input works too
     again = model.unwrap_python_model().predict(None, ["a red circle"], {"num_inference_steps": 2, "seed": 3})
     assert again["image"][0] == out["image"][0]
+    # ldmflow's own load of a model registered before the pipeline folder: its four artifacts alone
+    pipe = registered_pipeline(str(path))
+    image = pipe.generate(["a red circle"], num_inference_steps=2, seed=3)[0]
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(out["image"][0])).convert("RGB")), image)
     assert [p.name for p in signature().params.params] == list(PYFUNC_PARAMS_SCHEMA)
 
 
