@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import mlflow
 import numpy as np
@@ -25,6 +25,9 @@ from PIL import Image
 
 from infra.processes import pid_alive
 from infra.state import LocalState, private_dir
+
+if TYPE_CHECKING:
+    from infra.s3.embedded import StorageSettings
 
 PARENT_RUN_ENV = "LDMFLOW_PARENT_RUN_ID"
 # who made a run: close_stale_runs closes the ones whose process is gone
@@ -44,11 +47,15 @@ class TrackingSettings(Protocol):
 
 
 class Settings(Protocol):
-    """The project's config (tasks/common/config.py's Config): tracking reads its `tracking` section, and
-    logs the sections a stage names as that stage's params."""
+    """The project's config (tasks/common/config.py's Config): tracking reads its `tracking` section (and
+    `storage`, where a tracking server's artifacts go), and logs the sections a stage names as that
+    stage's params."""
 
     @property
     def tracking(self) -> TrackingSettings: ...
+
+    @property
+    def storage(self) -> StorageSettings: ...
 
 
 def tracking_uri(cfg: Settings, paths: LocalState) -> str:
@@ -59,20 +66,37 @@ def tracking_uri(cfg: Settings, paths: LocalState) -> str:
     return f"sqlite:///{paths.tracking_db}"
 
 
+ARTIFACTS_FOLDER = "mlflow"  # s3://<bucket>/mlflow: a tracking server's artifacts, beside the caches' prefix
+
+
+def artifact_location(cfg: Settings, paths: LocalState) -> str | None:
+    """Where a new experiment keeps its artifacts. The embedded default: a local folder beside the DB. A
+    tracking server with the project's S3 configured: that S3 (`s3://<bucket>/mlflow`), which every client
+    writes and reads directly; through the server's artifact proxy, a Stable Diffusion-sized model is
+    gigabytes per request. A tracking server alone: its own default (None)."""
+    if not cfg.tracking.uri:
+        paths.tracking_artifacts.mkdir(parents=True, exist_ok=True)
+        return paths.tracking_artifacts.as_uri()
+    if cfg.storage.endpoint_url is not None:
+        return f"s3://{cfg.storage.bucket}/{ARTIFACTS_FOLDER}"
+    return None
+
+
 def connect(cfg: Settings, paths: LocalState) -> tuple[MlflowClient, str]:
-    """Point MLflow at the configured store; return a client and the experiment id (created if missing)."""
+    """Point MLflow at the configured store; return a client and the experiment id (created if missing).
+    MLflow's S3 client reads its endpoint from MLFLOW_S3_ENDPOINT_URL: with a tracking server, unless set,
+    the project's S3."""
     uri = tracking_uri(cfg, paths)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    if cfg.tracking.uri and cfg.storage.endpoint_url is not None:
+        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", cfg.storage.endpoint_url)
     client = MlflowClient(uri, registry_uri=uri)
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
     if exp is not None:
         return client, exp.experiment_id
-    artifact_location = None
-    if not cfg.tracking.uri:  # embedded default: artifacts in a local folder beside the DB
-        paths.tracking_artifacts.mkdir(parents=True, exist_ok=True)
-        artifact_location = paths.tracking_artifacts.as_uri()
-    return client, client.create_experiment(cfg.tracking.experiment, artifact_location=artifact_location)
+    location = artifact_location(cfg, paths)
+    return client, client.create_experiment(cfg.tracking.experiment, artifact_location=location)
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
