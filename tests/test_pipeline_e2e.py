@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -278,3 +279,44 @@ def test_config_error_names_the_key(project):
     proc = ldmflow(root, env, "run", "--set", "unet.stepz=3", check=False)
     assert proc.returncode == 2
     assert "unet.stepz" in proc.stderr
+
+
+def test_an_override_run_registers_lineage_of_its_own(project, tmp_path):
+    """`--set` leaves dvc.lock alone, so the version it registers carries the run's own lineage: its params
+    (the overrides that turn params.yaml into them, their hash) and the md5s DVC gives the inputs it read,
+    not the lock's; `ldmflow lineage` says the lock does not describe it and how to run it again. (Last in
+    this module: the override run's U-Net is on disk, not in dvc.lock.)"""
+    root, env, _ = project
+    ldmflow(root, env, "run")  # the state dvc.lock records (up to date when the tests above ran)
+    lock = (root / "dvc.lock").read_text()
+    run = ldmflow(root, env, "run", "train_unet", "evaluate", "--set", "unet.steps=3")
+    version = re.search(r"registered ldmflow version (\d+)", run.stdout + run.stderr)[1]
+    assert (root / "dvc.lock").read_text() == lock
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    lineage = {k: v for k, v in client.get_model_version("ldmflow", version).tags.items() if "lineage." in k}
+    assert not [k for k in lineage if k.startswith("lineage.dvc_lock.")], lineage
+    assert lineage["lineage.source"] == "run" and "params differ from params.yaml" in lineage["lineage.why"]
+    assert json.loads(lineage["lineage.overrides"]) == ["unet.steps=3"]
+    recorded = client.get_model_version("ldmflow", str(int(version) - 1)).tags  # the run before: params.yaml
+    assert recorded["lineage.source"] == "dvc.lock" and "lineage.dvc_lock.artifacts/unet" in recorded
+    assert lineage["lineage.params_hash"] != recorded["lineage.params_hash"]
+
+    # the md5s DVC records for the inputs as they are now: `dvc commit` in a copy of the project
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy, symlinks=True, ignore=shutil.ignore_patterns(".prefect", "mlflow.db"))
+    dvc(copy, env, "commit", "-f", "-q", "evaluate")
+    deps = yaml.safe_load((copy / "dvc.lock").read_text())["stages"]["evaluate"]["deps"]
+    inputs = {d["path"]: d["md5"] for d in deps if d["path"].startswith(("data/", "artifacts/"))}
+    assert set(inputs) == {"data/ingested", "artifacts/vae", "artifacts/text", "artifacts/unet"}
+    assert {path: lineage[f"lineage.run.{path}"] for path in inputs} == inputs
+    assert inputs["artifacts/unet"] != recorded["lineage.dvc_lock.artifacts/unet"]  # a U-Net of 3 steps
+
+    shown = ldmflow(root, env, "lineage", f"models:/ldmflow/{version}").stdout
+    assert "dvc.lock does not describe it" in shown and "ldmflow run --set unet.steps=3" in shown
+    assert inputs["artifacts/unet"] in shown and "dvc checkout" not in shown
+    ran = yaml.safe_load(ldmflow(root, env, "lineage", f"models:/ldmflow/{version}", "--run-params").stdout)
+    assert ran["unet"]["steps"] == 3
+    refused = ldmflow(root, env, "lineage", f"models:/ldmflow/{version}", "--dvc-lock", check=False)
+    assert refused.returncode == 1 and "dvc.lock does not describe" in refused.stderr

@@ -227,12 +227,18 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
     from infra.tracking import model_version, run_artifact_text
-    from tasks.evaluate.lineage import LOCK_ARTIFACT, lineage_report
+    from tasks.evaluate.lineage import FROM_RUN, LOCK_ARTIFACT, PARAMS_ARTIFACT, lineage_report
 
     try:
         version = model_version(found.client, found.uri)
-        if args.dvc_lock:
-            print(run_artifact_text(found.client, version.run_id, LOCK_ARTIFACT), end="")
+        if args.dvc_lock and version.tags.get("lineage.source") == FROM_RUN:
+            why = version.tags.get("lineage.why", "a run of other params")
+            print(f"ldmflow lineage: {found.uri}: dvc.lock does not describe this version ({why}); "
+                  "its own params: --run-params", file=sys.stderr)  # fmt: skip
+            return 1
+        if args.dvc_lock or args.run_params:
+            artifact = LOCK_ARTIFACT if args.dvc_lock else PARAMS_ARTIFACT
+            print(run_artifact_text(found.client, version.run_id, artifact), end="")
         else:
             print(
                 lineage_report(
@@ -285,7 +291,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     export.set_defaults(func=_registry_errors(cmd_export))
 
     lineage = sub.add_parser(
-        "lineage", help="where a registered model came from: git commit, data and params hashes"
+        "lineage", help="where a registered model came from: git commit, params, and the md5s of its inputs"
     )
     lineage.add_argument(
         "model",
@@ -293,6 +299,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="models:/NAME/VERSION or models:/NAME@ALIAS (default: champion)",
     )
-    lineage.add_argument("--dvc-lock", action="store_true", help="print the dvc.lock the model's run used")
+    shown = lineage.add_mutually_exclusive_group()
+    used = "print the dvc.lock the model's run used (a run that dvc.lock describes)"
+    shown.add_argument("--dvc-lock", action="store_true", help=used)
+    params = "print the params the model's run used (a file for `ldmflow run --params`)"
+    shown.add_argument("--run-params", action="store_true", help=params)
     add_params_args(lineage)
     lineage.set_defaults(func=_registry_errors(cmd_lineage))

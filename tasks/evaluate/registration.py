@@ -17,7 +17,7 @@ from models.sampler.pipeline import LatentDiffusionPipeline
 from tasks.common.config import Config
 from tasks.common.paths import ProjectPaths
 from tasks.evaluate.champion import Verdict, decide, metric_tag
-from tasks.evaluate.lineage import LOCK_ARTIFACT, lineage_tags
+from tasks.evaluate.lineage import LOCK_ARTIFACT, PARAMS_ARTIFACT, Lineage, lineage
 
 
 def gate_and_register(
@@ -32,9 +32,10 @@ def gate_and_register(
     """Register the evaluated model as champion or challenger; its version."""
     verdict = against_champion(cfg, tracker, metrics, measured_alike, measure)
     tags = measured_alike | {metric_tag(k): repr(float(v)) for k, v in metrics.items()}
-    tags |= lineage_tags(cfg, paths.root, paths.ingested)
-    version = register(cfg, pipe, tracker, verdict.alias, tags)
-    record_decision(tracker, paths, verdict)
+    found = lineage(cfg, paths.root, paths.ingested)
+    version = register(cfg, pipe, tracker, verdict.alias, tags | found.tags)
+    record_decision(tracker, verdict)
+    record_lineage(tracker, paths, cfg, found)
     print(f"registered {cfg.tracking.registered_model} version {version} as {verdict}")
     return version
 
@@ -81,10 +82,15 @@ def register(
         )
 
 
-def record_decision(tracker: Run, paths: ProjectPaths, verdict: Verdict) -> None:
-    """The gate's sentence, the champion's figure it was compared with, and the run's dvc.lock (lineage)."""
-    if (paths.root / "dvc.lock").is_file():
-        tracker.log_artifact(paths.root / "dvc.lock", str(Path(LOCK_ARTIFACT).parent))
+def record_decision(tracker: Run, verdict: Verdict) -> None:
+    """The gate's sentence and the champion's figure it was compared with."""
     tracker.set_tags({"ldmflow.gate": str(verdict)})
     if verdict.champion_value is not None:
         tracker.log_metrics({f"champion_{verdict.metric}": verdict.champion_value})
+
+
+def record_lineage(tracker: Run, paths: ProjectPaths, cfg: Config, found: Lineage) -> None:
+    """Beside the model: the run's params, and its dvc.lock where the lock describes the run (lineage.py)."""
+    tracker.log_dict(cfg.model_dump(mode="json"), PARAMS_ARTIFACT)
+    if found.from_lock:
+        tracker.log_artifact(paths.root / "dvc.lock", str(Path(LOCK_ARTIFACT).parent))
