@@ -258,7 +258,8 @@ def current_champion(client: MlflowClient, name: str):
 def champion_part(cfg: Settings, paths: LocalState, part: str) -> tuple[str, Path] | None:
     """One part of the registered champion (`unet`, `vae`, ...), downloaded under .ldmflow/champion/:
     (its version, the folder). None when there is no champion yet. Each process of a distributed run
-    downloads its own copy, so none reads a half-written one."""
+    downloads its own copy, so none reads a half-written one (a training run counts the weights it starts
+    from, not this folder: tasks/train_unet/checkpoints.py's run_identity)."""
     from models.pyfunc import PIPELINE
 
     client, _ = connect(cfg, paths)

@@ -120,11 +120,17 @@ RUN_CONTROL = {"checkpoint_every", "checkpoints_total_limit", "resume", "log_eve
                "validation"}  # fmt: skip
 
 
-def run_identity(cfg: Config, data: TrainingSet, global_batch: int) -> str:
+def run_identity(cfg: Config, data: TrainingSet, global_batch: int, start_weights: str | None) -> str:
     """What a checkpoint must match to be resumed from: everything that decides the weights step by step.
     The split of the global batch over processes and micro-batches does not
-    (models/diffusion/sample_draws.py)."""
+    (models/diffusion/sample_draws.py).
+
+    Pretrained weights (`unet.pretrained`, or the champion `unet.init: champion` downloads) count by what
+    they are, `start_weights` (their fingerprint; None for weights built from params), not by the folder
+    they were read from: each process of a distributed run downloads the champion into a folder of its
+    own, and each machine has paths of its own."""
     unet = {k: v for k, v in cfg.unet.model_dump(mode="json").items() if k not in RUN_CONTROL}
+    unet["pretrained"] = start_weights
     return content_key({"seed": cfg.seed, "unet": unet, "global_batch": global_batch}, data.identity)
 
 

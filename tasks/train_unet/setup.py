@@ -8,9 +8,11 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 
 from infra.storage import ObjectStore
 from infra.tracking import Run
+from models.fingerprint import module_fingerprint
 from tasks.common.config import Config
 from tasks.train_unet.checkpoints import Checkpoints, Position, resume_latest, run_identity
 from tasks.train_unet.data import TrainingSet, load_training_set
@@ -46,6 +48,18 @@ def check_latents_fit(model: torch.nn.Module, latent_shapes: list[tuple[int, ...
             )
 
 
+def check_processes_agree(identity: str, step: int) -> None:
+    """Every process must train the same run from the same step: one that resumed another run, or none,
+    would go through its steps out of step with the others (collectives that never match, or other
+    weights). Fails on every process at once, naming what each one found."""
+    found = gather_object([(identity, step)])  # one per process, by rank
+    if len(set(found)) > 1:
+        each = ", ".join(
+            f"process {rank}: run {run[:12]} at step {at}" for rank, (run, at) in enumerate(found)
+        )
+        raise RuntimeError(f"train_unet: the processes disagree on the run or its resume step ({each})")
+
+
 def set_up(
     cfg: Config,
     latents_dir: Path,
@@ -70,10 +84,12 @@ def set_up(
     global_batch = u.batch_size * acc.num_processes * u.gradient_accumulation
 
     # 3. the last checkpoint of this very run, if any
-    identity = run_identity(cfg, data, global_batch)
+    start_weights = module_fingerprint(training.model) if u.pretrained else None  # before any resume
+    identity = run_identity(cfg, data, global_batch, start_weights)
     checkpoints = Checkpoints(store, store.key("checkpoints", identity), u.checkpoints_total_limit)
     local = local_checkpoints / identity / f"rank{acc.process_index}"
     position = resume_latest(training, checkpoints, local / "resume") if u.resume == "latest" else Position()
+    check_processes_agree(identity, position.step)
 
     # 4. validation (the grid goes to MLflow only, so it needs the VAE only with a tracker)
     validation = None

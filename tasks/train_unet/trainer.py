@@ -177,9 +177,11 @@ class UnetTraining:
     def read_state(self, folder: Path) -> tuple[dict, dict]:
         """The model weights and the training state saved in `folder`, read (and so checked) before any
         of it is applied."""
-        weights = load_file(folder / "unet.safetensors", device=str(self.accelerator.device))
+        device = self.accelerator.device  # `cpu:0` under DDP on CPUs: a name neither loader restores to
+        where = "cpu" if device.type == "cpu" else str(device)
+        weights = load_file(folder / "unet.safetensors", device=where)
         # tensors, numbers and containers only: a checkpoint in a shared bucket must not run code
-        state = torch.load(folder / "state.pt", map_location=self.accelerator.device, weights_only=True)
+        state = torch.load(folder / "state.pt", map_location=where, weights_only=True)
         return weights, state
 
     def load_state(self, weights: dict, state: dict) -> None:
