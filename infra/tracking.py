@@ -73,13 +73,19 @@ def artifact_location(cfg: Settings, paths: LocalState) -> str | None:
     """Where a new experiment keeps its artifacts. The embedded default: a local folder beside the DB. A
     tracking server with the project's S3 configured: that S3 (`s3://<bucket>/mlflow`), which every client
     writes and reads directly; through the server's artifact proxy, a Stable Diffusion-sized model is
-    gigabytes per request. A tracking server alone: its own default (None)."""
+    gigabytes per request. Any other store (a tracking server alone, a database URI): its own default."""
     if not cfg.tracking.uri:
         paths.tracking_artifacts.mkdir(parents=True, exist_ok=True)
         return paths.tracking_artifacts.as_uri()
-    if cfg.storage.endpoint_url is not None:
+    if _artifacts_in_project_s3(cfg):
         return f"s3://{cfg.storage.bucket}/{ARTIFACTS_FOLDER}"
     return None
+
+
+def _artifacts_in_project_s3(cfg: Settings) -> bool:
+    """A tracking server (over HTTP) and the project's own S3 endpoint, which then holds the artifacts."""
+    server = (cfg.tracking.uri or "").startswith(("http://", "https://"))
+    return server and cfg.storage.endpoint_url is not None
 
 
 def connect(cfg: Settings, paths: LocalState) -> tuple[MlflowClient, str]:
@@ -89,7 +95,7 @@ def connect(cfg: Settings, paths: LocalState) -> tuple[MlflowClient, str]:
     uri = tracking_uri(cfg, paths)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    if cfg.tracking.uri and cfg.storage.endpoint_url is not None:
+    if _artifacts_in_project_s3(cfg):
         os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", cfg.storage.endpoint_url)
     client = MlflowClient(uri, registry_uri=uri)
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
