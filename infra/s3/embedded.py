@@ -1,11 +1,13 @@
-"""The embedded S3 server: SeaweedFS `weed mini`, bound to 127.0.0.1, credentials required.
+"""The embedded S3 server: SeaweedFS `weed mini`, bound to 127.0.0.1, HTTPS, credentials required.
 
 State lives in one folder (the project uses `.ldmflow/s3`, git-ignored)::
 
     data/              weed's -dir (objects, filer and master metadata)
     credentials.json   access/secret key, generated on first start (mode 0600), reused afterwards
     aws-credentials    the same keys as an AWS credentials file, for DVC (`aws_credentials_file`)
-    security.toml, tls/  what closes weed's internal ports to all but weed itself (tls.py)
+    security.toml, tls/  what closes weed's internal ports to all but weed itself, and the certificate its
+                         HTTPS S3 port shows, of the CA (tls/ca.crt) every client trusts alone (tls.py)
+    sockets/           weed's unix sockets (weed runs with umask 077)
     server.pid         pid of the running weed process
     server.json        its ports and endpoint
     weed.log           weed's stdout and stderr (and the idle watchdog's)

@@ -31,7 +31,7 @@ from infra.state import private_dir, write_private
 CERT_DAYS = 3650
 # weed's parts that serve gRPC (each needs the certificate to serve, and uses it to dial the others)
 GRPC_PARTS = ("master", "volume", "filer", "s3", "admin", "worker", "client")
-HTTPS_PARTS = ("master", "volume", "filer", "admin")  # their HTTP ports: the S3 port stays plain SigV4
+HTTPS_PARTS = ("master", "volume", "filer", "admin")  # mutual TLS (the S3 port: -s3.cert.file)
 JWT_KEYS = ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
 
 
