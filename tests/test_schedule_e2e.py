@@ -7,6 +7,7 @@ a third run, started while the second holds the project, that fails at once and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,7 +17,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -64,6 +67,28 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+@contextlib.contextmanager
+def _running(command: list, env: dict, log: Path, cwd: Path | None = None) -> Iterator[subprocess.Popen]:
+    """`command` in a session of its own (its workers stop with it) for the block, its output in `log`."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(part) for part in command], cwd=cwd, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        try:
+            yield proc
+        finally:
+            _stop(proc)
+
+
+@contextlib.contextmanager
+def _served(project: Path, env: dict, prefect_api: str, log: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`ldmflow serve` in `project` for the block, once its deployment is on the server: (the process, the
+    deployment's id)."""
+    with _running([BIN / "ldmflow", "serve"], env, log, cwd=project) as serve:
+        deployment = _wait_for(lambda: _api(f"{prefect_api}/deployments/name/{DEPLOYMENT}")["id"], 120,
+                               "the served deployment", serve)  # fmt: skip
+        yield serve, deployment
+
+
 def _wait_for(check, timeout: float, what: str, proc: subprocess.Popen | None = None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -86,19 +111,12 @@ def prefect_api(tmp_path):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-server"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}  # fmt: skip
     env.pop("PREFECT_API_URL", None)
-    log = open(tmp_path / "prefect-server.log", "w")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
     url = f"http://127.0.0.1:{port}/api"
-    try:
+    command = [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with _running(command, env, tmp_path / "prefect-server.log") as server:
         _wait_for(lambda: urllib.request.urlopen(f"{url}/health", timeout=5).status == 200, 180,
                   "prefect server start", server)  # fmt: skip
         yield url
-    finally:
-        _stop(server)
-        log.close()
 
 
 @pytest.fixture
@@ -137,12 +155,7 @@ def test_served_deployment_runs_to_completion_on_new_data_and_refuses_overlap(
     env = cli_env(s3_server, PREFECT_HOME=str(project / ".prefect"), PREFECT_API_URL=prefect_api)
     init_project(project, env)
 
-    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed below
-    serve = subprocess.Popen([str(BIN / "ldmflow"), "serve"], cwd=project, env=env, stdout=log,
-                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    try:
-        deployment = _wait_for(lambda: _api(f"{prefect_api}/deployments/name/{DEPLOYMENT}")["id"], 120,
-                               "the served deployment", serve)  # fmt: skip
+    with _served(project, env, prefect_api, tmp_path / "serve.log") as (serve, deployment):
         assert _api(f"{prefect_api}/deployments/{deployment}")["schedules"]  # the cron from params
 
         def trigger(**parameters) -> str:
@@ -201,9 +214,6 @@ def test_served_deployment_runs_to_completion_on_new_data_and_refuses_overlap(
         assert len(notices) == 1  # the webhook heard of the failure, with the error and the run's link
         assert notices[0]["flow_run_id"] == third_run and "is busy" in notices[0]["error"]
         assert notices[0]["links"]["prefect"].endswith(third_run)
-    finally:
-        _stop(serve)
-        log.close()
 
 
 @pytest.mark.faults
@@ -230,12 +240,7 @@ def test_a_served_deployment_runs_only_the_project_and_params_it_was_served_with
     # another user's project on the host: its params read the serving user's photos into a folder of theirs
     their_params = elsewhere / "params.yaml"
 
-    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed below
-    serve = subprocess.Popen([str(BIN / "ldmflow"), "serve"], cwd=project, env=env, stdout=log,
-                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    try:
-        deployment = _wait_for(lambda: _api(f"{prefect_api}/deployments/name/{DEPLOYMENT}")["id"], 120,
-                               "the served deployment", serve)  # fmt: skip
+    with _served(project, env, prefect_api, tmp_path / "serve.log") as (serve, deployment):
 
         def run(**parameters) -> dict:
             body = {"parameters": {"stages": ["ingest"], **parameters}, "enforce_parameter_schema": False}
@@ -257,9 +262,6 @@ def test_a_served_deployment_runs_only_the_project_and_params_it_was_served_with
         assert state["type"] == "COMPLETED", state["message"]
         assert len(pd.read_parquet(project / "data/ingested/manifest.parquet")) == 12
         assert not (elsewhere / "data/ingested").exists()
-    finally:
-        _stop(serve)
-        log.close()
     fault("local attacker: runs of the served deployment with another root, params_file or overrides",
           f"all {len(attempts)} CRASHED before the flow body (a parameter not in its signature), nothing "
           "ingested anywhere; a run choosing only stages ingested the served project's 12")  # fmt: skip

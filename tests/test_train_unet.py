@@ -147,6 +147,17 @@ def unet_files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
 
+def runs_past_step(proc: subprocess.Popen, samples_log: Path, steps: int, timeout: float = 300) -> bool:
+    """Wait until the run's samples log holds `steps` steps (or the run ends, or `timeout` passes); whether
+    it still runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if samples_log.is_file() and len(samples_log.read_text().splitlines()) >= steps:
+            break
+        time.sleep(0.05)
+    return proc.poll() is None
+
+
 @pytest.mark.faults
 def test_kill_9_then_resume_latest_matches_an_uninterrupted_run(project, fault):
     root, env, store = project
@@ -158,12 +169,8 @@ def test_kill_9_then_resume_latest_matches_an_uninterrupted_run(project, fault):
     log = root / "artifacts" / staging / "samples.jsonl"
     argv = [str(BIN / "ldmflow"), *stage_command(*steps, "storage.prefix=killed")]
     proc = subprocess.Popen(argv, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:  # kill it a few steps past its checkpoint
-        if log.is_file() and len(log.read_text().splitlines()) >= 14:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, f"the run ended before it could be killed:\n{proc.stderr.read().decode()}"
+    running = runs_past_step(proc, log, 14)  # kill it a few steps past its checkpoint
+    assert running, f"the run ended before it could be killed:\n{proc.stderr.read().decode()}"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     proc.stderr.close()
@@ -327,12 +334,8 @@ def test_ddp_from_the_champion_killed_with_9_resumes_every_rank_at_the_same_step
     staging = root / "artifacts/.unet.staging/samples.jsonl"  # the steps of a run that has not completed
     argv = ddp("killed", "storage.prefix=champion-killed")
     proc = start_group(root, env, argv, tmp_path / "killed.log")
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:  # kill it a few steps past its checkpoint
-        if staging.is_file() and len(staging.read_text().splitlines()) >= 6:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, f"it ended before the kill:\n{(tmp_path / 'killed.log').read_text()}"
+    running = runs_past_step(proc, staging, 6)  # kill it a few steps past its checkpoint
+    assert running, f"it ended before the kill:\n{(tmp_path / 'killed.log').read_text()}"
     kill_group(proc)
     killed_at = len(steps_log(root, "artifacts/.unet.staging"))
     assert 6 <= killed_at < 16

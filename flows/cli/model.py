@@ -40,13 +40,11 @@ def _registry_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[
 
     @wraps(command)
     def run(args: argparse.Namespace) -> int:
+        from mlflow.exceptions import MlflowException  # every model command imports MLflow anyway
+
         try:
             return command(args)
-        except Exception as err:
-            from mlflow.exceptions import MlflowException
-
-            if not isinstance(err, MlflowException):
-                raise
+        except MlflowException as err:
             refused = err.error_code == "INVALID_PARAMETER_VALUE"  # models/pyfunc.py's request limits
             where = f"{args.model}: " if getattr(args, "model", None) and not refused else ""
             print(f"ldmflow {args.command}: {where}{' '.join(str(err.message).split())}", file=sys.stderr)
